@@ -1,0 +1,3 @@
+//! The operator CLI, one module per command group.
+
+pub mod policy;
