@@ -50,6 +50,13 @@ impl<'a> ArgsView<'a> {
         }
     }
 
+    /// False when raw arguments are not valid JSON (or nest deeper than
+    /// serde_json's limit of 128): then no condition can be checked, and the
+    /// call must be refused rather than judged on missing values.
+    pub(crate) fn readable(&self) -> bool {
+        !matches!(self.source, Arguments::Raw(_)) || self.root().is_some()
+    }
+
     fn lookup(&self, path: &[Box<str>]) -> Option<&Value> {
         let mut at = self.root()?;
         for segment in path {
@@ -190,8 +197,12 @@ mod tests {
         let raw = RawValue::from_string(r#"{"a":{"b":[1,2,3]}}"#.into()).unwrap();
         let c = CompiledCondition::new("args.a.b.1", Op::Eq, Some(&json!(2))).unwrap();
         assert!(c.holds(&ArgsView::new(Arguments::Raw(&raw))));
-        let broken = RawValue::from_string(r#""text""#.into()).unwrap();
-        assert!(!c.holds(&ArgsView::new(Arguments::Raw(&broken))));
+        let text = RawValue::from_string(r#""text""#.into()).unwrap();
+        assert!(!c.holds(&ArgsView::new(Arguments::Raw(&text))));
+        assert!(ArgsView::new(Arguments::Raw(&text)).readable());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let deep = RawValue::from_string(deep).unwrap();
+        assert!(!ArgsView::new(Arguments::Raw(&deep)).readable());
         assert!(!c.holds(&ArgsView::new(Arguments::None)));
     }
 

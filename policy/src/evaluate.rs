@@ -87,6 +87,17 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Whether `tools/list` shows a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Listed.
+    Listed,
+    /// Removed: `hide` names it.
+    Hidden,
+    /// Removed: every call of it would be denied.
+    Denied,
+}
+
 /// The limit that refused a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitInfo {
@@ -173,6 +184,23 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// [`CompiledPolicy::listing`] for `grant`'s view of `server`; a server
+    /// without a policy lists nothing.
+    pub fn listing(
+        &self,
+        server: &str,
+        grant: &str,
+        tool: &str,
+        annotations: Option<&Annotations>,
+    ) -> Listing {
+        match self.policy_for(server, grant) {
+            Some(p) => p.listing(tool, annotations),
+            None => Listing::Denied,
+        }
+    }
+}
+
 thread_local! {
     static NO_POLICY: Arc<str> = Arc::from("(no policy for server)");
 }
@@ -225,7 +253,7 @@ impl CompiledPolicy {
             return Decision::new(Outcome::Hidden, pointer);
         }
 
-        let (rule, class) = self.lookup(name, call);
+        let (rule, class) = self.lookup(name, call.tool, call.annotations);
         let Some(rule) = rule else {
             let outcome = match self.default {
                 DefaultAction::Deny => Outcome::Deny,
@@ -271,6 +299,20 @@ impl CompiledPolicy {
 
         if rules().any(|r| !r.deny_if.is_empty() || !r.require.is_empty()) {
             let args = ArgsView::new(call.arguments);
+            if !args.readable() {
+                let first = rules()
+                    .flat_map(|r| r.deny_if.iter().chain(&r.require))
+                    .next()
+                    .map(|g| Arc::clone(&g.pointer));
+                d.outcome = Outcome::Deny;
+                d.rule = first.unwrap_or_else(|| Arc::clone(&d.rule));
+                d.reason = Some(
+                    "the call's arguments could not be read (invalid JSON or nested too deeply), \
+                     so the rule's conditions cannot be checked"
+                        .into(),
+                );
+                return d;
+            }
             for r in rules() {
                 if let Some((pointer, reason)) = check_conditions(r, &args) {
                     d.outcome = Outcome::Deny;
@@ -286,15 +328,16 @@ impl CompiledPolicy {
             limits.extend(r.limits.iter());
         }
         if !limits.is_empty() {
-            let session = call.session.unwrap_or("");
             let charges: SmallVec<[Charge<'_>; 4]> = limits
                 .iter()
                 .map(|l| Charge {
                     counter: &l.counter,
                     scope: l.scope,
+                    server: call.server,
                     key: match l.scope {
                         Scope::Grant => call.grant,
-                        Scope::Session => session,
+                        // Calls without a session count per grant.
+                        Scope::Session => call.session.unwrap_or(call.grant),
                         Scope::Pod | Scope::Global => "",
                     },
                     window: l.window_len,
@@ -353,7 +396,12 @@ impl CompiledPolicy {
     }
 
     /// The rule for a tool and, when classes were consulted, its class.
-    fn lookup(&self, name: &str, call: &Call<'_>) -> (Option<&CompiledRule>, Option<RiskClass>) {
+    fn lookup(
+        &self,
+        name: &str,
+        tool: &str,
+        annotations: Option<&Annotations>,
+    ) -> (Option<&CompiledRule>, Option<RiskClass>) {
         let by_name = self.exact.get(name).copied().or_else(|| {
             if self.globs.is_empty() {
                 return None;
@@ -371,9 +419,32 @@ impl CompiledPolicy {
                 Some(class) => (self.class_rule(class), Some(class)),
             },
             None => {
-                let class = classify(call.tool, call.annotations);
+                let class = classify(tool, annotations);
                 (self.class_rule(class), Some(class))
             }
+        }
+    }
+
+    /// Whether `tools/list` shows the tool: not when hidden, nor when every
+    /// call of it would be denied (its rule denies, `all_tools` denies, or no
+    /// rule covers it and the default is deny). Tools that need approval or
+    /// have limits or conditions stay listed. In shadow mode every tool stays.
+    pub fn listing(&self, tool: &str, annotations: Option<&Annotations>) -> Listing {
+        if self.mode == Mode::Shadow {
+            return Listing::Listed;
+        }
+        let lower = LowerName::new(tool);
+        if self.hidden(lower.as_str()).is_some() {
+            return Listing::Hidden;
+        }
+        let all_deny = self
+            .all_tools
+            .is_some_and(|i| self.rules[i].action == Action::Deny);
+        match self.lookup(lower.as_str(), tool, annotations).0 {
+            _ if all_deny => Listing::Denied,
+            None if self.default == DefaultAction::Deny => Listing::Denied,
+            Some(rule) if rule.action == Action::Deny => Listing::Denied,
+            _ => Listing::Listed,
         }
     }
 

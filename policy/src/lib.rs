@@ -39,7 +39,7 @@ pub use compile::{ApprovalSpec, Bundle, CompiledPolicy, Stats};
 pub use conditions::Arguments;
 pub use document::PolicyFile;
 pub use error::{PolicyError, PolicyErrors};
-pub use evaluate::{Call, Decision, LimitInfo, Outcome};
+pub use evaluate::{Call, Decision, LimitInfo, Listing, Outcome};
 pub use limits::{Admission, Charge, Counters, LocalCounters};
 pub use schema::json_schema;
 

@@ -90,7 +90,9 @@ impl SlidingWindow {
     /// Counts one admitted call at `now`.
     pub fn charge(&mut self, now: Duration, window: Duration) {
         let width = millis(window).div_ceil(SLOTS).max(1);
-        let now = millis(now);
+        // Rounded up: truncated, a call at 7.6 ms would leave a 1 s window at
+        // 1007 ms instead of 1007.6 ms, and one more call would fit in it.
+        let now = u64::try_from(now.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         let index = now / width;
         match self.slots.back_mut() {
             Some(slot) if slot.index == index => {
@@ -117,6 +119,8 @@ impl SlidingWindow {
 pub struct Charge<'a> {
     /// The counter's id (unique within the bundle).
     pub counter: &'a Arc<str>,
+    /// The server the call is for: counters are kept per server.
+    pub server: &'a str,
     /// The limit's scope.
     pub scope: Scope,
     /// The scope's key: the grant id, the session id, or `""` for pod/global.
@@ -129,7 +133,10 @@ pub struct Charge<'a> {
 
 impl Charge<'_> {
     fn same_bucket(&self, other: &Charge<'_>) -> bool {
-        self.scope == other.scope && self.key == other.key && *self.counter == *other.counter
+        self.scope == other.scope
+            && self.key == other.key
+            && self.server == other.server
+            && *self.counter == *other.counter
     }
 }
 
@@ -159,18 +166,20 @@ pub trait Counters: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BucketKey {
     counter: Arc<str>,
+    server: Box<str>,
     scope: Scope,
     key: Box<str>,
 }
 
 impl Hash for BucketKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(&self.counter, self.scope, &self.key, state);
+        hash_parts(&self.counter, &self.server, self.scope, &self.key, state);
     }
 }
 
-fn hash_parts<H: Hasher>(counter: &str, scope: Scope, key: &str, state: &mut H) {
+fn hash_parts<H: Hasher>(counter: &str, server: &str, scope: Scope, key: &str, state: &mut H) {
     counter.hash(state);
+    server.hash(state);
     scope.hash(state);
     key.hash(state);
 }
@@ -180,13 +189,22 @@ struct BucketRef<'a>(&'a Charge<'a>);
 
 impl Hash for BucketRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(self.0.counter, self.0.scope, self.0.key, state);
+        hash_parts(
+            self.0.counter,
+            self.0.server,
+            self.0.scope,
+            self.0.key,
+            state,
+        );
     }
 }
 
 impl Equivalent<BucketKey> for BucketRef<'_> {
     fn equivalent(&self, key: &BucketKey) -> bool {
-        self.0.scope == key.scope && *self.0.key == *key.key && **self.0.counter == *key.counter
+        self.0.scope == key.scope
+            && *self.0.key == *key.key
+            && *self.0.server == *key.server
+            && **self.0.counter == *key.counter
     }
 }
 
@@ -303,6 +321,7 @@ impl Counters for LocalCounters {
                     map.insert(
                         BucketKey {
                             counter: Arc::clone(c.counter),
+                            server: c.server.into(),
                             scope: c.scope,
                             key: c.key.into(),
                         },

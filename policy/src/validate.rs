@@ -486,7 +486,8 @@ fn read_condition(v: &Value, at: &str, errs: &mut Errors) -> Option<Condition> {
     let op = required(m, at, "op", errs, "an operator", |v, at, errs| {
         choose(v, at, errs, &ops)
     });
-    let value = m.get("value").cloned();
+    // serde reads `"value": null` as no value; so must this reader.
+    let value = m.get("value").filter(|v| !v.is_null()).cloned();
     if let Some(op) = op
         && let Err(e) = crate::conditions::CompiledCondition::new("args.x", op, value.as_ref())
     {
@@ -496,6 +497,8 @@ fn read_condition(v: &Value, at: &str, errs: &mut Errors) -> Option<Condition> {
             at.to_owned()
         };
         errs.push(&here, e);
+        // Reported; keep it from the compiler, which would report it again.
+        return None;
     }
     Some(Condition {
         path: path?,

@@ -23,7 +23,14 @@ fn committed_schema_is_current() {
 fn schema_describes_the_document() {
     let schema: serde_json::Value = serde_json::from_str(&tollgate_policy::json_schema()).unwrap();
     let text = schema.to_string();
-    for word in ["require_approval", "deny_if", "rate_limit", "token_sha256", "destructive", "shadow"] {
+    for word in [
+        "require_approval",
+        "deny_if",
+        "rate_limit",
+        "token_sha256",
+        "destructive",
+        "shadow",
+    ] {
         assert!(text.contains(word), "the schema should mention {word}");
     }
 }

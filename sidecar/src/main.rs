@@ -1,15 +1,207 @@
 //! `tollgate-sidecar`: the per-pod data plane that proxies MCP traffic and
 //! decides every `tools/call` against the policy (DESIGN §2).
-//!
-//! The proxy itself is the next piece of work; this binary already links the
-//! policy engine it will enforce with, and says so instead of pretending to serve.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "tollgate-sidecar {}: the MCP proxy is not built yet; \
-         use `tollgate policy eval` to try a policy (policy language {})",
-        env!("CARGO_PKG_VERSION"),
-        tollgate_policy::LANGUAGE_VERSION
-    );
-    std::process::ExitCode::from(2)
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use http::header::HeaderName;
+use tokio::net::TcpListener;
+use tollgate_sidecar::config::{Cli, Command, RunArgs, Target, parse_upstreams};
+use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
+use tollgate_sidecar::metrics::Metrics;
+use tollgate_sidecar::snapshot::{self, PolicyStore};
+use tollgate_sidecar::state::{Route, Sidecar, Upstream};
+use tollgate_sidecar::upstream::HttpUpstream;
+use tollgate_sidecar::{admin, demo, listener};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::DemoUpstream { listen }) => {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("demo MCP server on http://{listen}/mcp");
+                demo::serve(listener).await
+            }
+            None => run(cli.run).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-sidecar: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let specs = parse_upstreams(&args.upstreams).map_err(|e| anyhow!(e))?;
+    let metrics = Arc::new(Metrics::new());
+    let policy = Arc::new(PolicyStore::default());
+    match &args.policy {
+        Some(path) => {
+            // Load once before serving, so a valid file is in force from the first request.
+            match snapshot::load_file(path) {
+                Ok((s, _)) => {
+                    metrics.policy_loaded(&s.version);
+                    tracing::info!(version = %s.version, file = %path.display(), "policy loaded");
+                    policy.store(s);
+                }
+                Err(e) => {
+                    metrics.reload_failed();
+                    tracing::error!("{e}; denying every call until a valid policy loads");
+                }
+            }
+            tokio::spawn(snapshot::watch(
+                path.clone(),
+                Arc::clone(&policy),
+                Arc::clone(&metrics),
+                Duration::from_millis(args.policy_poll_ms.max(50)),
+            ));
+        }
+        None => tracing::warn!("no --policy given: every tools/call is denied"),
+    }
+
+    let mut routes = HashMap::new();
+    for spec in &specs {
+        let path = if spec.named {
+            format!("/mcp/{}", spec.name)
+        } else {
+            "/mcp".to_owned()
+        };
+        let upstream = match &spec.target {
+            Target::Http(url) => Upstream::Http(HttpUpstream::new(
+                &spec.name,
+                url.parse().with_context(|| format!("--upstream {url}"))?,
+            )),
+            Target::LegacySse(url) => Upstream::LegacySse(HttpUpstream::new(
+                &spec.name,
+                url.parse().with_context(|| format!("--upstream {url}"))?,
+            )),
+            Target::Stdio(command) => {
+                let url = tollgate_sidecar::upstream::stdio::bridge(&spec.name, command).await?;
+                Upstream::Http(HttpUpstream::new(&spec.name, url))
+            }
+        };
+        let key = if spec.named {
+            spec.name.clone()
+        } else {
+            String::new()
+        };
+        routes.insert(key, Arc::new(Route::new(&spec.name, path, upstream)));
+    }
+
+    let log = match args.decision_log.as_deref() {
+        None => DecisionLog::disabled(Arc::clone(&metrics)),
+        Some("-") => {
+            DecisionLog::start(
+                Sink::Stdout,
+                LogArguments(args.log_arguments),
+                Arc::clone(&metrics),
+            )
+            .await?
+        }
+        Some(path) => DecisionLog::start(
+            Sink::File(path.into()),
+            LogArguments(args.log_arguments),
+            Arc::clone(&metrics),
+        )
+        .await
+        .with_context(|| format!("cannot open the decision log {path}"))?,
+    };
+    let node_id: Arc<str> = args.node_id.clone().unwrap_or_else(hostname).into();
+    let grant_header = HeaderName::from_bytes(args.grant_header.to_ascii_lowercase().as_bytes())
+        .with_context(|| {
+            format!(
+                "--grant-header {:?} is not a header name",
+                args.grant_header
+            )
+        })?;
+    let sc = Arc::new(Sidecar::new(
+        Arc::clone(&policy),
+        Arc::clone(&metrics),
+        log,
+        node_id,
+        grant_header,
+        args.max_body,
+        routes,
+    ));
+
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on --admin {}", args.admin))?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&policy),
+        Arc::clone(&metrics),
+    ));
+    let mcp = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    for spec in &specs {
+        let path = if spec.named {
+            format!("/mcp/{}", spec.name)
+        } else {
+            "/mcp".to_owned()
+        };
+        tracing::info!("serving {} at http://{}{path}", spec.name, args.listen);
+    }
+    tokio::select! {
+        r = listener::serve(mcp, sc) => r.context("the MCP listener failed"),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tollgate-sidecar".to_owned())
 }

@@ -1,0 +1,133 @@
+//! Deciding a call must not allocate on the hot paths.
+//!
+//! `allocation-counter` installs a counting global allocator in this test
+//! binary only (the workspace forbids `unsafe_code`, so the test cannot
+//! implement `GlobalAlloc` itself) and counts the current thread's
+//! allocations, so other test threads do not disturb the counts.
+//!
+//! Each path is decided once before measuring: first uses allocate once
+//! (thread-locals, regex caches, a counter's bucket).
+
+use std::time::Duration;
+
+use tollgate_policy::{Bundle, Call, LocalCounters, Outcome, load};
+
+/// The benchmark's 1,000-rule shape (`benches/decide.rs`): 500 exact names
+/// (every tenth rate-limited), 400 globs of three specificities (prefix,
+/// suffix, infix), 100 exact names with `deny_if` and `require`.
+fn thousand_rules() -> Bundle {
+    const SERVICES: [&str; 10] = [
+        "github", "gitlab", "jira", "slack", "linear", "notion", "stripe", "postgres", "s3", "k8s",
+    ];
+    const VERBS: [&str; 10] = [
+        "list", "get", "create", "update", "delete", "search", "archive", "sync", "export", "watch",
+    ];
+    const OBJECTS: [&str; 5] = ["issues", "comments", "users", "files", "events"];
+    let mut tools = serde_json::Map::new();
+    let mut n = 0;
+    for s in SERVICES {
+        for v in VERBS {
+            for o in OBJECTS {
+                let rule = if n % 10 == 0 {
+                    serde_json::json!({"rate_limit": {"max": 1_000_000_000_000_u64, "window": "minute"}})
+                } else if n % 25 == 1 {
+                    serde_json::json!({"action": "deny"})
+                } else {
+                    serde_json::json!({})
+                };
+                tools.insert(format!("{s}_{v}_{o}"), rule);
+                n += 1;
+            }
+        }
+    }
+    for i in 0..150 {
+        tools.insert(format!("mcp{i:03}_*"), serde_json::json!({}));
+        tools.insert(
+            format!("*_v{i:03}_admin"),
+            serde_json::json!({"action": "require_approval"}),
+        );
+    }
+    for i in 0..100 {
+        tools.insert(format!("team{i:03}_*_report"), serde_json::json!({}));
+    }
+    for i in 0..100 {
+        tools.insert(
+            format!("db{i:02}_execute_sql"),
+            serde_json::json!({
+                "deny_if": [{"conditions": [{"path": "args.query", "op": "regex", "value": "(?i)drop\\s+table"}]}],
+                "require": [{"conditions": [{"path": "args.database", "op": "in", "value": ["analytics"]}]}]
+            }),
+        );
+    }
+    assert_eq!(tools.len(), 1000);
+    let text = serde_json::json!({"version": "1", "default": "deny", "tools": tools}).to_string();
+    match load(&text) {
+        Ok(bundle) => bundle,
+        Err(e) => panic!("the 1,000-rule policy must load:\n{e}"),
+    }
+}
+
+/// Allocations made by `calls` decisions of `tool`, one every 100 ms, after
+/// two minutes of warm-up decisions (so a limit's bucket exists and its
+/// window has held a full minute of slots: a window grows to its largest
+/// size once, then reuses it).
+fn allocations(bundle: &Bundle, tool: &str, want: Outcome, calls: u64) -> u64 {
+    let counters = LocalCounters::new();
+    let call = Call {
+        grant: "agent-1",
+        ..Call::new("any", tool)
+    };
+    let warm_up = 240;
+    for i in 0..warm_up {
+        let d = bundle.decide(&call, Duration::from_millis(500 * i), &counters);
+        assert_eq!(d.outcome, want, "{tool}: {d:?}");
+    }
+    let start = Duration::from_millis(500 * warm_up);
+    allocation_counter::measure(|| {
+        for i in 0..calls {
+            let now = start + Duration::from_millis(100 * i);
+            let d = bundle.decide(&call, now, &counters);
+            assert_eq!(d.outcome, want);
+        }
+    })
+    .count_total
+}
+
+#[test]
+fn the_counting_allocator_counts() {
+    let n = allocation_counter::measure(|| drop(std::hint::black_box(Box::new(1_u64))));
+    assert_eq!(n.count_total, 1);
+}
+
+#[test]
+fn an_exact_allow_without_limits_or_conditions_allocates_nothing() {
+    let bundle = thousand_rules();
+    assert_eq!(
+        allocations(&bundle, "jira_search_users", Outcome::Allow, 1000),
+        0
+    );
+    // Tool names match case-insensitively; a mixed-case name is lower-cased
+    // on the stack.
+    assert_eq!(
+        allocations(&bundle, "Jira_Search_Users", Outcome::Allow, 1000),
+        0
+    );
+}
+
+#[test]
+fn glob_default_and_limit_paths_allocate_nothing_once_warm() {
+    let bundle = thousand_rules();
+    let cases = [
+        ("mcp117_fetch_page", Outcome::Allow),
+        ("reset_password_v042_admin", Outcome::RequireApproval),
+        ("team063_weekly_report", Outcome::Allow),
+        ("unknown_tool_name", Outcome::Deny),
+        ("github_list_issues", Outcome::Allow),
+    ];
+    let counts: Vec<_> = cases
+        .iter()
+        .map(|&(tool, want)| (tool, allocations(&bundle, tool, want, 1000)))
+        .collect();
+    eprintln!("allocations per 1000 decisions: {counts:?}");
+    assert!(counts.iter().all(|&(_, n)| n == 0), "{counts:?}");
+}

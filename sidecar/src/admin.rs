@@ -1,0 +1,75 @@
+//! The admin endpoints (loopback by default): `/healthz` (the process
+//! serves), `/readyz` (a valid policy is loaded), `/metrics` (Prometheus).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::snapshot::PolicyStore;
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, policy: Arc<PolicyStore>, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (policy, metrics) = (Arc::clone(&policy), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let resp = respond(&req, &policy, &metrics);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    policy: &PolicyStore,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match policy.load() {
+            Some(s) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ready: policy {}\n", s.version),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no valid policy loaded yet; every call is denied\n".to_owned(),
+            ),
+        },
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}

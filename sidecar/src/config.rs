@@ -1,0 +1,169 @@
+//! Command-line configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tollgate's sidecar: an MCP proxy that decides every tools/call against policy.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-sidecar", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands besides running the proxy.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the built-in demo MCP server (a test-session service) at /mcp.
+    DemoUpstream {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        listen: SocketAddr,
+    },
+}
+
+/// The proxy's settings.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where agents connect (MCP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// An MCP server to front: `NAME=URL` (served at /mcp/NAME), a single
+    /// `URL` (served at /mcp as server `default`), `NAME=stdio:<command line>`,
+    /// or `NAME=sse:<URL of the legacy SSE endpoint>`. Repeatable.
+    #[arg(long = "upstream", value_name = "[NAME=]URL")]
+    pub upstreams: Vec<String>,
+    /// The policy file (a policy document or a bundle), watched for changes.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// How often the policy file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub policy_poll_ms: u64,
+    /// Health, readiness and metrics (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Where decision records go: a file path, or `-` for standard output.
+    #[arg(long, value_name = "PATH|-")]
+    pub decision_log: Option<String>,
+    /// Put call arguments in decision records (not only their SHA-256).
+    #[arg(long)]
+    pub log_arguments: bool,
+    /// This sidecar's node id; the grant for every call when the bundle has no grants.
+    #[arg(long, env = "POD_NAME")]
+    pub node_id: Option<String>,
+    /// The request header that carries grant tokens.
+    #[arg(long, default_value = "authorization")]
+    pub grant_header: String,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+}
+
+/// One `--upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    /// The server's name (`default` for an unnamed one).
+    pub name: String,
+    /// Whether it was named (served at /mcp/NAME) or not (served at /mcp).
+    pub named: bool,
+    /// How to reach it.
+    pub target: Target,
+}
+
+/// How an upstream is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Streamable HTTP at this URL.
+    Http(String),
+    /// The legacy HTTP+SSE transport, SSE endpoint at this URL.
+    LegacySse(String),
+    /// A stdio server started with this command line.
+    Stdio(String),
+}
+
+/// Reads the `--upstream` values.
+pub fn parse_upstreams(values: &[String]) -> Result<Vec<UpstreamSpec>, String> {
+    let mut out: Vec<UpstreamSpec> = Vec::new();
+    for v in values {
+        let (name, rest) = match v.split_once('=') {
+            Some((n, r)) if !n.contains(':') && !n.contains('/') => (Some(n), r),
+            _ => (None, v.as_str()),
+        };
+        if let Some(n) = name
+            && (n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(format!(
+                "--upstream {v}: a server name uses only letters, digits, `-` and `_`"
+            ));
+        }
+        let target = if let Some(cmd) = rest.strip_prefix("stdio:") {
+            Target::Stdio(cmd.trim().to_owned())
+        } else if let Some(url) = rest.strip_prefix("sse:") {
+            Target::LegacySse(url.to_owned())
+        } else if rest.starts_with("http://") {
+            Target::Http(rest.to_owned())
+        } else {
+            return Err(format!(
+                "--upstream {v}: expected an http:// URL, `stdio:<command>` or `sse:<URL>` (https upstreams are not supported: the upstream runs in the same pod)"
+            ));
+        };
+        let spec = UpstreamSpec {
+            name: name.unwrap_or("default").to_owned(),
+            named: name.is_some(),
+            target,
+        };
+        if out.iter().any(|o| o.name == spec.name) {
+            return Err(format!(
+                "--upstream {v}: the name `{}` is used twice",
+                spec.name
+            ));
+        }
+        out.push(spec);
+    }
+    if out.iter().any(|u| !u.named) && out.len() > 1 {
+        return Err("an unnamed --upstream is served at /mcp and must be the only one; name each upstream (NAME=URL) to serve several".into());
+    }
+    if out.is_empty() {
+        return Err(
+            "give at least one --upstream (e.g. --upstream http://127.0.0.1:3001/mcp)".into(),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_forms() {
+        let u = parse_upstreams(&["http://127.0.0.1:3001/mcp".into()]).unwrap();
+        assert_eq!(
+            u[0],
+            UpstreamSpec {
+                name: "default".into(),
+                named: false,
+                target: Target::Http("http://127.0.0.1:3001/mcp".into())
+            }
+        );
+        let u = parse_upstreams(&[
+            "a=http://x/mcp".into(),
+            "b=stdio: npx server".into(),
+            "c=sse:http://x/sse".into(),
+        ])
+        .unwrap();
+        assert_eq!(u[1].target, Target::Stdio("npx server".into()));
+        assert_eq!(u[2].target, Target::LegacySse("http://x/sse".into()));
+        assert!(parse_upstreams(&["a=ftp://x".into()]).is_err());
+        assert!(parse_upstreams(&["http://x".into(), "b=http://y".into()]).is_err());
+        assert!(parse_upstreams(&["a=http://x".into(), "a=http://y".into()]).is_err());
+        assert!(parse_upstreams(&["a b=http://x".into()]).is_err());
+    }
+}

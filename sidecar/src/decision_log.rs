@@ -1,0 +1,244 @@
+//! The decision log: one JSON line per decision, written off the request path.
+//!
+//! Records go through a bounded channel to a writer task. When the channel is
+//! full the record is dropped and counted (`tollgate_decision_log_dropped`);
+//! when the sink fails the error is counted and logged once a minute at most.
+//! A call never waits for, or fails because of, the log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// One decision, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    /// Unique decision id (also in the refusal's `_meta`).
+    pub id: String,
+    /// RFC 3339 UTC time of the decision.
+    pub time: String,
+    /// The policy version that decided.
+    pub policy_version: Arc<str>,
+    /// The server.
+    pub server: Arc<str>,
+    /// The grant (or node id).
+    pub grant: Arc<str>,
+    /// The MCP session, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The JSON-RPC method.
+    pub method: &'static str,
+    /// The tool.
+    pub tool: String,
+    /// SHA-256 (hex) of the canonical arguments (keys sorted, no spaces);
+    /// computed by the writer task from `raw_arguments`.
+    pub arguments_sha256: String,
+    /// The arguments themselves, only with `--log-arguments`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+    /// The raw arguments as received, hashed off the request path.
+    #[serde(skip)]
+    pub raw_arguments: Option<Box<serde_json::value::RawValue>>,
+    /// `allow`, `deny`, `rate_limited`, `require_approval` or `hidden`.
+    pub decision: &'static str,
+    /// True in shadow mode: the call went through whatever the decision.
+    pub shadow: bool,
+    /// The deciding rule's JSON pointer.
+    pub rule: Arc<str>,
+    /// The reason given, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Arc<str>>,
+    /// Milliseconds until a rate-limited call would be admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Microseconds spent deciding.
+    pub micros: u64,
+}
+
+/// Where records go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// The sending side; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DecisionLog {
+    tx: Option<mpsc::Sender<DecisionRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether records carry the arguments themselves, not only their hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogArguments(pub bool);
+
+/// Records waiting to be written before new ones are dropped.
+const QUEUE: usize = 8_192;
+
+impl DecisionLog {
+    /// A log that records nothing.
+    pub fn disabled(metrics: Arc<Metrics>) -> Self {
+        Self { tx: None, metrics }
+    }
+
+    /// Starts the writer task for `sink`.
+    pub async fn start(
+        sink: Sink,
+        with_arguments: LogArguments,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let out: Box<dyn AsyncWrite + Send + Unpin> = match &sink {
+            Sink::Stdout => Box::new(tokio::io::stdout()),
+            Sink::File(path) => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        tokio::spawn(write_loop(
+            rx,
+            BufWriter::new(out),
+            with_arguments,
+            Arc::clone(&metrics),
+        ));
+        Ok(Self {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    /// Whether records are wanted (so callers can skip building them).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a record, or drops and counts it if the queue is full.
+    pub fn record(&self, record: DecisionRecord) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(record).is_err()
+        {
+            self.metrics.log_dropped();
+        }
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<DecisionRecord>,
+    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+    with_arguments: LogArguments,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_report: Option<Instant> = None;
+    let mut line = Vec::with_capacity(512);
+    while let Some(record) = rx.recv().await {
+        let mut batch = vec![record];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        for record in &mut batch {
+            let (hash, value) = arguments_sha256(record.raw_arguments.as_deref());
+            record.arguments_sha256 = hash;
+            record.arguments = value.filter(|_| with_arguments.0);
+            line.clear();
+            if serde_json::to_writer(&mut line, record).is_err() {
+                metrics.log_error();
+                continue;
+            }
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line).await {
+                metrics.log_error();
+                if last_report.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::error!("decision log write failed (records are being lost): {e}");
+                    last_report = Some(Instant::now());
+                }
+            }
+        }
+        if out.flush().await.is_err() {
+            metrics.log_error();
+        }
+    }
+}
+
+/// SHA-256 (hex) of arguments in canonical form: object keys sorted, no
+/// insignificant whitespace. `None` arguments hash as `{}`.
+pub fn arguments_sha256(
+    arguments: Option<&serde_json::value::RawValue>,
+) -> (String, Option<serde_json::Value>) {
+    use sha2::{Digest, Sha256};
+    // serde_json's default map is a BTreeMap: parsing sorts the keys.
+    let value: serde_json::Value = arguments
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    let canonical = value.to_string();
+    let digest = Sha256::digest(canonical.as_bytes());
+    (
+        digest.iter().map(|b| format!("{b:02x}")).collect(),
+        Some(value),
+    )
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_hash_ignores_key_order_and_spacing() {
+        let a =
+            serde_json::value::RawValue::from_string(r#"{"b": 1, "a": [1, 2]}"#.into()).unwrap();
+        let b = serde_json::value::RawValue::from_string(r#"{"a":[1,2],"b":1}"#.into()).unwrap();
+        assert_eq!(arguments_sha256(Some(&a)).0, arguments_sha256(Some(&b)).0);
+        assert_ne!(arguments_sha256(Some(&a)).0, arguments_sha256(None).0);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,527 @@
+//! One POSTed MCP body: peek → identify → decide every `tools/call` →
+//! forward what is allowed, answer the rest → filter `tools/list` results.
+//!
+//! A refused call is never forwarded, whatever the body's shape: a single
+//! refused call is answered here; in a batch, only the allowed messages are
+//! forwarded and the answers are merged into the upstream's reply.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tollgate_policy::{Arguments, Call, Decision, Outcome};
+
+use crate::decision_log::{DecisionRecord, now_rfc3339};
+use crate::identity::identify;
+use crate::mcp::answer::{self, code};
+use crate::mcp::list_filter;
+use crate::mcp::peek::{Kind, Message, Peeked, peek};
+use crate::snapshot::Snapshot;
+use crate::state::{Route, Sidecar};
+use crate::upstream::http::{Body, HttpUpstream, box_error, forwarded_headers, full, relay};
+
+/// The `Mcp-Session-Id` header.
+pub const SESSION: &str = "mcp-session-id";
+
+/// Handles a POST to an MCP endpoint (Streamable HTTP, or the legacy
+/// transport's message endpoint when `target` names it).
+pub async fn post(
+    sc: &Sidecar,
+    route: &Arc<Route>,
+    up: &HttpUpstream,
+    target: Uri,
+    parts: request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    let bytes = match read_body(body, &parts.headers, sc.max_body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let peeked = match peek(&bytes) {
+        Ok(p) => p,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+    };
+    let snapshot = sc.policy.load();
+    let grant = match identify_caller(sc, &parts.headers, &snapshot, &peeked) {
+        Ok(g) => g,
+        Err(resp) => return resp,
+    };
+    if let Peeked::Single(m) = &peeked
+        && let Err(resp) = check_headers(&parts.headers, m)
+    {
+        return resp;
+    }
+    let messages = peeked.messages();
+    let answers = judge(
+        sc,
+        route,
+        &parts.headers,
+        messages,
+        snapshot.as_deref(),
+        &grant,
+    );
+
+    let sse = prefers_sse(&parts.headers);
+    if !answers.is_empty() && answers.len() == messages.len() {
+        // Nothing left to forward.
+        return match peeked {
+            Peeked::Single(_) => answer_response(&answers[0].1, sse),
+            Peeked::Batch(_) => {
+                answer_response(&join_array(answers.iter().map(|(_, b)| &b[..])), sse)
+            }
+        };
+    }
+    let forward_body = allowed_body(&bytes, messages, &answers);
+    let list_ids = list_request_ids(messages, &answers);
+
+    let strip = snapshot
+        .as_ref()
+        .filter(|s| s.bundle.has_grants())
+        .map(|_| &sc.grant_header);
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(target)
+        .body(full(forward_body));
+    if let Ok(r) = &mut req {
+        *r.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    let Ok(req) = req else {
+        return rpc_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            code::UPSTREAM_UNAVAILABLE,
+            "could not build the upstream request",
+        );
+    };
+    let resp = match up.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            sc.metrics.upstream_error(&route.server);
+            let id = match &peeked {
+                Peeked::Single(m) => m.id,
+                Peeked::Batch(_) => None,
+            };
+            return rpc_error(
+                StatusCode::BAD_GATEWAY,
+                id,
+                code::UPSTREAM_UNAVAILABLE,
+                &e.to_string(),
+            );
+        }
+    };
+    if resp.status().is_server_error() {
+        sc.metrics.upstream_error(&route.server);
+    }
+    let resp = relay(resp);
+    if list_ids.is_empty() && answers.is_empty() {
+        return resp;
+    }
+    let listing = snapshot.clone();
+    let server = Arc::clone(&route.server);
+    finish(
+        sc,
+        route,
+        resp,
+        list_ids,
+        answers,
+        move |name, annotations| match &listing {
+            Some(s) => s.bundle.listing(&server, &grant, name, annotations),
+            None => tollgate_policy::Listing::Denied,
+        },
+    )
+    .await
+}
+
+/// The caller's grant, or the 401 to answer.
+pub fn identify_caller(
+    sc: &Sidecar,
+    headers: &HeaderMap,
+    snapshot: &Option<Arc<Snapshot>>,
+    peeked: &Peeked<'_>,
+) -> Result<Arc<str>, Response<Body>> {
+    match snapshot {
+        Some(s) => identify(headers, &sc.grant_header, &s.bundle, &sc.node_id).map_err(|e| {
+            let id = peeked.messages().first().and_then(|m| m.id);
+            rpc_error(
+                StatusCode::UNAUTHORIZED,
+                id,
+                code::UNAUTHENTICATED,
+                &e.to_string(),
+            )
+        }),
+        None => Ok(Arc::clone(&sc.node_id)),
+    }
+}
+
+/// Decides every `tools/call` among `messages`; returns the answers to the
+/// refused ones, by message index. Records every decision.
+pub fn judge(
+    sc: &Sidecar,
+    route: &Route,
+    headers: &HeaderMap,
+    messages: &[Message<'_>],
+    snapshot: Option<&Snapshot>,
+    grant: &Arc<str>,
+) -> Vec<(usize, Bytes)> {
+    let session = headers.get(SESSION).and_then(|v| v.to_str().ok());
+    let mut answers: Vec<(usize, Bytes)> = Vec::new();
+    let catalog = route.catalog.load();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(call) = &m.call else { continue };
+        let known = catalog.tools.get(&*call.name);
+        let started = Instant::now();
+        let decision = match snapshot {
+            Some(s) => s.bundle.decide(
+                &Call {
+                    server: &route.server,
+                    tool: &call.name,
+                    arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
+                    grant,
+                    session,
+                    annotations: known.and_then(|(_, a)| a.as_ref()),
+                },
+                sc.now(),
+                &sc.counters,
+            ),
+            None => no_policy(),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        let version = snapshot.map_or_else(|| Arc::from("(none)"), |s| Arc::clone(&s.version));
+        let id = sc.decision_id();
+        sc.metrics.decision(
+            &route.server,
+            known.map(|(n, _)| n),
+            decision.outcome.as_str(),
+        );
+        if decision.enforced() != Outcome::Allow {
+            answers.push((
+                i,
+                answer::refusal(m.id, &call.name, &decision, &id, &version),
+            ));
+        }
+        if sc.log.enabled() {
+            sc.log.record(DecisionRecord {
+                id,
+                time: now_rfc3339(),
+                policy_version: version,
+                server: Arc::clone(&route.server),
+                grant: Arc::clone(grant),
+                session: session.map(str::to_owned),
+                method: "tools/call",
+                tool: call.name.to_string(),
+                arguments_sha256: String::new(),
+                arguments: None,
+                raw_arguments: call.arguments.map(ToOwned::to_owned),
+                decision: decision.outcome.as_str(),
+                shadow: decision.shadow,
+                rule: decision.rule,
+                reason: decision.reason,
+                retry_after_ms: decision.retry_after.map(|r| r.as_millis() as u64),
+                micros,
+            });
+        }
+    }
+    answers
+}
+
+/// The ids of the `tools/list` requests that go upstream.
+pub fn list_request_ids(messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Vec<Value> {
+    messages
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            m.kind == Kind::Request
+                && m.method() == "tools/list"
+                && !answers.iter().any(|(j, _)| j == i)
+        })
+        .filter_map(|(_, m)| m.id.and_then(|raw| serde_json::from_str(raw.get()).ok()))
+        .collect()
+}
+
+/// The body to forward: the original bytes, or a batch of the messages not refused.
+pub fn allowed_body(bytes: &Bytes, messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Bytes {
+    if answers.is_empty() {
+        return bytes.clone();
+    }
+    let refused = |i: usize| answers.iter().any(|(j, _)| *j == i);
+    join_array(
+        messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused(*i))
+            .map(|(_, m)| m.raw),
+    )
+}
+
+/// Filters `tools/list` results and merges the sidecar's own answers into an
+/// upstream response.
+async fn finish(
+    sc: &Sidecar,
+    route: &Arc<Route>,
+    resp: Response<Body>,
+    list_ids: Vec<Value>,
+    answers: Vec<(usize, Bytes)>,
+    listing: impl Fn(&str, Option<&tollgate_policy::Annotations>) -> tollgate_policy::Listing
+    + Send
+    + Sync
+    + 'static,
+) -> Response<Body> {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if is_sse {
+        return crate::sse_filter::filter_stream(route, resp, list_ids, answers, listing);
+    }
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::ACCEPTED {
+        // Only notifications and responses were forwarded: reply with the answers.
+        return answer_response(&join_array(answers.iter().map(|(_, b)| &b[..])), false);
+    }
+    let collected = match collect_limited(body, sc.max_response).await {
+        Ok(c) => c,
+        Err(e) => {
+            sc.metrics.upstream_error(&route.server);
+            return rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                code::UPSTREAM_UNAVAILABLE,
+                &format!(
+                    "reading the response of upstream server `{}` failed: {e}",
+                    route.server
+                ),
+            );
+        }
+    };
+    let mut out = collected.clone();
+    if !list_ids.is_empty() {
+        let (filtered, seen) = list_filter::filter(&out, &list_ids, &listing);
+        route.learn(seen);
+        if let Some(f) = filtered {
+            out = Bytes::from(f);
+        }
+    }
+    if !answers.is_empty() {
+        out = merge_json(&out, &answers);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(out))
+}
+
+/// Reads a whole response body of at most `max` bytes.
+async fn collect_limited(mut body: Body, max: usize) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(format!("the response is larger than {max} bytes"));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Appends answers to a JSON reply (an array, or one message).
+fn merge_json(reply: &[u8], answers: &[(usize, Bytes)]) -> Bytes {
+    let items: Vec<&serde_json::value::RawValue> =
+        match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(reply) {
+            Ok(items) => items,
+            Err(_) => match serde_json::from_slice::<&serde_json::value::RawValue>(reply) {
+                Ok(one) => vec![one],
+                Err(_) => Vec::new(),
+            },
+        };
+    join_array(
+        items
+            .iter()
+            .map(|r| r.get().as_bytes())
+            .chain(answers.iter().map(|(_, b)| &b[..])),
+    )
+}
+
+/// `[a,b,…]` from raw JSON texts.
+pub fn join_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+/// The decision when no valid policy has loaded: deny everything.
+fn no_policy() -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        rule: Arc::from("(no policy loaded)"),
+        reason: Some(Arc::from(
+            "the sidecar has no valid policy yet and denies every call until one loads; check its --policy file or control plane",
+        )),
+        retry_after: None,
+        limit: None,
+        approval: None,
+        class: None,
+        shadow: false,
+    }
+}
+
+/// `Mcp-Method` and `Mcp-Name` must agree with the body, or a router that
+/// trusts the headers could be told one thing while the server does another.
+pub fn check_headers(headers: &HeaderMap, m: &Message<'_>) -> Result<(), Response<Body>> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Some(method) = header("mcp-method")
+        && m.kind != Kind::Response
+        && method != m.method()
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            m.id,
+            code::HEADER_MISMATCH,
+            &format!(
+                "the Mcp-Method header ({method:?}) does not match the body's method ({:?}); send the same method in both",
+                m.method()
+            ),
+        ));
+    }
+    if let (Some(name), Some(call)) = (header("mcp-name"), &m.call)
+        && name != call.name
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            m.id,
+            code::HEADER_MISMATCH,
+            &format!(
+                "the Mcp-Name header ({name:?}) does not match the tool named in the body ({:?}); send the same name in both",
+                call.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a request body of at most `max` bytes, or answers 413/400.
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            code::INVALID_REQUEST,
+            &format!(
+                "the request body is larger than this sidecar accepts ({max} bytes); send a smaller message or raise --max-body"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            &format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Whether the client accepts only SSE (then the sidecar's answers are SSE).
+fn prefers_sse(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    accept.contains("text/event-stream")
+        && !accept.contains("application/json")
+        && !accept.contains("*/*")
+}
+
+/// A 200 reply carrying the sidecar's own JSON-RPC message(s).
+pub fn answer_response(json: &[u8], sse: bool) -> Response<Body> {
+    let (ct, body) = if sse {
+        ("text/event-stream", answer::sse_event(json))
+    } else {
+        ("application/json", Bytes::copy_from_slice(json))
+    };
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
+}
+
+/// An HTTP error whose body is a JSON-RPC error.
+pub fn rpc_error(
+    status: StatusCode,
+    id: Option<&serde_json::value::RawValue>,
+    code: i32,
+    message: &str,
+) -> Response<Body> {
+    let mut resp = Response::new(full(answer::error(id, code, message)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Forwards a request with no body to inspect (GET streams, DELETE).
+pub async fn pass_through(
+    sc: &Sidecar,
+    route: &Route,
+    up: &HttpUpstream,
+    target: Uri,
+    parts: request::Parts,
+    body: Incoming,
+    snapshot: Option<Arc<Snapshot>>,
+) -> Response<Body> {
+    let strip = snapshot
+        .as_ref()
+        .filter(|s| s.bundle.has_grants())
+        .map(|_| &sc.grant_header);
+    let mut req = Request::new(body.map_err(box_error).boxed());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = target;
+    *req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+    match up.send(req).await {
+        Ok(r) => {
+            if r.status().is_server_error() {
+                sc.metrics.upstream_error(&route.server);
+            }
+            relay(r)
+        }
+        Err(e) => {
+            sc.metrics.upstream_error(&route.server);
+            rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                code::UPSTREAM_UNAVAILABLE,
+                &e.to_string(),
+            )
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The legacy HTTP+SSE transport (MCP 2024-11-05).
+//!
+//! The client opens `GET <base>/sse`; the upstream's first event, `endpoint`,
+//! names where to POST messages. The sidecar rewrites it to its own
+//! `<base>/message?tg=<key>`, so every POST passes through policy; answers
+//! travel back on the SSE stream, so the sidecar's own answers (refused calls)
+//! are injected into that stream and `tools/list` results in it are filtered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::enforce::{self, rpc_error};
+use crate::mcp::answer::{self, code};
+use crate::mcp::list_filter;
+use crate::mcp::peek::{Peeked, peek};
+use crate::mcp::sse::{SseParser, write_event};
+use crate::state::{Route, Sidecar};
+use crate::upstream::http::{Body, BoxError, HttpUpstream, forwarded_headers, full, relay};
+
+/// Messages waiting to be injected into one SSE stream.
+const INJECT_QUEUE: usize = 256;
+/// The largest SSE event parsed on a legacy stream.
+const MAX_EVENT: usize = 16 << 20;
+
+/// The legacy sessions of one route.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    next: AtomicU64,
+}
+
+/// One client's SSE stream.
+#[derive(Debug)]
+struct Session {
+    /// Where the upstream wants this session's messages (path and query).
+    upstream_endpoint: Mutex<Option<String>>,
+    inject: mpsc::Sender<Bytes>,
+    pending_lists: Mutex<Vec<Value>>,
+}
+
+impl Sessions {
+    fn get(&self, key: &str) -> Option<Arc<Session>> {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn remove(&self, key: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// `GET <base>/sse`: opens the upstream stream and relays it.
+pub async fn stream(
+    sc: &Sidecar,
+    route: &Arc<Route>,
+    up: &HttpUpstream,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let snapshot = sc.policy.load();
+    let (parts, _) = req.into_parts();
+    let grant = match &snapshot {
+        Some(s) => match crate::identity::identify(
+            &parts.headers,
+            &sc.grant_header,
+            &s.bundle,
+            &sc.node_id,
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                return rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    code::UNAUTHENTICATED,
+                    &e.to_string(),
+                );
+            }
+        },
+        None => Arc::clone(&sc.node_id),
+    };
+    let strip = snapshot
+        .as_ref()
+        .filter(|s| s.bundle.has_grants())
+        .map(|_| &sc.grant_header);
+    let mut upstream_req = Request::new(full(Bytes::new()));
+    *upstream_req.method_mut() = Method::GET;
+    *upstream_req.uri_mut() = up.target(None, parts.uri.query());
+    *upstream_req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+    let resp = match up.send(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            sc.metrics.upstream_error(&route.server);
+            return rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                code::UPSTREAM_UNAVAILABLE,
+                &e.to_string(),
+            );
+        }
+    };
+    if !resp.status().is_success() {
+        return relay(resp);
+    }
+    let key = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        route.legacy.next.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let (tx, rx) = mpsc::channel(INJECT_QUEUE);
+    let session = Arc::new(Session {
+        upstream_endpoint: Mutex::new(None),
+        inject: tx,
+        pending_lists: Mutex::new(Vec::new()),
+    });
+    route
+        .legacy
+        .map
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key.clone(), Arc::clone(&session));
+
+    let (mut parts, body) = relay(resp).into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let state = Relay {
+        body,
+        parser: SseParser::new(MAX_EVENT),
+        inject: rx,
+        session,
+        key,
+        route: Arc::clone(route),
+        sse_path: up.url.path().to_owned(),
+        grant,
+        sc_policy: Arc::clone(&sc.policy),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let item = st.next().await;
+        match item {
+            Some(frame) => Some((frame, st)),
+            None => {
+                st.route.legacy.remove(&st.key);
+                None
+            }
+        }
+    });
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+struct Relay {
+    body: Body,
+    parser: SseParser,
+    inject: mpsc::Receiver<Bytes>,
+    session: Arc<Session>,
+    key: String,
+    route: Arc<Route>,
+    sse_path: String,
+    grant: Arc<str>,
+    sc_policy: Arc<crate::snapshot::PolicyStore>,
+    ended: bool,
+}
+
+impl Relay {
+    async fn next(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(event)) => return Some(Ok(Frame::data(self.rewrite(event)))),
+                Ok(None) => {}
+                Err(e) => return Some(Err(Box::new(e))),
+            }
+            if self.ended {
+                return None;
+            }
+            tokio::select! {
+                injected = self.inject.recv() => {
+                    if let Some(bytes) = injected {
+                        return Some(Ok(Frame::data(answer::sse_event(&bytes))));
+                    }
+                }
+                frame = self.body.frame() => match frame {
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(data) => self.parser.push(data),
+                        Err(other) => return Some(Ok(other)),
+                    },
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {
+                        self.ended = true;
+                        let tail = std::mem::replace(&mut self.parser, SseParser::new(MAX_EVENT)).finish();
+                        if !tail.is_empty() {
+                            return Some(Ok(Frame::data(tail)));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Rewrites the `endpoint` event and filters `tools/list` results.
+    fn rewrite(&mut self, event: crate::mcp::sse::Event) -> Bytes {
+        if event.event.as_deref() == Some("endpoint") {
+            let upstream = resolve(&self.sse_path, event.data.trim());
+            *self
+                .session
+                .upstream_endpoint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(upstream);
+            let ours = format!("{}/message?tg={}", self.route.path, self.key);
+            return write_event(event.id.as_deref(), Some("endpoint"), &ours);
+        }
+        let pending = self
+            .session
+            .pending_lists
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if pending.is_empty() || !event.data.contains("\"tools\"") {
+            return event.raw;
+        }
+        let snapshot = self.sc_policy.load();
+        let server = Arc::clone(&self.route.server);
+        let grant = &self.grant;
+        let (filtered, seen) =
+            list_filter::filter(event.data.as_bytes(), &pending, |name, a| match &snapshot {
+                Some(s) => s.bundle.listing(&server, grant, name, a),
+                None => tollgate_policy::Listing::Denied,
+            });
+        self.route.learn(seen);
+        if let Ok(v) = serde_json::from_str::<Value>(&event.data)
+            && let Some(id) = v.get("id")
+        {
+            self.session
+                .pending_lists
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|p| p != id);
+        }
+        match filtered.and_then(|f| String::from_utf8(f).ok()) {
+            Some(data) => write_event(event.id.as_deref(), event.event.as_deref(), &data),
+            None => event.raw,
+        }
+    }
+}
+
+/// The upstream's message endpoint as a path and query on the upstream.
+fn resolve(sse_path: &str, endpoint: &str) -> String {
+    if let Some(rest) = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+    {
+        return rest
+            .find('/')
+            .map_or_else(|| "/".to_owned(), |i| rest[i..].to_owned());
+    }
+    if endpoint.starts_with('/') {
+        return endpoint.to_owned();
+    }
+    let dir = sse_path.rfind('/').map_or("", |i| &sse_path[..i]);
+    format!("{dir}/{endpoint}")
+}
+
+/// `POST <base>/message?tg=<key>`: decided, then forwarded to the upstream's
+/// endpoint for that session; refusals are answered on the session's stream.
+pub async fn message(
+    sc: &Sidecar,
+    route: &Arc<Route>,
+    up: &HttpUpstream,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let key = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tg=")))
+        .unwrap_or_default()
+        .to_owned();
+    let Some(session) = route.legacy.get(&key) else {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            "unknown or closed SSE session; open the SSE stream again and POST to the endpoint it names",
+        );
+    };
+    let Some(endpoint) = session
+        .upstream_endpoint
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    else {
+        return rpc_error(
+            StatusCode::CONFLICT,
+            None,
+            code::INVALID_REQUEST,
+            "the upstream has not named its message endpoint yet; retry shortly",
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match enforce::read_body(body, &parts.headers, sc.max_body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let peeked = match peek(&bytes) {
+        Ok(p) => p,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+    };
+    let snapshot = sc.policy.load();
+    let grant = match enforce::identify_caller(sc, &parts.headers, &snapshot, &peeked) {
+        Ok(g) => g,
+        Err(resp) => return resp,
+    };
+    if let Peeked::Single(m) = &peeked
+        && let Err(resp) = enforce::check_headers(&parts.headers, m)
+    {
+        return resp;
+    }
+    let messages = peeked.messages();
+    let answers = enforce::judge(
+        sc,
+        route,
+        &parts.headers,
+        messages,
+        snapshot.as_deref(),
+        &grant,
+    );
+    let list_ids = enforce::list_request_ids(messages, &answers);
+    session
+        .pending_lists
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(list_ids);
+    for (_, a) in &answers {
+        if session.inject.try_send(a.clone()).is_err() {
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                code::UPSTREAM_UNAVAILABLE,
+                "the SSE stream for this session is closed or not reading; reconnect",
+            );
+        }
+    }
+    if answers.len() == messages.len() {
+        return accepted();
+    }
+    let forward = enforce::allowed_body(&bytes, messages, &answers);
+    let (path, query) = match endpoint.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (endpoint.clone(), None),
+    };
+    let strip = snapshot
+        .as_ref()
+        .filter(|s| s.bundle.has_grants())
+        .map(|_| &sc.grant_header);
+    let mut upstream_req = Request::new(full(forward));
+    *upstream_req.method_mut() = Method::POST;
+    *upstream_req.uri_mut() = up.target(Some(&path), query.as_deref());
+    *upstream_req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+    upstream_req.headers_mut().remove(header::CONTENT_LENGTH);
+    match up.send(upstream_req).await {
+        Ok(r) => relay(r),
+        Err(e) => {
+            sc.metrics.upstream_error(&route.server);
+            rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                code::UPSTREAM_UNAVAILABLE,
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+fn accepted() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(b"Accepted")));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_against_the_sse_path() {
+        assert_eq!(
+            resolve("/sse", "/messages?sessionId=a"),
+            "/messages?sessionId=a"
+        );
+        assert_eq!(resolve("/x/sse", "messages?s=1"), "/x/messages?s=1");
+        assert_eq!(
+            resolve("/sse", "http://127.0.0.1:3001/messages?s=1"),
+            "/messages?s=1"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The MCP-facing HTTP server and its routes.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/mcp` | the single unnamed upstream (server `default`) |
+//! | `/mcp/<name>` | the upstream named `<name>` |
+//! | `<base>/sse`, `<base>/message` | the legacy HTTP+SSE transport of a `sse:` upstream |
+//! | `/.well-known/oauth-*` | passed through to the upstream (the one named by a path suffix `/mcp/<name>`, or the only one) |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::enforce::{self, rpc_error};
+use crate::identity::identify;
+use crate::legacy;
+use crate::mcp::answer::code;
+use crate::state::{Route, Sidecar, Upstream};
+use crate::upstream::http::Body;
+
+/// Serves MCP on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let sc = Arc::clone(&sc);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let sc = Arc::clone(&sc);
+                async move { Ok::<_, Infallible>(handle_owned(sc, req, peer).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+type Handling = std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
+
+fn handle_owned(sc: Arc<Sidecar>, req: Request<Incoming>, peer: SocketAddr) -> Handling {
+    Box::pin(async move { handle(&sc, req, peer).await })
+}
+
+/// Routes one request.
+pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/.well-known/oauth-") {
+        return well_known(sc, req).await;
+    }
+    let Some((route, rest)) = find_route(sc, &path) else {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            &format!(
+                "no MCP server is served at {path}; this sidecar serves {}",
+                served(sc)
+            ),
+        );
+    };
+    let resp = match (&route.upstream, rest) {
+        (Upstream::Http(_), "") => streamable(sc, route, req).await,
+        (Upstream::LegacySse(up), "/sse") if req.method() == Method::GET => {
+            legacy::stream(sc, route, up, req).await
+        }
+        (Upstream::LegacySse(up), "/message") if req.method() == Method::POST => {
+            legacy::message(sc, route, up, req).await
+        }
+        _ => rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            &format!(
+                "no MCP endpoint at {path}; this sidecar serves {}",
+                served(sc)
+            ),
+        ),
+    };
+    sc.metrics.request(&route.server, started.elapsed());
+    resp
+}
+
+/// The Streamable HTTP endpoint: POST, GET, DELETE.
+async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) -> Response<Body> {
+    let Upstream::Http(up) = &route.upstream else {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            "not a Streamable HTTP server",
+        );
+    };
+    let target = up.target(None, req.uri().query());
+    let (parts, body) = req.into_parts();
+    match parts.method {
+        Method::POST => enforce::post(sc, route, up, target, parts, body).await,
+        Method::GET | Method::DELETE => {
+            let snapshot = sc.policy.load();
+            if let Some(s) = &snapshot
+                && let Err(e) = identify(&parts.headers, &sc.grant_header, &s.bundle, &sc.node_id)
+            {
+                return rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    code::UNAUTHENTICATED,
+                    &e.to_string(),
+                );
+            }
+            enforce::pass_through(sc, route, up, target, parts, body, snapshot).await
+        }
+        _ => {
+            let mut resp = rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                code::INVALID_REQUEST,
+                &format!(
+                    "{} is not part of MCP's Streamable HTTP transport; use POST, GET or DELETE",
+                    parts.method
+                ),
+            );
+            resp.headers_mut().insert(
+                header::ALLOW,
+                http::HeaderValue::from_static("GET, POST, DELETE"),
+            );
+            resp
+        }
+    }
+}
+
+/// `/mcp` → the unnamed route; `/mcp/<name>[/rest]` → the named one.
+fn find_route<'s, 'p>(sc: &'s Sidecar, path: &'p str) -> Option<(&'s Arc<Route>, &'p str)> {
+    let after = path.strip_prefix("/mcp")?;
+    if let Some(route) = sc.routes.get("") {
+        return matches!(after, "" | "/" | "/sse" | "/message")
+            .then(|| (route, after.trim_end_matches('/')));
+    }
+    let named = after.strip_prefix('/')?;
+    let (name, rest) = match named.find('/') {
+        Some(i) => (&named[..i], &named[i..]),
+        None => (named, ""),
+    };
+    let rest = if rest == "/" { "" } else { rest };
+    sc.routes.get(name).map(|r| (r, rest))
+}
+
+fn served(sc: &Sidecar) -> String {
+    let mut names: Vec<String> = sc
+        .routes
+        .keys()
+        .map(|n| {
+            if n.is_empty() {
+                "/mcp".to_owned()
+            } else {
+                format!("/mcp/{n}")
+            }
+        })
+        .collect();
+    names.sort();
+    names.join(", ")
+}
+
+/// OAuth discovery documents belong to the upstream: pass them through.
+async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let by_suffix = path
+        .find("/mcp")
+        .and_then(|i| find_route(sc, &path[i..]).map(|(r, _)| (r, i)));
+    let (route, upstream_path) = match (by_suffix, sc.routes.len()) {
+        (Some((r, i)), _) => (r, format!("{}{}", &path[..i], upstream_path(r))),
+        (None, 1) => match sc.routes.values().next() {
+            Some(r) => (r, path.clone()),
+            None => return not_found(&path),
+        },
+        _ => return not_found(&path),
+    };
+    let (Upstream::Http(up) | Upstream::LegacySse(up)) = &route.upstream;
+    let target = up.target(Some(&upstream_path), req.uri().query());
+    let route: &Route = route;
+    let (parts, body) = req.into_parts();
+    enforce::pass_through(sc, route, up, target, parts, body, sc.policy.load()).await
+}
+
+fn upstream_path(route: &Route) -> String {
+    let (Upstream::Http(up) | Upstream::LegacySse(up)) = &route.upstream;
+    let p = up.url.path();
+    if p == "/" {
+        String::new()
+    } else {
+        p.to_owned()
+    }
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        None,
+        code::INVALID_REQUEST,
+        &format!("no upstream serves {path}"),
+    )
+}

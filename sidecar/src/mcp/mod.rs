@@ -1,0 +1,7 @@
+//! MCP message handling: peeking at requests, SSE framing, the sidecar's own
+//! answers, and `tools/list` filtering.
+
+pub mod answer;
+pub mod list_filter;
+pub mod peek;
+pub mod sse;

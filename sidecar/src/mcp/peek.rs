@@ -1,0 +1,260 @@
+//! A single-pass, borrowed look at a JSON-RPC message: what it is, and for a
+//! `tools/call`, the tool's name and raw arguments.
+//!
+//! Nothing is copied unless the name has escapes (`"\u0064elete_x"` is read as
+//! `delete_x`, exactly as the upstream will read it). A body the peek cannot
+//! read is never forwarded: the peers on either side might read it another
+//! way. In particular a message whose `method` — or a `tools/call` whose
+//! `params.name` — appears twice is refused, because JSON parsers disagree on
+//! which duplicate wins.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+/// The JSON-RPC method policy decides.
+pub const TOOLS_CALL: &str = "tools/call";
+
+/// A peeked body: one message or a batch.
+#[derive(Debug)]
+pub enum Peeked<'a> {
+    /// One JSON-RPC message.
+    Single(Message<'a>),
+    /// A JSON-RPC batch (2025-03-26 allows them), in order.
+    Batch(Vec<Message<'a>>),
+}
+
+impl<'a> Peeked<'a> {
+    /// The messages, one or many.
+    pub fn messages(&self) -> &[Message<'a>] {
+        match self {
+            Peeked::Single(m) => std::slice::from_ref(m),
+            Peeked::Batch(ms) => ms,
+        }
+    }
+}
+
+/// What kind of JSON-RPC message this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A method and an id: expects a response.
+    Request,
+    /// A method and no id.
+    Notification,
+    /// A `result` or `error` with an id.
+    Response,
+}
+
+/// One message, borrowed from the body.
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// The raw `id`, if any (`null` counts as none).
+    pub id: Option<&'a RawValue>,
+    /// The method, escapes decoded.
+    pub method: Option<Cow<'a, str>>,
+    /// Request, notification or response.
+    pub kind: Kind,
+    /// The tool call, when the method is `tools/call`.
+    pub call: Option<ToolCall<'a>>,
+    /// The message's own bytes (the whole body for a single message).
+    pub raw: &'a [u8],
+}
+
+impl Message<'_> {
+    /// The method, or `""` for a response.
+    pub fn method(&self) -> &str {
+        self.method.as_deref().unwrap_or("")
+    }
+}
+
+/// A `tools/call`'s name and arguments.
+#[derive(Debug)]
+pub struct ToolCall<'a> {
+    /// The tool's name, escapes decoded.
+    pub name: Cow<'a, str>,
+    /// The raw `arguments` object, if any.
+    pub arguments: Option<&'a RawValue>,
+}
+
+/// Why a body could not be read; each maps to one JSON-RPC error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeekError {
+    /// Not JSON (or nested deeper than the parser allows).
+    #[error("the body is not valid JSON: {0}")]
+    Syntax(String),
+    /// JSON, but not a JSON-RPC message.
+    #[error("not a JSON-RPC message: {0}")]
+    Invalid(String),
+    /// A key whose duplicates peers would resolve differently.
+    #[error(
+        "`{0}` appears twice in one message; peers disagree on which one counts, so Tollgate \
+         refuses it — send each key once"
+    )]
+    DuplicateKey(&'static str),
+}
+
+impl PeekError {
+    /// The JSON-RPC error code: -32700 for bad JSON, -32600 otherwise.
+    pub fn code(&self) -> i32 {
+        match self {
+            PeekError::Syntax(_) => -32700,
+            PeekError::Invalid(_) | PeekError::DuplicateKey(_) => -32600,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(default)]
+    result: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// How deeply a body may nest arrays and objects. Peers parse recursively
+/// (and Tollgate's own conditions parse arguments with a limit of 128), so a
+/// deeper body is refused before anyone parses it.
+pub const MAX_DEPTH: usize = 64;
+
+/// Reads a body: one message or a batch.
+pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
+    if nests_deeper_than(body, MAX_DEPTH) {
+        return Err(PeekError::Invalid(format!(
+            "the body nests arrays or objects more than {MAX_DEPTH} levels deep"
+        )));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(syntax)?;
+            if items.is_empty() {
+                return Err(PeekError::Invalid("an empty batch".into()));
+            }
+            items
+                .into_iter()
+                .map(|raw| message(raw.get().as_bytes()))
+                .collect::<Result<_, _>>()
+                .map(Peeked::Batch)
+        }
+        Some(b'{') => message(body).map(Peeked::Single),
+        Some(_) => {
+            // Still tell bad JSON apart from JSON that is not a message.
+            serde_json::from_slice::<IgnoredAny>(body).map_err(syntax)?;
+            Err(PeekError::Invalid(
+                "expected a JSON object or a batch (array)".into(),
+            ))
+        }
+        None => Err(PeekError::Syntax("the body is empty".into())),
+    }
+}
+
+fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
+    let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| classify(e, "method"))?;
+    let id = wire.id.filter(|raw| raw.get() != "null");
+    let kind = match (&wire.method, wire.result.is_some() || wire.error.is_some()) {
+        (Some(_), false) if id.is_some() => Kind::Request,
+        (Some(_), false) => Kind::Notification,
+        (None, true) if wire.id.is_some() => Kind::Response,
+        (Some(_), true) => {
+            return Err(PeekError::Invalid(
+                "a message with both a method and a result or error".into(),
+            ));
+        }
+        _ => {
+            return Err(PeekError::Invalid(
+                "a message needs a `method`, or a `result` or `error` with an `id`".into(),
+            ));
+        }
+    };
+    let call = match &wire.method {
+        // A method that is `tools/call` but for case is judged as one too.
+        Some(m) if m.eq_ignore_ascii_case(TOOLS_CALL) => {
+            let params = wire.params.ok_or_else(|| {
+                PeekError::Invalid("`tools/call` needs `params` with the tool's `name`".into())
+            })?;
+            let p: CallParams<'_> =
+                serde_json::from_str(params.get()).map_err(|e| classify(e, "params.name"))?;
+            Some(ToolCall {
+                name: p.name,
+                arguments: p.arguments.filter(|raw| raw.get() != "null"),
+            })
+        }
+        _ => None,
+    };
+    Ok(Message {
+        id,
+        method: wire.method,
+        kind,
+        call,
+        raw: bytes,
+    })
+}
+
+/// Whether brackets outside strings nest deeper than `max`. Not a validator:
+/// the parse that follows rejects malformed text.
+fn nests_deeper_than(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+fn syntax(e: serde_json::Error) -> PeekError {
+    PeekError::Syntax(e.to_string())
+}
+
+/// Separates duplicate keys and JSON-RPC shape errors from bad JSON.
+fn classify(e: serde_json::Error, duplicate: &'static str) -> PeekError {
+    let text = e.to_string();
+    if text.starts_with("duplicate field `method`") {
+        return PeekError::DuplicateKey("method");
+    }
+    if text.starts_with("duplicate field `name`") {
+        return PeekError::DuplicateKey(duplicate);
+    }
+    if text.starts_with("duplicate field") {
+        return PeekError::Invalid(text);
+    }
+    match e.classify() {
+        serde_json::error::Category::Data => PeekError::Invalid(text),
+        _ => PeekError::Syntax(text),
+    }
+}
+
+#[cfg(test)]
+#[path = "peek_tests.rs"]
+mod tests;

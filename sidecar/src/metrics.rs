@@ -1,0 +1,203 @@
+//! The sidecar's Prometheus metrics (`/metrics` on the admin port).
+//!
+//! Tool labels are bounded: a tool the server listed or a rule names gets its
+//! own label; any other name an agent sends is counted as `(unlisted)`, so a
+//! caller cannot grow the metrics without limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared without copying.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    server: Label,
+    tool: Label,
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServerLabels {
+    server: Label,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: Label,
+}
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    request_seconds: Family<ServerLabels, Histogram>,
+    upstream_errors: Family<ServerLabels, Counter>,
+    policy_info: Family<VersionLabels, Gauge>,
+    reload_failures: Counter,
+    log_dropped: Counter,
+    log_errors: Counter,
+    current_version: std::sync::Mutex<Option<Arc<str>>>,
+    unlisted: Arc<str>,
+    requests: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "tools/call decisions by server, tool and decision",
+            decisions.clone(),
+        );
+        let request_seconds = Family::<ServerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response's headers, per server",
+            request_seconds.clone(),
+        );
+        let upstream_errors = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests the upstream could not answer",
+            upstream_errors.clone(),
+        );
+        let policy_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The policy version in force (value 1)",
+            policy_info.clone(),
+        );
+        let reload_failures = Counter::default();
+        registry.register(
+            "policy_reload_failures",
+            "Policy files that failed to load",
+            reload_failures.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "decision_log_dropped",
+            "Decision records dropped because the log sink was full",
+            log_dropped.clone(),
+        );
+        let log_errors = Counter::default();
+        registry.register(
+            "decision_log_write_errors",
+            "Decision records the log sink failed to write",
+            log_errors.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            request_seconds,
+            upstream_errors,
+            policy_info,
+            reload_failures,
+            log_dropped,
+            log_errors,
+            current_version: std::sync::Mutex::new(None),
+            unlisted: Arc::from("(unlisted)"),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one decision. `tool` is `None` for a name outside the catalog.
+    pub fn decision(&self, server: &Arc<str>, tool: Option<&Arc<str>>, decision: &'static str) {
+        let labels = DecisionLabels {
+            server: Label(Arc::clone(server)),
+            tool: Label(Arc::clone(tool.unwrap_or(&self.unlisted))),
+            decision,
+        };
+        self.decisions.get_or_create(&labels).inc();
+    }
+
+    /// Records one request's time to response headers.
+    pub fn request(&self, server: &Arc<str>, took: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.request_seconds
+            .get_or_create(&ServerLabels {
+                server: Label(Arc::clone(server)),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self, server: &Arc<str>) {
+        self.upstream_errors
+            .get_or_create(&ServerLabels {
+                server: Label(Arc::clone(server)),
+            })
+            .inc();
+    }
+
+    /// Marks `version` as the policy in force.
+    pub fn policy_loaded(&self, version: &Arc<str>) {
+        let mut current = self
+            .current_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = current.take() {
+            self.policy_info
+                .get_or_create(&VersionLabels {
+                    version: Label(old),
+                })
+                .set(0);
+        }
+        self.policy_info
+            .get_or_create(&VersionLabels {
+                version: Label(Arc::clone(version)),
+            })
+            .set(1);
+        *current = Some(Arc::clone(version));
+    }
+
+    /// Counts a policy file that failed to load.
+    pub fn reload_failed(&self) {
+        self.reload_failures.inc();
+    }
+
+    /// Counts a decision record dropped by a full log.
+    pub fn log_dropped(&self) {
+        self.log_dropped.inc();
+    }
+
+    /// Counts a decision record the sink failed to write.
+    pub fn log_error(&self) {
+        self.log_errors.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

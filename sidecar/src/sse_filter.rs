@@ -1,0 +1,137 @@
+//! An upstream SSE response streamed back event by event, with `tools/list`
+//! results filtered and the sidecar's own answers (for refused calls of a
+//! batch) sent first. Events policy does not touch are forwarded byte for
+//! byte; once every awaited `tools/list` result has passed, the rest of the
+//! stream is relayed without parsing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http::header;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::Value;
+use tollgate_policy::{Annotations, Listing};
+
+use crate::mcp::answer;
+use crate::mcp::list_filter;
+use crate::mcp::sse::{SseParser, write_event};
+use crate::state::Route;
+use crate::upstream::http::{Body, BoxError};
+
+/// The largest single SSE event parsed while `tools/list` results are awaited.
+const MAX_EVENT: usize = 16 << 20;
+
+struct Filter<L> {
+    body: Body,
+    parser: Option<SseParser>,
+    out: VecDeque<Bytes>,
+    pending: Vec<Value>,
+    listing: L,
+    route: Arc<Route>,
+    ended: bool,
+}
+
+/// Wraps an SSE response; see the module docs.
+pub fn filter_stream<L>(
+    route: &Arc<Route>,
+    resp: Response<Body>,
+    pending: Vec<Value>,
+    answers: Vec<(usize, Bytes)>,
+    listing: L,
+) -> Response<Body>
+where
+    L: Fn(&str, Option<&Annotations>) -> Listing + Send + Sync + 'static,
+{
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let state = Filter {
+        body,
+        parser: (!pending.is_empty()).then(|| SseParser::new(MAX_EVENT)),
+        out: answers.iter().map(|(_, a)| answer::sse_event(a)).collect(),
+        pending,
+        listing,
+        route: Arc::clone(route),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let item = st.next().await?;
+        Some((item, st))
+    });
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
+    async fn next(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        loop {
+            if let Some(bytes) = self.out.pop_front() {
+                return Some(Ok(Frame::data(bytes)));
+            }
+            if self.ended {
+                return None;
+            }
+            if let Some(parser) = &mut self.parser {
+                match parser.next_event() {
+                    Ok(Some(event)) => {
+                        let touched = !event.data.is_empty() && event.data.contains("\"tools\"");
+                        let rewritten = touched.then(|| self.filter(&event.data)).flatten();
+                        self.out.push_back(match rewritten {
+                            Some(data) => {
+                                write_event(event.id.as_deref(), event.event.as_deref(), &data)
+                            }
+                            None => event.raw,
+                        });
+                        if self.pending.is_empty() {
+                            // Nothing more to filter: relay the rest as it comes.
+                            if let Some(p) = self.parser.take() {
+                                self.out.push_back(p.finish());
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(server = %self.route.server, "{e}");
+                        return Some(Err(Box::new(e)));
+                    }
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match &mut self.parser {
+                        Some(p) => p.push(data),
+                        None => return Some(Ok(Frame::data(data))),
+                    },
+                    Err(frame) => return Some(Ok(frame)),
+                },
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    self.ended = true;
+                    if let Some(p) = self.parser.take() {
+                        self.out.push_back(p.finish());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The event's data with `tools/list` results filtered, if it changed.
+    fn filter(&mut self, data: &str) -> Option<String> {
+        let (filtered, seen) = list_filter::filter(data.as_bytes(), &self.pending, &self.listing);
+        if seen.is_empty() && filtered.is_none() {
+            return None;
+        }
+        self.route.learn(seen);
+        // Each id is answered once.
+        if let Ok(v) = serde_json::from_str::<Value>(data) {
+            let ids: Vec<&Value> = match &v {
+                Value::Array(items) => items.iter().filter_map(|m| m.get("id")).collect(),
+                m => m.get("id").into_iter().collect(),
+            };
+            self.pending.retain(|p| !ids.contains(&p));
+        }
+        filtered.and_then(|f| String::from_utf8(f).ok())
+    }
+}

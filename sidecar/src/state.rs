@@ -1,0 +1,149 @@
+//! What every request shares: the policy store, counters, routes, metrics,
+//! the decision log, and each server's tool catalog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::HeaderName;
+use tollgate_policy::{Annotations, LocalCounters};
+
+use crate::decision_log::DecisionLog;
+use crate::mcp::list_filter::SeenTool;
+use crate::metrics::Metrics;
+use crate::snapshot::PolicyStore;
+use crate::upstream::HttpUpstream;
+
+/// The sidecar's shared state.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The policy in force.
+    pub policy: Arc<PolicyStore>,
+    /// Rate-limit counters (local; fleet-wide leases come with the control plane).
+    pub counters: LocalCounters,
+    /// The counters' clock origin.
+    pub started: Instant,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// This sidecar's node id: the grant when the bundle has no grants.
+    pub node_id: Arc<str>,
+    /// The header that carries grant tokens.
+    pub grant_header: HeaderName,
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// The largest upstream `tools/list` response filtered, in bytes.
+    pub max_response: usize,
+    /// Servers by route name (`""` for the single unnamed upstream at `/mcp`).
+    pub routes: HashMap<String, Arc<Route>>,
+    decisions: AtomicU64,
+    decision_prefix: String,
+}
+
+impl Sidecar {
+    /// Shared state over `routes`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        log: DecisionLog,
+        node_id: Arc<str>,
+        grant_header: HeaderName,
+        max_body: usize,
+        routes: HashMap<String, Arc<Route>>,
+    ) -> Self {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Self {
+            policy,
+            counters: LocalCounters::new(),
+            started: Instant::now(),
+            metrics,
+            log,
+            node_id,
+            grant_header,
+            max_body,
+            max_response: 16 << 20,
+            routes,
+            decisions: AtomicU64::new(0),
+            decision_prefix: format!("dec_{boot:x}_"),
+        }
+    }
+
+    /// The counters' current time.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A new decision id, unique within this sidecar's lifetime.
+    pub fn decision_id(&self) -> String {
+        let n = self.decisions.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.decision_prefix)
+    }
+}
+
+/// One MCP server the sidecar serves.
+#[derive(Debug)]
+pub struct Route {
+    /// The server's name in the policy bundle.
+    pub server: Arc<str>,
+    /// Where the sidecar serves it (`/mcp` or `/mcp/<name>`).
+    pub path: String,
+    /// How to reach it.
+    pub upstream: Upstream,
+    /// The tools of its latest `tools/list`.
+    pub catalog: ArcSwap<Catalog>,
+    /// Open legacy SSE sessions (for `sse:` upstreams).
+    pub legacy: crate::legacy::Sessions,
+}
+
+impl Route {
+    /// A route with an empty catalog.
+    pub fn new(server: &str, path: String, upstream: Upstream) -> Self {
+        Self {
+            server: server.into(),
+            path,
+            upstream,
+            catalog: ArcSwap::default(),
+            legacy: Default::default(),
+        }
+    }
+
+    /// Merges the tools of a `tools/list` result into the catalog.
+    pub fn learn(&self, seen: Vec<SeenTool>) {
+        if seen.is_empty() {
+            return;
+        }
+        self.catalog.rcu(|old| {
+            let mut tools = old.tools.clone();
+            for t in &seen {
+                tools.insert(
+                    t.name.as_str().into(),
+                    (Arc::from(t.name.as_str()), t.annotations),
+                );
+            }
+            Catalog { tools }
+        });
+    }
+}
+
+/// How a server is reached.
+#[derive(Debug)]
+pub enum Upstream {
+    /// Streamable HTTP.
+    Http(HttpUpstream),
+    /// The legacy HTTP+SSE transport (2024-11-05): the URL of its SSE endpoint.
+    LegacySse(HttpUpstream),
+}
+
+/// Tools a server has listed: name → (shared name for metric labels, annotations).
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    /// The tools.
+    pub tools: HashMap<Box<str>, (Arc<str>, Option<Annotations>)>,
+}

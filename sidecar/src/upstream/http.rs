@@ -1,0 +1,174 @@
+//! An upstream reached over HTTP (Streamable HTTP, or the legacy SSE transport).
+//!
+//! Requests are forwarded with their bytes and headers unchanged, except the
+//! hop-by-hop headers a proxy must not pass on, `Host`, and the grant header
+//! when grants are configured (a caller's token is never forwarded upstream).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Any error from a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type the sidecar sends and returns.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body of these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(never).boxed()
+}
+
+fn never(e: std::convert::Infallible) -> BoxError {
+    match e {}
+}
+
+/// Boxes a body error.
+pub fn box_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
+    Box::new(e)
+}
+
+/// Why a request did not get an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connecting or exchanging failed.
+    #[error("could not reach upstream server `{server}` at {url}: {reason}")]
+    Unreachable {
+        /// The server's name.
+        server: String,
+        /// Its URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// An HTTP upstream and a pooled client for it.
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    /// The server's name.
+    pub server: String,
+    /// The upstream's MCP endpoint.
+    pub url: Uri,
+    client: Client<HttpConnector, Body>,
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+impl HttpUpstream {
+    /// A client for `url` (plain `http://`: the upstream is in the same pod).
+    pub fn new(server: &str, url: Uri) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            server: server.to_owned(),
+            url,
+            client,
+        }
+    }
+
+    /// The URI a request for `path_and_query` goes to: the upstream's
+    /// endpoint with the request's query string, or, for an absolute path
+    /// (the legacy transport's message endpoint), that path on the upstream.
+    pub fn target(&self, path: Option<&str>, query: Option<&str>) -> Uri {
+        let path = path.unwrap_or_else(|| self.url.path());
+        let pq = match query.or(self.url.query()) {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let mut parts = self.url.clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.url.clone())
+    }
+
+    /// Sends a request (method, URI and headers already set by the caller
+    /// through [`forwarded_headers`]).
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let url = req.uri().to_string();
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Unreachable {
+                server: self.server.clone(),
+                url,
+                reason: error_chain(&e),
+            })
+    }
+
+    /// The `Host` the upstream expects.
+    pub fn host(&self) -> Option<HeaderValue> {
+        self.url
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    }
+}
+
+/// Copies a request's headers for the upstream: without hop-by-hop headers,
+/// with the upstream's `Host`, and without `strip` (the grant header).
+pub fn forwarded_headers(
+    from: &HeaderMap,
+    host: Option<HeaderValue>,
+    strip: Option<&HeaderName>,
+) -> HeaderMap {
+    let mut out = without_hop_by_hop(from);
+    out.remove(header::HOST);
+    if let Some(h) = host {
+        out.insert(header::HOST, h);
+    }
+    if let Some(name) = strip {
+        out.remove(name);
+    }
+    out
+}
+
+/// A copy of `from` without hop-by-hop headers (also those `Connection` names).
+pub fn without_hop_by_hop(from: &HeaderMap) -> HeaderMap {
+    let mut out = from.clone();
+    let named: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        out.remove(name);
+    }
+    out
+}
+
+/// An upstream response as the sidecar's response, streamed.
+pub fn relay(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers = without_hop_by_hop(&parts.headers);
+    Response::from_parts(parts, body.map_err(box_error).boxed())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
