@@ -134,13 +134,13 @@ fn is_connection_error(error: &io::Error) -> bool {
 }
 
 /// One test session, as every tool returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestSession {
+#[derive(Debug, Clone, Serialize)]
+struct TestSession {
     /// `ts-N`, N counting from 1 in creation order; never reused.
-    pub id: String,
-    pub name: String,
+    id: String,
+    name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    description: Option<String>,
 }
 
 /// The in-memory store shared by every MCP session of one [`serve`] call.

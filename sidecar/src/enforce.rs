@@ -281,6 +281,11 @@ async fn finish(
         return crate::sse_filter::filter_stream(route, resp, list_ids, answers, listing);
     }
     let (mut parts, body) = resp.into_parts();
+    if !parts.status.is_success() {
+        // The upstream refused the forwarded part (e.g. a server without batch
+        // support): its answer stands; refused calls were not forwarded.
+        return Response::from_parts(parts, body);
+    }
     if parts.status == StatusCode::ACCEPTED {
         // Only notifications and responses were forwarded: reply with the answers.
         return answer_response(&join_array(answers.iter().map(|(_, b)| &b[..])), false);

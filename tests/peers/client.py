@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""A real MCP client (the Python `mcp` SDK 2.x) for Tollgate's whole-binary tests.
+
+Connects to a Streamable HTTP endpoint, runs steps in ONE session, and prints
+one JSON document on stdout for the Rust test to assert on:
+
+    client.py [--mode auto|legacy] [--trace] URL list
+    client.py [--mode auto|legacy] [--trace] URL call NAME [ARGS_JSON]
+    client.py [--mode auto|legacy] [--trace] URL steps STEPS_JSON   (or `-` to read stdin)
+
+STEPS_JSON is a list of steps, each one of
+    {"op": "list"}
+    {"op": "call", "name": "echo", "arguments": {"message": "hi"}, "repeat": 3}
+
+Output:
+    {"protocol_version": "...", "server_info": {...} | null,
+     "results": [ {"op": "list", "tools": [<Tool>, ...]},
+                  {"op": "call", "name": "echo", "result": <CallToolResult>},
+                  {"op": "call", "name": "x", "error": {"code": -32602, "message": "...", "data": ...}},
+                  {"op": "call", "name": "y", "exception": "ValidationError: ..."} ],
+     "http": [ {"method": "POST", "status": 200, "mcp_method": "...", ...}, ... ]}   (with --trace)
+
+Results are the SDK's pydantic models dumped by alias (`isError`, `structuredContent`,
+`_meta`), so they read as on the wire. A JSON-RPC error to a call is data (`error`); an
+exception that is not an MCP error (e.g. a reply the SDK cannot validate) is reported
+as `exception` and the remaining steps still run. Exit status: 0 when the session was
+established and every step ran; 1 (with a message on stderr and a JSON `connect_error`
+on stdout) when the connection or handshake failed; 2 on a usage error.
+
+`--mode auto` (the SDK's default) first probes `server/discover` and falls back to the
+`initialize` handshake when the server answers with a JSON-RPC error; `--mode legacy`
+goes straight to `initialize`. `--trace` records every HTTP exchange, so a test can see
+which of the two happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any
+
+import anyio
+import httpx2
+from mcp.client import Client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+
+def dump(model: Any) -> Any:
+    if model is None:
+        return None
+    if hasattr(model, "model_dump"):
+        return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return model
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="client.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", default="auto", help="auto (probe server/discover first) or legacy (initialize)")
+    p.add_argument("--trace", action="store_true", help="record every HTTP exchange under `http`")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds for each request (default 30)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="an extra HTTP header")
+    p.add_argument("url")
+    p.add_argument("command", choices=["list", "call", "steps"])
+    p.add_argument("rest", nargs="*")
+    return p.parse_args(argv)
+
+
+def steps_from(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    if ns.command == "list":
+        if ns.rest:
+            raise ValueError("`list` takes no arguments")
+        return [{"op": "list"}]
+    if ns.command == "call":
+        if not 1 <= len(ns.rest) <= 2:
+            raise ValueError("`call` takes NAME [ARGS_JSON]")
+        args = json.loads(ns.rest[1]) if len(ns.rest) == 2 else None
+        return [{"op": "call", "name": ns.rest[0], "arguments": args}]
+    if len(ns.rest) != 1:
+        raise ValueError("`steps` takes one JSON list (or `-` for stdin)")
+    text = sys.stdin.read() if ns.rest[0] == "-" else ns.rest[0]
+    steps = json.loads(text)
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and s.get("op") in ("list", "call") for s in steps):
+        raise ValueError('steps must be a list of {"op": "list"} / {"op": "call", "name": ...}')
+    return steps
+
+
+class Trace:
+    """Records each HTTP exchange: method, status, the JSON-RPC method(s) sent, and the reply's type."""
+
+    def __init__(self) -> None:
+        self.exchanges: list[dict[str, Any]] = []
+
+    async def on_request(self, request: httpx2.Request) -> None:
+        entry: dict[str, Any] = {"method": request.method, "path": request.url.path}
+        for h in ("mcp-protocol-version", "mcp-method", "mcp-name", "mcp-session-id", "accept"):
+            if h in request.headers:
+                entry[h] = request.headers[h]
+        if request.method == "POST":
+            try:
+                body = json.loads(request.content or b"null")
+                msgs = body if isinstance(body, list) else [body]
+                entry["mcp_method"] = [m.get("method") for m in msgs if isinstance(m, dict)]
+                entry["request"] = body
+            except (ValueError, httpx2.RequestNotRead):
+                pass
+        request.extensions["tollgate_trace"] = entry
+        self.exchanges.append(entry)
+
+    async def on_response(self, response: httpx2.Response) -> None:
+        entry = response.request.extensions.get("tollgate_trace")
+        if entry is not None:
+            entry["status"] = response.status_code
+            entry["content_type"] = response.headers.get("content-type")
+
+
+async def run(ns: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
+    trace = Trace() if ns.trace else None
+    headers = {}
+    for h in ns.header:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
+    http_client = create_mcp_http_client(headers=headers or None)
+    if trace is not None:
+        http_client.event_hooks = {"request": [trace.on_request], "response": [trace.on_response]}
+    out: dict[str, Any] = {"results": []}
+    async with http_client:
+        transport = streamable_http_client(ns.url, http_client=http_client)
+        client = Client(transport, mode=ns.mode, read_timeout_seconds=ns.timeout, cache=None)
+        try:
+            await client.__aenter__()
+        except Exception as e:  # the handshake failed: report it, the test decides
+            out["connect_error"] = describe(e)
+            if trace is not None:
+                out["http"] = trace.exchanges
+            print(json.dumps(out))
+            print(f"client.py: could not connect to {ns.url}: {out['connect_error']}", file=sys.stderr)
+            return 1
+        try:
+            out["protocol_version"] = client.protocol_version
+            out["server_info"] = dump(client.server_info)
+            for step in steps:
+                for _ in range(int(step.get("repeat", 1))):
+                    out["results"].append(await run_step(client, step))
+        finally:
+            await client.__aexit__(None, None, None)
+    if trace is not None:
+        out["http"] = trace.exchanges
+    print(json.dumps(out))
+    return 0
+
+
+async def run_step(client: Client, step: dict[str, Any]) -> dict[str, Any]:
+    if step["op"] == "list":
+        entry: dict[str, Any] = {"op": "list"}
+        try:
+            listing = await client.list_tools()
+            entry["tools"] = [dump(t) for t in listing.tools]
+        except MCPError as e:
+            entry["error"] = dump(e.error)
+        except Exception as e:
+            entry["exception"] = describe(e)
+        return entry
+    entry = {"op": "call", "name": step["name"]}
+    try:
+        result = await client.call_tool(step["name"], step.get("arguments"))
+        entry["result"] = dump(result)
+    except MCPError as e:
+        entry["error"] = dump(e.error)
+    except Exception as e:
+        entry["exception"] = describe(e)
+    return entry
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(describe(x) for x in e.exceptions)
+    if isinstance(e, MCPError):
+        return f"MCPError {e.code}: {e.message}"
+    return f"{type(e).__name__}: {e}"
+
+
+def main(argv: list[str]) -> int:
+    ns = parse_args(argv)
+    try:
+        steps = steps_from(ns)
+    except (ValueError, json.JSONDecodeError) as e:
+        print(f"client.py: {e}", file=sys.stderr)
+        return 2
+    try:
+        return anyio.run(run, ns, steps)
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
