@@ -68,7 +68,7 @@ py_want="$(sha "$peers/requirements.txt")"
 
 py_ok() {
   [[ -f "$py_stamp" && "$(cat "$py_stamp")" == "$py_want" ]] &&
-    "$venv/bin/python" -c 'import mcp.client' >/dev/null 2>&1
+    "$venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mcp") is None)' >/dev/null 2>&1
 }
 
 if [[ $force == 0 ]] && py_ok; then

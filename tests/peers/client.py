@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """A real MCP client (the Python `mcp` SDK 2.x) for Tollgate's whole-binary tests.
 
-Connects to a Streamable HTTP endpoint, runs steps in ONE session, and prints
+Connects to an MCP endpoint over HTTP, runs steps in ONE session, and prints
 one JSON document on stdout for the Rust test to assert on:
 
-    client.py [--mode auto|legacy] [--trace] URL list
-    client.py [--mode auto|legacy] [--trace] URL call NAME [ARGS_JSON]
-    client.py [--mode auto|legacy] [--trace] URL steps STEPS_JSON   (or `-` to read stdin)
+    client.py [OPTIONS] URL list
+    client.py [OPTIONS] URL call NAME [ARGS_JSON]
+    client.py [OPTIONS] URL steps STEPS_JSON   (or `-` to read stdin)
+
+    OPTIONS: --transport streamable|sse   Streamable HTTP (default; URL is the endpoint) or the
+                                          legacy HTTP+SSE transport (URL is the SSE endpoint)
+             --mode auto|legacy           see below
+             --trace                      record every HTTP exchange under `http`
+             --header 'Name: value'       an extra HTTP header (repeatable)
+             --timeout SECONDS            for each request (default 30)
 
 STEPS_JSON is a list of steps, each one of
     {"op": "list"}
@@ -44,9 +51,10 @@ from typing import Any
 import anyio
 import httpx2
 from mcp.client import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.client.streamable_http import streamable_http_client
 
 
 def dump(model: Any) -> Any:
@@ -59,6 +67,7 @@ def dump(model: Any) -> Any:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="client.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--transport", choices=["streamable", "sse"], default="streamable")
     p.add_argument("--mode", default="auto", help="auto (probe server/discover first) or legacy (initialize)")
     p.add_argument("--trace", action="store_true", help="record every HTTP exchange under `http`")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each request (default 30)")
@@ -123,12 +132,22 @@ async def run(ns: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
     for h in ns.header:
         name, _, value = h.partition(":")
         headers[name.strip()] = value.strip()
-    http_client = create_mcp_http_client(headers=headers or None)
-    if trace is not None:
-        http_client.event_hooks = {"request": [trace.on_request], "response": [trace.on_response]}
+
+    def http_client_factory(
+        headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None
+    ) -> httpx2.AsyncClient:
+        c = create_mcp_http_client(headers=headers, timeout=timeout, auth=auth)
+        if trace is not None:
+            c.event_hooks = {"request": [trace.on_request], "response": [trace.on_response]}
+        return c
+
+    http_client = http_client_factory(headers=headers or None)
     out: dict[str, Any] = {"results": []}
     async with http_client:
-        transport = streamable_http_client(ns.url, http_client=http_client)
+        if ns.transport == "sse":
+            transport = sse_client(ns.url, headers=headers or None, httpx_client_factory=http_client_factory)
+        else:
+            transport = streamable_http_client(ns.url, http_client=http_client)
         client = Client(transport, mode=ns.mode, read_timeout_seconds=ns.timeout, cache=None)
         try:
             await client.__aenter__()

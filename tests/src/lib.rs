@@ -1,5 +1,36 @@
 //! Whole-binary tests of Tollgate: the `tollgate` and `tollgate-sidecar`
 //! binaries run as real processes against real MCP peers over real sockets.
 //!
-//! The helpers that start those processes live here; the scenarios live in
-//! this crate's `tests/` folder as the sidecar and control plane grow.
+//! The harness, one concern a module:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`bins`] | the workspace's binaries, built once per test process |
+//! | [`process`] | a child process killed on drop, its output shown when a test fails |
+//! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
+//! | [`scratch`] | a temporary directory per test |
+//! | [`sidecar`] | `tollgate-sidecar` with a policy file, and its built-in demo upstream |
+//! | [`peers`] | the real MCP peers `scripts/install-peers.sh` installs: server-everything (Node), the Python `mcp` SDK client, the conformance tool |
+//!
+//! A scenario that needs the peers starts with
+//! `let Some(peers) = Peers::require() else { return };`: without
+//! `scripts/install-peers.sh` having run, that fails the test saying so, or —
+//! with `TOLLGATE_SKIP_PEERS=1` — prints "skipped" and the test returns.
+//!
+//! Every server binds 127.0.0.1 only. Processes belong to the test thread
+//! that started them: drop them before the test ends (they are also killed
+//! when that thread exits, via `setpriv --pdeathsig`).
+
+#![forbid(unsafe_code)]
+
+pub mod bins;
+pub mod net;
+pub mod peers;
+pub mod process;
+pub mod scratch;
+pub mod sidecar;
+
+pub use peers::{ClientRun, Everything, Peers, Transport};
+pub use process::Process;
+pub use scratch::Scratch;
+pub use sidecar::{DemoUpstream, Sidecar, SidecarBuilder};

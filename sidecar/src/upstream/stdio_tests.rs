@@ -1,0 +1,529 @@
+//! The bridge against a real stdio MCP server (a small Python script, stdlib
+//! only) driven over real loopback HTTP by hyper's client and by rmcp's.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::{Limits, start};
+use crate::mcp::sse::SseParser;
+
+/// A stdio MCP server: `echo` (with progress when asked), `ask` (an
+/// elicitation round trip), `pid`, and `crash`. It prints a line that is not
+/// JSON first, and `notifications/tools/list_changed` when told
+/// `notifications/test/announce`.
+const STUB: &str = r#"
+import json, os, sys
+
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+def text(id, value):
+    send({"jsonrpc": "2.0", "id": id,
+          "result": {"content": [{"type": "text", "text": value}], "isError": False}})
+
+print("stub: starting", file=sys.stderr, flush=True)
+print("booting, not JSON", flush=True)
+asked = {}
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    message = json.loads(line)
+    method, id = message.get("method"), message.get("id")
+    params = message.get("params") or {}
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": id, "result": {
+            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+            "capabilities": {"tools": {"listChanged": True}},
+            "serverInfo": {"name": "stub", "version": "1"}}})
+    elif method == "notifications/test/announce":
+        send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    elif method == "ping":
+        send({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": id, "result": {"tools": [{
+            "name": "echo", "description": "Echoes its text.",
+            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]}})
+    elif method == "tools/call":
+        name, args = params.get("name"), params.get("arguments") or {}
+        token = (params.get("_meta") or {}).get("progressToken")
+        if name == "echo":
+            if token is not None:
+                send({"jsonrpc": "2.0", "method": "notifications/progress",
+                      "params": {"progressToken": token, "progress": 1, "total": 1}})
+            text(id, args.get("text", ""))
+        elif name == "ask":
+            asked["q1"] = id
+            send({"jsonrpc": "2.0", "id": "q1", "method": "elicitation/create", "params": {
+                "message": "Your name?", "requestedSchema": {"type": "object",
+                "properties": {"name": {"type": "string"}}}}})
+        elif name == "pid":
+            text(id, str(os.getpid()))
+        elif name == "crash":
+            print("stub: crashing", file=sys.stderr, flush=True)
+            os._exit(3)
+        else:
+            send({"jsonrpc": "2.0", "id": id,
+                  "error": {"code": -32602, "message": "Unknown tool: " + str(name)}})
+    elif method is None and id in asked:
+        text(asked.pop(id), "hello " + message["result"]["content"]["name"])
+"#;
+
+fn stub_command() -> String {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    // Named by content, so runs share one file; written whole by a rename.
+    let path = PATH.get_or_init(|| {
+        let digest = sha2::Sha256::digest(STUB.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("tollgate-stdio-stub-{name}.py"));
+        if !path.exists() {
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&tmp, STUB).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path
+    });
+    format!("python3 -u '{}'", path.display())
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A client of one bridge.
+struct Peer {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: Uri,
+}
+
+async fn bridge_with(limits: Limits) -> Peer {
+    let url = start("stub", &stub_command(), limits).await.unwrap();
+    Peer {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        url,
+    }
+}
+
+async fn bridge() -> Peer {
+    bridge_with(Limits::default()).await
+}
+
+/// What one exchange returned.
+struct Reply {
+    status: StatusCode,
+    session: Option<String>,
+    events: Events,
+}
+
+/// The JSON-RPC messages of a reply, read as they arrive.
+struct Events {
+    body: Incoming,
+    sse: bool,
+    parser: SseParser,
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(event) = self.parser.next_event().unwrap() {
+                if !event.data.is_empty() {
+                    return Some(serde_json::from_str(&event.data).unwrap());
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout(WAIT, self.body.frame())
+                .await
+                .expect("the bridge did not answer in time");
+            match frame {
+                Some(frame) => {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        self.parser.push(data);
+                    }
+                }
+                None => return None,
+            }
+        }
+    }
+
+    async fn all(mut self) -> Vec<Value> {
+        if !self.sse {
+            let bytes = self.body.collect().await.unwrap().to_bytes();
+            return if bytes.is_empty() {
+                vec![]
+            } else {
+                vec![serde_json::from_slice(&bytes).unwrap()]
+            };
+        }
+        let mut out = vec![];
+        while let Some(m) = self.next().await {
+            out.push(m);
+        }
+        out
+    }
+}
+
+impl Peer {
+    async fn send(&self, method: Method, session: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json");
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let resp = tokio::time::timeout(
+            WAIT,
+            self.client.request(req.body(Full::new(body)).unwrap()),
+        )
+        .await
+        .expect("the bridge did not answer in time")
+        .unwrap();
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        Reply {
+            status: resp.status(),
+            session: resp
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            events: Events {
+                body: resp.into_body(),
+                sse,
+                parser: SseParser::new(1 << 20),
+            },
+        }
+    }
+
+    async fn post(&self, session: Option<&str>, body: Value) -> Reply {
+        self.send(Method::POST, session, Some(body)).await
+    }
+
+    /// `initialize` and `notifications/initialized`; the session id.
+    async fn initialize(&self) -> String {
+        let reply = self
+            .post(
+                None,
+                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"}}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let session = reply.session.clone().expect("no Mcp-Session-Id");
+        let messages = reply.events.all().await;
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0]["result"]["serverInfo"]["name"], "stub");
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        assert_eq!(
+            self.post(Some(&session), note).await.status,
+            StatusCode::ACCEPTED
+        );
+        session
+    }
+
+    /// A request's messages, in order, and the status.
+    async fn call(&self, session: &str, id: u64, method: &str, params: Value) -> Vec<Value> {
+        let reply = self
+            .post(
+                Some(session),
+                json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.events.all().await
+    }
+
+    async fn tool(&self, session: &str, id: u64, name: &str, arguments: Value) -> Vec<Value> {
+        self.call(
+            session,
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": arguments}),
+        )
+        .await
+    }
+}
+
+fn text(message: &Value) -> &str {
+    message["result"]["content"][0]["text"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn lists_and_calls_with_progress_first() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let tools = peer.call(&session, 1, "tools/list", json!({})).await;
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0]["id"], 1);
+    assert_eq!(tools[0]["result"]["tools"][0]["name"], "echo");
+
+    let params =
+        json!({"name": "echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": "p1"}});
+    let messages = peer.call(&session, 2, "tools/call", params).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["method"], "notifications/progress");
+    assert_eq!(messages[0]["params"]["progressToken"], "p1");
+    assert_eq!(messages[1]["id"], 2);
+    assert_eq!(text(&messages[1]), "hi");
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_on_one_stream() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+        {"jsonrpc": "2.0", "id": "b", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x\ny"}}},
+    ]);
+    let reply = peer.post(Some(&session), batch).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let messages = reply.events.all().await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["id"], "a");
+    assert_eq!(messages[1]["id"], "b");
+    assert_eq!(text(&messages[1]), "x\ny");
+}
+
+#[tokio::test]
+async fn elicitation_round_trips_on_the_calls_stream() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let reply = peer
+        .post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut events = reply.events;
+    let ask = events.next().await.unwrap();
+    assert_eq!(ask["method"], "elicitation/create");
+    let answer = json!({"jsonrpc": "2.0", "id": ask["id"].clone(),
+        "result": {"action": "accept", "content": {"name": "Ada"}}});
+    assert_eq!(
+        peer.post(Some(&session), answer).await.status,
+        StatusCode::ACCEPTED
+    );
+    let result = events.next().await.unwrap();
+    assert_eq!(result["id"], 5);
+    assert_eq!(text(&result), "hello Ada");
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends once answered"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_the_last_request_ends_its_stream() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let reply = peer
+        .post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "ask"}}),
+        )
+        .await;
+    let mut events = reply.events;
+    assert_eq!(events.next().await.unwrap()["method"], "elicitation/create");
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 9, "reason": "changed my mind"}});
+    assert_eq!(
+        peer.post(Some(&session), cancel).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert!(events.next().await.is_none());
+}
+
+#[tokio::test]
+async fn messages_outside_a_post_go_to_the_get_stream() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let announce = json!({"jsonrpc": "2.0", "method": "notifications/test/announce"});
+    let reply = peer.post(Some(&session), announce).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    // No POST stream is open to carry the announcement.
+    let get = peer.send(Method::GET, Some(&session), None).await;
+    assert_eq!(get.status, StatusCode::OK);
+    let mut events = get.events;
+    let note = events.next().await.unwrap();
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+
+    let second = peer.send(Method::GET, Some(&session), None).await;
+    assert_eq!(second.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn requests_need_a_live_session() {
+    let peer = bridge().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let reply = peer.post(None, list.clone()).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = peer.post(Some("nope"), list).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let error = reply.events.all().await;
+    assert_eq!(error[0]["error"]["code"], -32600);
+    let reply = peer.post(None, json!("not a message")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_crash_ends_the_session_and_initialize_starts_a_new_child() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let messages = peer.tool(&session, 3, "crash", json!({})).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["id"], 3);
+    let error = messages[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        error.starts_with("the stdio server `stub` exited: exit status: 3"),
+        "{error}"
+    );
+
+    let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"});
+    let reply = peer.post(Some(&session), list).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    let again = peer.initialize().await;
+    assert_ne!(again, session);
+    let echo = peer.tool(&again, 5, "echo", json!({"text": "back"})).await;
+    assert_eq!(text(&echo[0]), "back");
+}
+
+#[tokio::test]
+async fn delete_stops_the_child() {
+    let peer = bridge().await;
+    let session = peer.initialize().await;
+    let pid = peer.tool(&session, 1, "pid", json!({})).await;
+    let proc = PathBuf::from(format!("/proc/{}", text(&pid[0])));
+    assert!(proc.exists());
+
+    let reply = peer.send(Method::DELETE, Some(&session), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    gone(&proc).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(
+        peer.post(Some(&session), list).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = peer.send(Method::DELETE, Some(&session), None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+/// Waits until a process has exited and been reaped.
+async fn gone(proc: &std::path::Path) {
+    tokio::time::timeout(WAIT, async {
+        while proc.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the child still runs");
+}
+
+#[tokio::test]
+async fn sessions_are_capped() {
+    let peer = bridge_with(Limits {
+        max_sessions: 1,
+        ..Limits::default()
+    })
+    .await;
+    let session = peer.initialize().await;
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let reply = peer.post(None, init.clone()).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let error = reply.events.all().await;
+    assert!(
+        error[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already runs 1 sessions"),
+        "{error:?}"
+    );
+
+    peer.send(Method::DELETE, Some(&session), None).await;
+    // The slot frees once the child has exited.
+    tokio::time::timeout(WAIT, async {
+        while peer.post(None, init.clone()).await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot was not freed");
+}
+
+#[tokio::test]
+async fn idle_sessions_end() {
+    let peer = bridge_with(Limits {
+        idle: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let session = peer.initialize().await;
+    let pid = peer.tool(&session, 1, "pid", json!({})).await;
+    gone(&PathBuf::from(format!("/proc/{}", text(&pid[0])))).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(
+        peer.post(Some(&session), list).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_fails_answers_initialize_with_its_exit() {
+    let url = start("nope", "exec tollgate-no-such-command", Limits::default())
+        .await
+        .unwrap();
+    let peer = Peer {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        url,
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let reply = peer.post(None, init).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let messages = reply.events.all().await;
+    assert_eq!(messages[0]["id"], 0);
+    assert_eq!(
+        messages[0]["error"]["message"],
+        "the stdio server `nope` exited: exit status: 127"
+    );
+}
+
+#[tokio::test]
+async fn rmcp_client_works_through_the_bridge() {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::StreamableHttpClientTransport;
+
+    let peer = bridge().await;
+    let transport = StreamableHttpClientTransport::from_uri(peer.url.to_string());
+    let client = ().serve(transport).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0].name, "echo");
+    let mut arguments = serde_json::Map::new();
+    arguments.insert("text".into(), json!("via rmcp"));
+    let result = client
+        .call_tool(CallToolRequestParams::new("echo").with_arguments(arguments))
+        .await
+        .unwrap();
+    let content = serde_json::to_value(&result.content).unwrap();
+    assert_eq!(content[0]["text"], "via rmcp");
+    client.cancel().await.unwrap();
+}
