@@ -38,46 +38,26 @@ pub async fn post(
     parts: request::Parts,
     body: Incoming,
 ) -> Response<Body> {
-    let bytes = match read_body(body, &parts.headers, sc.max_body).await {
-        Ok(b) => b,
+    let judged = match inspect(sc, route, &parts.headers, body).await {
+        Ok(j) => j,
         Err(resp) => return resp,
     };
-    let peeked = match peek(&bytes) {
-        Ok(p) => p,
-        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
-    };
-    let snapshot = sc.policy.load();
-    let grant = match identify_caller(sc, &parts.headers, &snapshot, &peeked) {
-        Ok(g) => g,
-        Err(resp) => return resp,
-    };
-    if let Peeked::Single(m) = &peeked
-        && let Err(resp) = check_headers(&parts.headers, m)
-    {
-        return resp;
-    }
-    let messages = peeked.messages();
-    let answers = judge(
-        sc,
-        route,
-        &parts.headers,
-        messages,
-        snapshot.as_deref(),
-        &grant,
-    );
-
-    let sse = prefers_sse(&parts.headers);
-    if !answers.is_empty() && answers.len() == messages.len() {
-        // Nothing left to forward.
-        return match peeked {
-            Peeked::Single(_) => answer_response(&answers[0].1, sse),
-            Peeked::Batch(_) => {
-                answer_response(&join_array(answers.iter().map(|(_, b)| &b[..])), sse)
-            }
+    let Some(forward_body) = judged.forward else {
+        // Every message was a refused call: nothing goes upstream.
+        let sse = prefers_sse(&parts.headers);
+        return match judged.batch {
+            false => answer_response(&judged.answers[0].1, sse),
+            true => answer_response(&join_array(judged.answers.iter().map(|(_, b)| &b[..])), sse),
         };
-    }
-    let forward_body = allowed_body(&bytes, messages, &answers);
-    let list_ids = list_request_ids(messages, &answers);
+    };
+    let Judged {
+        snapshot,
+        grant,
+        answers,
+        list_ids,
+        id: judged_id,
+        ..
+    } = judged;
 
     let strip = snapshot
         .as_ref()
@@ -103,13 +83,9 @@ pub async fn post(
         Ok(r) => r,
         Err(e) => {
             sc.metrics.upstream_error(&route.server);
-            let id = match &peeked {
-                Peeked::Single(m) => m.id,
-                Peeked::Batch(_) => None,
-            };
             return rpc_error(
                 StatusCode::BAD_GATEWAY,
-                id,
+                judged_id.as_deref(),
                 code::UPSTREAM_UNAVAILABLE,
                 &e.to_string(),
             );
@@ -138,8 +114,66 @@ pub async fn post(
     .await
 }
 
+/// A POSTed body read, peeked and judged: what goes upstream and what the
+/// sidecar answers itself.
+#[derive(Debug)]
+pub struct Judged {
+    /// The policy it was judged by.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The caller's grant.
+    pub grant: Arc<str>,
+    /// Answers to the refused calls, by message index.
+    pub answers: Vec<(usize, Bytes)>,
+    /// What to forward: the body, or a batch of the messages not refused;
+    /// `None` when every message was a refused call.
+    pub forward: Option<Bytes>,
+    /// Ids of the `tools/list` requests forwarded (their results are filtered).
+    pub list_ids: Vec<Value>,
+    /// Whether the body was a batch.
+    pub batch: bool,
+    /// A single message's id, for error replies.
+    pub id: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Reads a POSTed body and judges it, or returns the error reply: 413 for a
+/// body over `--max-body`, 400 for what the peek cannot read or headers that
+/// disagree with it, 401 for an unidentified caller where grants are set.
+pub async fn inspect(
+    sc: &Sidecar,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Judged, Response<Body>> {
+    let bytes = read_body(body, headers, sc.max_body).await?;
+    let peeked = peek(&bytes)
+        .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;
+    let snapshot = sc.policy.load();
+    let grant = identify_caller(sc, headers, &snapshot, &peeked)?;
+    if let Peeked::Single(m) = &peeked {
+        check_headers(headers, m)?;
+    }
+    let messages = peeked.messages();
+    let answers = judge(sc, route, headers, messages, snapshot.as_deref(), &grant);
+    let forward =
+        (answers.len() < messages.len()).then(|| allowed_body(&bytes, messages, &answers));
+    let list_ids = list_request_ids(messages, &answers);
+    let (batch, id) = match &peeked {
+        Peeked::Single(m) => (false, m.id.map(ToOwned::to_owned)),
+        Peeked::Batch(_) => (true, None),
+    };
+    Ok(Judged {
+        snapshot,
+        grant,
+        answers,
+        forward,
+        list_ids,
+        batch,
+        id,
+    })
+}
+
 /// The caller's grant, or the 401 to answer.
-pub fn identify_caller(
+fn identify_caller(
     sc: &Sidecar,
     headers: &HeaderMap,
     snapshot: &Option<Arc<Snapshot>>,
@@ -161,7 +195,7 @@ pub fn identify_caller(
 
 /// Decides every `tools/call` among `messages`; returns the answers to the
 /// refused ones, by message index. Records every decision.
-pub fn judge(
+fn judge(
     sc: &Sidecar,
     route: &Route,
     headers: &HeaderMap,
@@ -231,7 +265,7 @@ pub fn judge(
 }
 
 /// The ids of the `tools/list` requests that go upstream.
-pub fn list_request_ids(messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Vec<Value> {
+fn list_request_ids(messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Vec<Value> {
     messages
         .iter()
         .enumerate()
@@ -245,7 +279,7 @@ pub fn list_request_ids(messages: &[Message<'_>], answers: &[(usize, Bytes)]) ->
 }
 
 /// The body to forward: the original bytes, or a batch of the messages not refused.
-pub fn allowed_body(bytes: &Bytes, messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Bytes {
+fn allowed_body(bytes: &Bytes, messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Bytes {
     if answers.is_empty() {
         return bytes.clone();
     }
@@ -385,7 +419,7 @@ fn no_policy() -> Decision {
 
 /// `Mcp-Method` and `Mcp-Name` must agree with the body, or a router that
 /// trusts the headers could be told one thing while the server does another.
-pub fn check_headers(headers: &HeaderMap, m: &Message<'_>) -> Result<(), Response<Body>> {
+fn check_headers(headers: &HeaderMap, m: &Message<'_>) -> Result<(), Response<Body>> {
     let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if let Some(method) = header("mcp-method")
         && m.kind != Kind::Response

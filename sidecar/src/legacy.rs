@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use crate::enforce::{self, rpc_error};
 use crate::mcp::answer::{self, code};
 use crate::mcp::list_filter;
-use crate::mcp::peek::{Peeked, peek};
 use crate::mcp::sse::{SseParser, write_event};
 use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, BoxError, HttpUpstream, forwarded_headers, full, relay};
@@ -50,18 +49,11 @@ struct Session {
 
 impl Sessions {
     fn get(&self, key: &str) -> Option<Arc<Session>> {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        lock(&self.map).get(key).cloned()
     }
 
     fn remove(&self, key: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        lock(&self.map).remove(key);
     }
 }
 
@@ -127,12 +119,7 @@ pub async fn stream(
         inject: tx,
         pending_lists: Mutex::new(Vec::new()),
     });
-    route
-        .legacy
-        .map
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(key.clone(), Arc::clone(&session));
+    lock(&route.legacy.map).insert(key.clone(), Arc::clone(&session));
 
     let (mut parts, body) = relay(resp).into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -213,20 +200,11 @@ impl Relay {
     fn rewrite(&mut self, event: crate::mcp::sse::Event) -> Bytes {
         if event.event.as_deref() == Some("endpoint") {
             let upstream = resolve(&self.sse_path, event.data.trim());
-            *self
-                .session
-                .upstream_endpoint
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(upstream);
+            *lock(&self.session.upstream_endpoint) = Some(upstream);
             let ours = format!("{}/message?tg={}", self.route.path, self.key);
             return write_event(event.id.as_deref(), Some("endpoint"), &ours);
         }
-        let pending = self
-            .session
-            .pending_lists
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let pending = lock(&self.session.pending_lists).clone();
         if pending.is_empty() || !event.data.contains("\"tools\"") {
             return event.raw;
         }
@@ -242,17 +220,19 @@ impl Relay {
         if let Ok(v) = serde_json::from_str::<Value>(&event.data)
             && let Some(id) = v.get("id")
         {
-            self.session
-                .pending_lists
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|p| p != id);
+            lock(&self.session.pending_lists).retain(|p| p != id);
         }
         match filtered.and_then(|f| String::from_utf8(f).ok()) {
             Some(data) => write_event(event.id.as_deref(), event.event.as_deref(), &data),
             None => event.raw,
         }
     }
+}
+
+/// A lock whose holder cannot leave its data half-changed (each critical
+/// section is one insert, remove or clone), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The upstream's message endpoint as a path and query on the upstream.
@@ -294,12 +274,7 @@ pub async fn message(
             "unknown or closed SSE session; open the SSE stream again and POST to the endpoint it names",
         );
     };
-    let Some(endpoint) = session
-        .upstream_endpoint
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-    else {
+    let Some(endpoint) = lock(&session.upstream_endpoint).clone() else {
         return rpc_error(
             StatusCode::CONFLICT,
             None,
@@ -308,40 +283,12 @@ pub async fn message(
         );
     };
     let (parts, body) = req.into_parts();
-    let bytes = match enforce::read_body(body, &parts.headers, sc.max_body).await {
-        Ok(b) => b,
+    let judged = match enforce::inspect(sc, route, &parts.headers, body).await {
+        Ok(j) => j,
         Err(resp) => return resp,
     };
-    let peeked = match peek(&bytes) {
-        Ok(p) => p,
-        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
-    };
-    let snapshot = sc.policy.load();
-    let grant = match enforce::identify_caller(sc, &parts.headers, &snapshot, &peeked) {
-        Ok(g) => g,
-        Err(resp) => return resp,
-    };
-    if let Peeked::Single(m) = &peeked
-        && let Err(resp) = enforce::check_headers(&parts.headers, m)
-    {
-        return resp;
-    }
-    let messages = peeked.messages();
-    let answers = enforce::judge(
-        sc,
-        route,
-        &parts.headers,
-        messages,
-        snapshot.as_deref(),
-        &grant,
-    );
-    let list_ids = enforce::list_request_ids(messages, &answers);
-    session
-        .pending_lists
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .extend(list_ids);
-    for (_, a) in &answers {
+    lock(&session.pending_lists).extend(judged.list_ids);
+    for (_, a) in &judged.answers {
         if session.inject.try_send(a.clone()).is_err() {
             return rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -351,10 +298,10 @@ pub async fn message(
             );
         }
     }
-    if answers.len() == messages.len() {
+    let Some(forward) = judged.forward else {
         return accepted();
-    }
-    let forward = enforce::allowed_body(&bytes, messages, &answers);
+    };
+    let snapshot = judged.snapshot;
     let (path, query) = match endpoint.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (endpoint.clone(), None),
