@@ -102,31 +102,23 @@ pub struct Annotations {
     pub open_world_hint: Option<bool>,
 }
 
-const FINANCIAL: &[&str] = &[
-    "pay", "payment", "payments", "charge", "refund", "transfer", "payout", "invoice", "purchase",
-    "withdraw",
-];
-const EXECUTE: &[&str] = &[
-    "exec", "execute", "run", "shell", "eval", "spawn", "command", "script",
-];
-const DESTRUCTIVE: &[&str] = &[
-    "delete", "drop", "remove", "destroy", "purge", "truncate", "wipe", "erase", "revoke", "kill",
-];
-const READ: &[&str] = &[
-    "get", "list", "read", "search", "find", "fetch", "describe", "show", "view", "query",
-    "lookup", "count", "check",
-];
-
 /// The class of a tool that no rule pins (steps 2–9 of the table above).
 pub fn classify(name: &str, annotations: Option<&Annotations>) -> RiskClass {
     let hints = annotations.copied().unwrap_or_default();
     if hints.read_only_hint == Some(true) {
         return RiskClass::Read;
     }
-    if any_word(name, FINANCIAL) {
-        return RiskClass::Financial;
+    let (mut execute, mut destructive, mut first_read) = (false, false, false);
+    for (i, word) in words(name).enumerate() {
+        match word_kind(word) {
+            Some(WordKind::Financial) => return RiskClass::Financial,
+            Some(WordKind::Execute) => execute = true,
+            Some(WordKind::Destructive) => destructive = true,
+            Some(WordKind::Read) => first_read |= i == 0,
+            None => {}
+        }
     }
-    if any_word(name, EXECUTE) {
+    if execute {
         return RiskClass::Execute;
     }
     match (hints.read_only_hint, hints.destructive_hint) {
@@ -134,21 +126,41 @@ pub fn classify(name: &str, annotations: Option<&Annotations>) -> RiskClass {
         (_, Some(false)) => return RiskClass::Write,
         _ => {}
     }
-    if any_word(name, DESTRUCTIVE) {
+    if destructive {
         return RiskClass::Destructive;
     }
-    if words(name).next().is_some_and(|w| is_one_of(w, READ)) {
+    if first_read {
         return RiskClass::Read;
     }
     RiskClass::Write
 }
 
-fn any_word(name: &str, set: &[&str]) -> bool {
-    words(name).any(|w| is_one_of(w, set))
+enum WordKind {
+    Financial,
+    Execute,
+    Destructive,
+    Read,
 }
 
-fn is_one_of(word: &str, set: &[&str]) -> bool {
-    set.iter().any(|s| s.eq_ignore_ascii_case(word))
+/// Which word list a word is on (ASCII case-insensitively), in one look:
+/// financial, execute, destructive, read.
+fn word_kind(word: &str) -> Option<WordKind> {
+    let mut buf = [0u8; 8];
+    let lower = buf.get_mut(..word.len())?;
+    lower.copy_from_slice(word.as_bytes());
+    lower.make_ascii_lowercase();
+    Some(match &*lower {
+        b"pay" | b"payment" | b"payments" | b"charge" | b"refund" | b"transfer" | b"payout"
+        | b"invoice" | b"purchase" | b"withdraw" => WordKind::Financial,
+        b"exec" | b"execute" | b"run" | b"shell" | b"eval" | b"spawn" | b"command" | b"script" => {
+            WordKind::Execute
+        }
+        b"delete" | b"drop" | b"remove" | b"destroy" | b"purge" | b"truncate" | b"wipe"
+        | b"erase" | b"revoke" | b"kill" => WordKind::Destructive,
+        b"get" | b"list" | b"read" | b"search" | b"find" | b"fetch" | b"describe" | b"show"
+        | b"view" | b"query" | b"lookup" | b"count" | b"check" => WordKind::Read,
+        _ => return None,
+    })
 }
 
 /// Splits a tool name into words at separators and lower→upper case changes.

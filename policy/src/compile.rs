@@ -5,7 +5,9 @@
 //! `delete_x`, so a case variant of a denied name is denied too, whatever the
 //! upstream does with case.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +58,8 @@ pub struct CompiledPolicy {
     pub(crate) hidden_globs: GlobSet,
     pub(crate) hidden_glob_pointers: Vec<Arc<str>>,
     pub(crate) exact: HashMap<Box<str>, usize>,
-    /// Globs, most specific first; index `i` of the set is `glob_rules[i]`.
-    pub(crate) globs: GlobSet,
+    /// Globs, most specific first; position `i` is `glob_rules[i]`.
+    pub(crate) globs: glob::GlobIndex,
     pub(crate) glob_rules: Vec<usize>,
     pub(crate) classes: [Option<usize>; 5],
     pub(crate) all_tools: Option<usize>,
@@ -309,14 +311,18 @@ fn compile_policy(
             }
         }
     }
-    let mut glob_set = GlobSetBuilder::new();
+    let mut glob_list = Vec::new();
     let mut glob_rules = Vec::new();
     for (_, name, lower, id) in &globs {
         if let Some(g) = build_glob(lower, &child(&tools_at, name), errs) {
-            glob_set.add(g);
+            glob_list.push(g);
             glob_rules.push(*id);
         }
     }
+    let glob_index = glob::GlobIndex::new(&glob_list).unwrap_or_else(|e| {
+        errs.push(at, format!("the globs could not be compiled together: {e}"));
+        glob::GlobIndex::default()
+    });
 
     let mut classes = [None; 5];
     for (class, rule) in &doc.classes {
@@ -345,7 +351,7 @@ fn compile_policy(
         hidden_globs: build_set(hidden, at, errs),
         hidden_glob_pointers,
         exact,
-        globs: build_set(glob_set, at, errs),
+        globs: glob_index,
         glob_rules,
         classes,
         all_tools,

@@ -245,9 +245,16 @@ impl CompiledPolicy {
         d
     }
 
+    #[inline(always)]
     fn decide_enforced(&self, call: &Call<'_>, now: Duration, counters: &dyn Counters) -> Decision {
-        let lower = LowerName::new(call.tool);
-        let name = lower.as_str();
+        // Most tool names are lower case already: look them up as they are.
+        let lower;
+        let name = if call.tool.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = LowerName::new(call.tool);
+            lower.as_str()
+        } else {
+            call.tool
+        };
 
         if let Some(pointer) = self.hidden(name) {
             return Decision::new(Outcome::Hidden, pointer);
@@ -273,6 +280,7 @@ impl CompiledPolicy {
     }
 
     /// Everything after the lookup: deny, conditions, limits, approval.
+    #[inline(always)]
     fn apply(
         &self,
         rule: Option<&CompiledRule>,
@@ -323,29 +331,24 @@ impl CompiledPolicy {
             }
         }
 
-        let mut limits: SmallVec<[&CompiledLimit; 4]> = SmallVec::new();
-        for r in rules() {
-            limits.extend(r.limits.iter());
-        }
-        if !limits.is_empty() {
-            let charges: SmallVec<[Charge<'_>; 4]> = limits
-                .iter()
-                .map(|l| Charge {
-                    counter: &l.counter,
-                    scope: l.scope,
-                    server: call.server,
-                    key: match l.scope {
-                        Scope::Grant => call.grant,
-                        // Calls without a session count per grant.
-                        Scope::Session => call.session.unwrap_or(call.grant),
-                        Scope::Pod | Scope::Global => "",
-                    },
-                    window: l.window_len,
-                    max: l.max,
-                })
-                .collect();
-            if let Admission::Refused { index, retry_after } = counters.acquire(&charges, now) {
-                let l = limits[index];
+        let count: usize = rules().map(|r| r.limits.len()).sum();
+        if count > 0 {
+            let charge = |l| charge_for(l, call);
+            let admission = if count == 1 {
+                let one = rules().flat_map(|r| r.limits.first()).next();
+                match one {
+                    Some(l) => counters.acquire(&[charge(l)], now),
+                    None => Admission::Admitted,
+                }
+            } else {
+                let charges: SmallVec<[Charge<'_>; 4]> =
+                    rules().flat_map(|r| r.limits.iter()).map(charge).collect();
+                counters.acquire(&charges, now)
+            };
+            if let Admission::Refused { index, retry_after } = admission {
+                let Some(l) = rules().flat_map(|r| r.limits.iter()).nth(index) else {
+                    return d;
+                };
                 d.outcome = Outcome::RateLimited;
                 d.rule = Arc::clone(&l.pointer);
                 d.retry_after = Some(retry_after);
@@ -381,6 +384,7 @@ impl CompiledPolicy {
         d
     }
 
+    #[inline(always)]
     fn hidden(&self, name: &str) -> Option<&Arc<str>> {
         if let Some(p) = self.hidden_exact.get(name) {
             return Some(p);
@@ -396,6 +400,7 @@ impl CompiledPolicy {
     }
 
     /// The rule for a tool and, when classes were consulted, its class.
+    #[inline(always)]
     fn lookup(
         &self,
         name: &str,
@@ -406,12 +411,10 @@ impl CompiledPolicy {
             if self.globs.is_empty() {
                 return None;
             }
-            GLOB_MATCHES.with_borrow_mut(|found| {
-                found.clear();
-                self.globs.matches_into(name, found);
-                // Globs were added most specific first.
-                found.iter().min().map(|&i| self.glob_rules[i])
-            })
+            // Globs were added most specific first.
+            GLOB_MATCHES
+                .with_borrow_mut(|found| self.globs.best(name, found))
+                .map(|i| self.glob_rules[i])
         });
         match by_name.map(|i| &self.rules[i]) {
             Some(rule) => match rule.pinned_class {
@@ -450,6 +453,22 @@ impl CompiledPolicy {
 
     fn class_rule(&self, class: RiskClass) -> Option<&CompiledRule> {
         self.classes[class as usize].map(|i| &self.rules[i])
+    }
+}
+
+fn charge_for<'a>(l: &'a CompiledLimit, call: &Call<'a>) -> Charge<'a> {
+    Charge {
+        counter: &l.counter,
+        scope: l.scope,
+        server: call.server,
+        key: match l.scope {
+            Scope::Grant => call.grant,
+            // Calls without a session count per grant.
+            Scope::Session => call.session.unwrap_or(call.grant),
+            Scope::Pod | Scope::Global => "",
+        },
+        window: l.window_len,
+        max: l.max,
     }
 }
 

@@ -150,3 +150,165 @@ mod tests {
         }
     }
 }
+
+/// Tool globs indexed for look-up without a regex engine: `lit*`, `*lit` and
+/// `lit*lit` (one `*`, no `?`), the shapes tool policies use, are found by
+/// hashing the name's prefix or suffix of each length that occurs; any other
+/// glob falls back to a `globset::GlobSet`. A match is the glob's position in
+/// the list given to [`GlobIndex::new`] (most specific first), and
+/// [`GlobIndex::best`] returns the smallest.
+/// Literal → value, for one literal length.
+type ByLiteral<V> = Vec<(usize, hashbrown::HashMap<Box<[u8]>, V>)>;
+
+#[derive(Debug, Default)]
+pub(crate) struct GlobIndex {
+    /// `lit*`: by literal length, literal → position.
+    prefix: ByLiteral<usize>,
+    /// `*lit`: by literal length, literal → position.
+    suffix: ByLiteral<usize>,
+    /// `a*b`: by length of `a`, `a` → (`b`, position).
+    infix: ByLiteral<Vec<(Box<[u8]>, usize)>>,
+    /// Everything else, with the position of each.
+    other: globset::GlobSet,
+    other_positions: Vec<usize>,
+}
+
+impl GlobIndex {
+    /// Indexes lower-cased globs, most specific first (each already checked to build).
+    pub(crate) fn new(globs: &[globset::Glob]) -> Result<Self, globset::Error> {
+        fn slot<V: Default>(
+            list: &mut ByLiteral<V>,
+            len: usize,
+        ) -> &mut hashbrown::HashMap<Box<[u8]>, V> {
+            let i = match list.iter().position(|(l, _)| *l == len) {
+                Some(i) => i,
+                None => {
+                    list.push((len, hashbrown::HashMap::new()));
+                    list.len() - 1
+                }
+            };
+            &mut list[i].1
+        }
+        let mut index = GlobIndex::default();
+        let mut others = globset::GlobSetBuilder::new();
+        for (pos, glob) in globs.iter().enumerate() {
+            let text = glob.glob();
+            let stars = text.matches('*').count();
+            if stars != 1 || text.contains('?') {
+                others.add(glob.clone());
+                index.other_positions.push(pos);
+                continue;
+            }
+            let (a, b) = text.split_once('*').unwrap_or((text, ""));
+            let (a, b) = (a.as_bytes(), b.as_bytes());
+            if b.is_empty() {
+                slot(&mut index.prefix, a.len())
+                    .entry(a.into())
+                    .or_insert(pos);
+            } else if a.is_empty() {
+                slot(&mut index.suffix, b.len())
+                    .entry(b.into())
+                    .or_insert(pos);
+            } else {
+                slot(&mut index.infix, a.len())
+                    .entry(a.into())
+                    .or_default()
+                    .push((b.into(), pos));
+            }
+        }
+        index.other = others.build()?;
+        Ok(index)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.prefix.is_empty()
+            && self.suffix.is_empty()
+            && self.infix.is_empty()
+            && self.other.is_empty()
+    }
+
+    /// The position of the first (most specific) glob matching `name`.
+    pub(crate) fn best(&self, name: &str, scratch: &mut Vec<usize>) -> Option<usize> {
+        let n = name.as_bytes();
+        let mut best = usize::MAX;
+        for (len, map) in &self.prefix {
+            if let Some(&pos) = n.get(..*len).and_then(|p| map.get(p)) {
+                best = best.min(pos);
+            }
+        }
+        for (len, map) in &self.suffix {
+            if let Some(&pos) = n
+                .len()
+                .checked_sub(*len)
+                .and_then(|start| map.get(&n[start..]))
+            {
+                best = best.min(pos);
+            }
+        }
+        for (len, map) in &self.infix {
+            if let Some(list) = n.get(..*len).and_then(|p| map.get(p)) {
+                for (b, pos) in list {
+                    if n.len() >= len + b.len() && n.ends_with(b) {
+                        best = best.min(*pos);
+                    }
+                }
+            }
+        }
+        if !self.other.is_empty() {
+            scratch.clear();
+            self.other.matches_into(name, scratch);
+            if let Some(&i) = scratch.iter().min() {
+                best = best.min(self.other_positions[i]);
+            }
+        }
+        (best != usize::MAX).then_some(best)
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn index_agrees_with_globset() {
+        let mut seed = 0x9e3779b97f4a7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let alpha = ['a', 'b', '_', '*', '?'];
+        for _ in 0..300 {
+            let count = 1 + next(12) as usize;
+            let mut globs = Vec::new();
+            for _ in 0..count {
+                let len = 1 + next(6) as usize;
+                let mut g: String = (0..len).map(|_| alpha[next(5) as usize]).collect();
+                if !g.contains(['*', '?']) {
+                    g.push('*');
+                }
+                globs.push(
+                    globset::GlobBuilder::new(&g)
+                        .literal_separator(false)
+                        .backslash_escape(false)
+                        .build()
+                        .unwrap(),
+                );
+            }
+            let mut set = globset::GlobSetBuilder::new();
+            for g in &globs {
+                set.add(g.clone());
+            }
+            let set = set.build().unwrap();
+            let index = GlobIndex::new(&globs).unwrap();
+            let mut scratch = Vec::new();
+            for _ in 0..200 {
+                let len = next(8) as usize;
+                let name: String = (0..len).map(|_| alpha[next(3) as usize]).collect();
+                let want = set.matches(&name).into_iter().min();
+                assert_eq!(index.best(&name, &mut scratch), want, "{name} {globs:?}");
+            }
+        }
+    }
+}

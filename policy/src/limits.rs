@@ -270,6 +270,38 @@ impl LocalCounters {
 
 impl Counters for LocalCounters {
     fn acquire(&self, charges: &[Charge<'_>], now: Duration) -> Admission {
+        // One bucket (the usual case): one look-up for the check and the charge.
+        if let [c] = charges {
+            let mut map = self.lock(self.shard_of(c));
+            if let Some(window) = map.get_mut(&BucketRef(c)) {
+                if let Some(retry_after) = window.check(now, c.window, c.max) {
+                    return Admission::Refused {
+                        index: 0,
+                        retry_after,
+                    };
+                }
+                window.charge(now, c.window);
+                return Admission::Admitted;
+            }
+            if c.max == 0 {
+                return Admission::Refused {
+                    index: 0,
+                    retry_after: c.window,
+                };
+            }
+            let mut window = SlidingWindow::default();
+            window.charge(now, c.window);
+            map.insert(
+                BucketKey {
+                    counter: Arc::clone(c.counter),
+                    server: c.server.into(),
+                    scope: c.scope,
+                    key: c.key.into(),
+                },
+                window,
+            );
+            return Admission::Admitted;
+        }
         // Distinct buckets only, and their shards locked in ascending order.
         let mut distinct: smallvec::SmallVec<[(usize, usize); 4]> = smallvec::SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
