@@ -23,7 +23,7 @@ use crate::mcp::list_filter;
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
-use crate::upstream::http::{Body, HttpUpstream, box_error, forwarded_headers, full, relay};
+use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
 
 /// The `Mcp-Session-Id` header.
 pub const SESSION: &str = "mcp-session-id";
@@ -45,9 +45,11 @@ pub async fn post(
     let Some(forward_body) = judged.forward else {
         // Every message was a refused call: nothing goes upstream.
         let sse = prefers_sse(&parts.headers);
-        return match judged.batch {
-            false => answer_response(&judged.answers[0].1, sse),
-            true => answer_response(&join_array(judged.answers.iter().map(|(_, b)| &b[..])), sse),
+        return match (judged.batch, replies(&judged.answers).next()) {
+            // Refused notifications get no reply.
+            (_, None) => accepted(),
+            (false, Some(one)) => answer_response(one, sse),
+            (true, Some(_)) => answer_response(&join_array(replies(&judged.answers)), sse),
         };
     };
     let Judged {
@@ -233,7 +235,10 @@ fn judge(
             known.map(|(n, _)| n),
             decision.outcome.as_str(),
         );
-        if decision.enforced() != Outcome::Allow {
+        if decision.enforced() != Outcome::Allow && m.kind == Kind::Notification {
+            // Not forwarded, and, being a notification, not answered.
+            answers.push((i, Bytes::new()));
+        } else if decision.enforced() != Outcome::Allow {
             answers.push((
                 i,
                 answer::refusal(m.id, &call.name, &decision, &id, &version),
@@ -322,7 +327,10 @@ async fn finish(
     }
     if parts.status == StatusCode::ACCEPTED {
         // Only notifications and responses were forwarded: reply with the answers.
-        return answer_response(&join_array(answers.iter().map(|(_, b)| &b[..])), false);
+        if replies(&answers).next().is_none() {
+            return Response::from_parts(parts, body);
+        }
+        return answer_response(&join_array(replies(&answers)), false);
     }
     let collected = match collect_limited(body, sc.max_response).await {
         Ok(c) => c,
@@ -369,6 +377,21 @@ async fn collect_limited(mut body: Body, max: usize) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
+/// The sidecar's replies among `answers` (a refused notification has none).
+pub fn replies(answers: &[(usize, Bytes)]) -> impl Iterator<Item = &[u8]> {
+    answers
+        .iter()
+        .map(|(_, b)| &b[..])
+        .filter(|b| !b.is_empty())
+}
+
+/// `202 Accepted` with no body: what a POST of notifications gets.
+pub fn accepted() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp
+}
+
 /// Appends answers to a JSON reply (an array, or one message).
 fn merge_json(reply: &[u8], answers: &[(usize, Bytes)]) -> Bytes {
     let items: Vec<&serde_json::value::RawValue> =
@@ -383,7 +406,7 @@ fn merge_json(reply: &[u8], answers: &[(usize, Bytes)]) -> Bytes {
         items
             .iter()
             .map(|r| r.get().as_bytes())
-            .chain(answers.iter().map(|(_, b)| &b[..])),
+            .chain(replies(answers)),
     )
 }
 
@@ -528,24 +551,27 @@ pub fn rpc_error(
     resp
 }
 
-/// Forwards a request with no body to inspect (GET streams, DELETE).
+/// Forwards a request that carries no MCP message (GET streams, DELETE,
+/// discovery documents), without any body the client sent.
 pub async fn pass_through(
     sc: &Sidecar,
     route: &Route,
     up: &HttpUpstream,
     target: Uri,
     parts: request::Parts,
-    body: Incoming,
     snapshot: Option<Arc<Snapshot>>,
 ) -> Response<Body> {
     let strip = snapshot
         .as_ref()
         .filter(|s| s.bundle.has_grants())
         .map(|_| &sc.grant_header);
-    let mut req = Request::new(body.map_err(box_error).boxed());
+    // GET, DELETE and discovery documents carry no message: a body sent with
+    // them is dropped, never forwarded unjudged.
+    let mut req = Request::new(full(Bytes::new()));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = target;
     *req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+    req.headers_mut().remove(header::CONTENT_LENGTH);
     match up.send(req).await {
         Ok(r) => {
             if r.status().is_server_error() {

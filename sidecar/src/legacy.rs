@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -288,8 +288,8 @@ pub async fn message(
         Err(resp) => return resp,
     };
     lock(&session.pending_lists).extend(judged.list_ids);
-    for (_, a) in &judged.answers {
-        if session.inject.try_send(a.clone()).is_err() {
+    for a in enforce::replies(&judged.answers) {
+        if session.inject.try_send(Bytes::copy_from_slice(a)).is_err() {
             return rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
@@ -299,7 +299,7 @@ pub async fn message(
         }
     }
     let Some(forward) = judged.forward else {
-        return accepted();
+        return enforce::accepted();
     };
     let snapshot = judged.snapshot;
     let (path, query) = match endpoint.split_once('?') {
@@ -327,14 +327,6 @@ pub async fn message(
             )
         }
     }
-}
-
-fn accepted() -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from_static(b"Accepted")));
-    *resp.status_mut() = StatusCode::ACCEPTED;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
 }
 
 #[cfg(test)]

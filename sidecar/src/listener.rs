@@ -127,7 +127,8 @@ async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) ->
                     &e.to_string(),
                 );
             }
-            enforce::pass_through(sc, route, up, target, parts, body, snapshot).await
+            drop(body);
+            enforce::pass_through(sc, route, up, target, parts, snapshot).await
         }
         _ => {
             let mut resp = rpc_error(
@@ -183,6 +184,25 @@ fn served(sc: &Sidecar) -> String {
 /// OAuth discovery documents belong to the upstream: pass them through.
 async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = rpc_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            code::INVALID_REQUEST,
+            "discovery documents are read with GET; MCP messages go to the MCP endpoint",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    if has_dot_segment(&path) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            "`.` and `..` path segments are not forwarded",
+        );
+    }
     let by_suffix = path
         .find("/mcp")
         .and_then(|i| find_route(sc, &path[i..]).map(|(r, _)| (r, i)));
@@ -197,8 +217,16 @@ async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
     let (Upstream::Http(up) | Upstream::LegacySse(up)) = &route.upstream;
     let target = up.target(Some(&upstream_path), req.uri().query());
     let route: &Route = route;
-    let (parts, body) = req.into_parts();
-    enforce::pass_through(sc, route, up, target, parts, body, sc.policy.load()).await
+    let (parts, _) = req.into_parts();
+    enforce::pass_through(sc, route, up, target, parts, sc.policy.load()).await
+}
+
+/// Whether a path has a `.` or `..` segment, plain or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 fn upstream_path(route: &Route) -> String {

@@ -50,7 +50,9 @@ where
     let state = Filter {
         body,
         parser: (!pending.is_empty()).then(|| SseParser::new(MAX_EVENT)),
-        out: answers.iter().map(|(_, a)| answer::sse_event(a)).collect(),
+        out: crate::enforce::replies(&answers)
+            .map(answer::sse_event)
+            .collect(),
         pending,
         listing,
         route: Arc::clone(route),

@@ -14,10 +14,21 @@ one JSON document on stdout for the Rust test to assert on:
              --trace                      record every HTTP exchange under `http`
              --header 'Name: value'       an extra HTTP header (repeatable)
              --timeout SECONDS            for each request (default 30)
+             --elicit RESULT_JSON         declare the elicitation capability and answer every
+                                          `elicitation/create` with this ElicitResult
+                                          (e.g. '{"action": "accept", "content": {"name": "Ada"}}')
+             --sample TEXT                declare the sampling capability and answer every
+                                          `sampling/createMessage` with an assistant message TEXT
 
 STEPS_JSON is a list of steps, each one of
     {"op": "list"}
     {"op": "call", "name": "echo", "arguments": {"message": "hi"}, "repeat": 3}
+    {"op": "call", "name": "slow", "arguments": {}, "progress": true}
+        (`progress`: send a progress token and record the notifications/progress received for
+        the call under `progress`, in order: [{"progress": 1, "total": 5, "message": null,
+        "at": 0.51}, ...], where `at` is seconds since the call was sent; the call's own
+        `elapsed` is seconds until its result arrived, so a test can tell streamed
+        notifications from ones delivered all at once with the result)
 
 Output:
     {"protocol_version": "...", "server_info": {...} | null,
@@ -25,7 +36,9 @@ Output:
                   {"op": "call", "name": "echo", "result": <CallToolResult>},
                   {"op": "call", "name": "x", "error": {"code": -32602, "message": "...", "data": ...}},
                   {"op": "call", "name": "y", "exception": "ValidationError: ..."} ],
-     "http": [ {"method": "POST", "status": 200, "mcp_method": "...", ...}, ... ]}   (with --trace)
+     "http": [ {"method": "POST", "status": 200, "mcp_method": "...", ...}, ... ],   (with --trace)
+     "elicitations": [<ElicitRequestParams>, ...],    (with --elicit: the requests answered, in order)
+     "samplings": [<CreateMessageRequestParams>, ...]}  (with --sample: likewise)
 
 Results are the SDK's pydantic models dumped by alias (`isError`, `structuredContent`,
 `_meta`), so they read as on the wire. A JSON-RPC error to a call is data (`error`); an
@@ -45,11 +58,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from typing import Any
 
 import anyio
 import httpx2
+from mcp import types
 from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -72,6 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--trace", action="store_true", help="record every HTTP exchange under `http`")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each request (default 30)")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="an extra HTTP header")
+    p.add_argument("--elicit", metavar="RESULT_JSON", help="answer every elicitation/create with this ElicitResult")
+    p.add_argument("--sample", metavar="TEXT", help="answer every sampling/createMessage with this assistant text")
     p.add_argument("url")
     p.add_argument("command", choices=["list", "call", "steps"])
     p.add_argument("rest", nargs="*")
@@ -95,6 +112,44 @@ def steps_from(ns: argparse.Namespace) -> list[dict[str, Any]]:
     if not isinstance(steps, list) or not all(isinstance(s, dict) and s.get("op") in ("list", "call") for s in steps):
         raise ValueError('steps must be a list of {"op": "list"} / {"op": "call", "name": ...}')
     return steps
+
+
+class ServerRequests:
+    """Answers the requests a server sends the client (elicitation, sampling) as told, and records them.
+
+    A callback given to the SDK also declares the capability in `initialize`, so servers that
+    offer tools only to capable clients (server-everything's `trigger-elicitation-request`,
+    `trigger-sampling-request`) list them."""
+
+    def __init__(self, ns: argparse.Namespace, out: dict[str, Any]) -> None:
+        self.elicit_answer = types.ElicitResult.model_validate(json.loads(ns.elicit)) if ns.elicit else None
+        self.sample_answer = ns.sample
+        if self.elicit_answer is not None:
+            out["elicitations"] = []
+        if self.sample_answer is not None:
+            out["samplings"] = []
+        self.out = out
+
+    def callbacks(self) -> dict[str, Any]:
+        cbs: dict[str, Any] = {}
+        if self.elicit_answer is not None:
+            cbs["elicitation_callback"] = self.on_elicit
+        if self.sample_answer is not None:
+            cbs["sampling_callback"] = self.on_sample
+        return cbs
+
+    async def on_elicit(self, context: Any, params: Any) -> Any:
+        self.out["elicitations"].append(dump(params))
+        return self.elicit_answer
+
+    async def on_sample(self, context: Any, params: Any) -> Any:
+        self.out["samplings"].append(dump(params))
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=self.sample_answer),
+            model="tollgate-e2e",
+            stop_reason="endTurn",
+        )
 
 
 class Trace:
@@ -143,12 +198,15 @@ async def run(ns: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
 
     http_client = http_client_factory(headers=headers or None)
     out: dict[str, Any] = {"results": []}
+    server_requests = ServerRequests(ns, out)
     async with http_client:
         if ns.transport == "sse":
             transport = sse_client(ns.url, headers=headers or None, httpx_client_factory=http_client_factory)
         else:
             transport = streamable_http_client(ns.url, http_client=http_client)
-        client = Client(transport, mode=ns.mode, read_timeout_seconds=ns.timeout, cache=None)
+        client = Client(
+            transport, mode=ns.mode, read_timeout_seconds=ns.timeout, cache=None, **server_requests.callbacks()
+        )
         try:
             await client.__aenter__()
         except Exception as e:  # the handshake failed: report it, the test decides
@@ -184,13 +242,24 @@ async def run_step(client: Client, step: dict[str, Any]) -> dict[str, Any]:
             entry["exception"] = describe(e)
         return entry
     entry = {"op": "call", "name": step["name"]}
+    progress_callback = None
+    started = time.monotonic()
+    if step.get("progress"):
+        entry["progress"] = []
+
+        async def progress_callback(progress: float, total: float | None, message: str | None) -> None:
+            at = round(time.monotonic() - started, 3)
+            entry["progress"].append({"progress": progress, "total": total, "message": message, "at": at})
+
     try:
-        result = await client.call_tool(step["name"], step.get("arguments"))
+        result = await client.call_tool(step["name"], step.get("arguments"), progress_callback=progress_callback)
         entry["result"] = dump(result)
     except MCPError as e:
         entry["error"] = dump(e.error)
     except Exception as e:
         entry["exception"] = describe(e)
+    if step.get("progress"):
+        entry["elapsed"] = round(time.monotonic() - started, 3)
     return entry
 
 

@@ -8,6 +8,7 @@
 //! | [`bins`] | the workspace's binaries, built once per test process |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
+//! | [`recorder`] | a recording MCP upstream (Streamable HTTP and legacy SSE), to assert what reached the upstream |
 //! | [`scratch`] | a temporary directory per test |
 //! | [`sidecar`] | `tollgate-sidecar` with a policy file, and its built-in demo upstream |
 //! | [`peers`] | the real MCP peers `scripts/install-peers.sh` installs: server-everything (Node), the Python `mcp` SDK client, the conformance tool |
@@ -27,6 +28,7 @@ pub mod bins;
 pub mod net;
 pub mod peers;
 pub mod process;
+pub mod recorder;
 pub mod scratch;
 pub mod sidecar;
 

@@ -1,8 +1,10 @@
 //! An upstream reached over HTTP (Streamable HTTP, or the legacy SSE transport).
 //!
-//! Requests are forwarded with their bytes and headers unchanged, except the
-//! hop-by-hop headers a proxy must not pass on, `Host`, and the grant header
-//! when grants are configured (a caller's token is never forwarded upstream).
+//! Requests are forwarded with their bytes and headers unchanged — `Host` and
+//! `Origin` included, so the upstream's own DNS-rebinding checks still see
+//! what the client sent — except the hop-by-hop headers a proxy must not pass
+//! on, and the grant header when grants are configured (a caller's token is
+//! never forwarded upstream).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -122,15 +124,19 @@ impl HttpUpstream {
 }
 
 /// Copies a request's headers for the upstream: without hop-by-hop headers,
-/// with the upstream's `Host`, and without `strip` (the grant header).
+/// with the client's `Host` (or `host` when it sent none, as over HTTP/2),
+/// and without `strip` (the grant header).
 pub fn forwarded_headers(
     from: &HeaderMap,
     host: Option<HeaderValue>,
     strip: Option<&HeaderName>,
 ) -> HeaderMap {
     let mut out = without_hop_by_hop(from);
-    out.remove(header::HOST);
-    if let Some(h) = host {
+    // The client's Host goes through unchanged, so an upstream that checks it
+    // (DNS-rebinding protection) judges what the client sent, not the sidecar.
+    if !out.contains_key(header::HOST)
+        && let Some(h) = host
+    {
         out.insert(header::HOST, h);
     }
     if let Some(name) = strip {

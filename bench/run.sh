@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# The sidecar's load benchmark: how much of a bare Rust proxy's throughput
+# tollgate-sidecar keeps while it enforces a 1,000-rule policy on every tools/call.
+#
+#   bench/run.sh                       3 rounds of (direct, pass-through, sidecar), 2 s warm-up + 10 s each
+#   ROUNDS=5 DURATION=20 bench/run.sh  longer
+#
+# Environment (defaults in brackets):
+#   DURATION [10]      measured seconds per run      WARMUP [2]   warm-up seconds per run
+#   CONNECTIONS [64]   keep-alive connections         ROUNDS [3]   rounds of D, P, S (interleaved)
+#   PIN [1]            1: pin (see below); 0: let the scheduler place everything
+#   TOOL [jira_search_users]   the tool called (an exact, allowed, unlimited name of the policy)
+#   BASE_PORT [18100]  upstream +1, pass-through +2, sidecar +3, sidecar admin +4 (all 127.0.0.1)
+#   CARGO_TARGET_DIR [<repo>/target]
+#
+# Three targets, each measured by the same closed-loop generator (bench/loadtest):
+#   direct        generator → fast upstream                        (what the upstream does alone)
+#   pass-through  generator → bare hyper proxy → fast upstream     (the ceiling of a Rust proxy)
+#   sidecar       generator → tollgate-sidecar → fast upstream     (1,000-rule policy, no decision log)
+#
+# Pinning (PIN=1, the default, on a machine with at least 2 CPUs): the proxy under test
+# (pass-through or sidecar) runs alone on CPU 1; the generator and the upstream share CPU 0.
+# Each proxy then gets the same single core (its tokio runtime sizes itself to one worker),
+# and neither proxy competes with the load it serves, so RPS compares proxies rather than
+# scheduler luck. The cost: CPU 0 can become the bottleneck, which caps both proxies alike
+# and makes the ratio optimistic — the summary prints each proxy's CPU use, and its CPU
+# seconds per 10k requests, which do not depend on who saturates first.
+#
+# Everything listens on 127.0.0.1 and every run stops by itself (time-bounded loops).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bench="$root/bench/loadtest"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+CONNECTIONS="${CONNECTIONS:-64}"
+ROUNDS="${ROUNDS:-3}"
+PIN="${PIN:-1}"
+TOOL="${TOOL:-jira_search_users}"
+BASE_PORT="${BASE_PORT:-18100}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+bin="$CARGO_TARGET_DIR/release"
+
+say() { echo "bench: $*" >&2; }
+fail() { echo "bench: FAILED: $*" >&2; exit 1; }
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || fail "ROUNDS=$ROUNDS: expected 1 to 99"
+[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || fail "CONNECTIONS=$CONNECTIONS: expected a positive number"
+
+# ---- build ----------------------------------------------------------------------------------
+say "building tollgate-sidecar and tollgate (release) …"
+cargo build -q --release --locked -p tollgate-sidecar -p tollgate-controlplane --manifest-path "$root/Cargo.toml"
+say "building bench/loadtest (release) …"
+cargo build -q --release --locked --manifest-path "$bench/Cargo.toml"
+
+# The pass-through is only a fair ceiling if it runs the sidecar's hyper stack.
+lock_version() { awk -v n="name = \"$2\"" '$0 == n { getline; gsub(/version = |"/, ""); print; exit }' "$1"; }
+versions=""
+for crate in hyper hyper-util tokio; do
+  ours="$(lock_version "$bench/Cargo.lock" "$crate")"
+  theirs="$(lock_version "$root/Cargo.lock" "$crate")"
+  [[ "$ours" == "$theirs" ]] ||
+    fail "$crate is $ours in bench/loadtest/Cargo.lock but $theirs in the sidecar's Cargo.lock: copy the workspace's Cargo.lock to bench/loadtest/ and rebuild"
+  versions+="$crate $ours, "
+done
+
+# ---- policy ---------------------------------------------------------------------------------
+work="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")"
+"$bin/genpolicy" >"$work/policy.json"
+check="$("$bin/tollgate" policy check "$work/policy.json")" || fail "the generated policy is invalid: $check"
+
+# ---- processes ------------------------------------------------------------------------------
+if [[ "$PIN" == 1 ]] && (($(nproc) >= 2)); then
+  proxy_pin=(taskset -c 1)
+  load_pin=(taskset -c 0)
+  pinning="proxy under test on CPU 1; generator + upstream on CPU 0 (taskset)"
+else
+  proxy_pin=()
+  load_pin=()
+  pinning="none: the scheduler places every process on any of $(nproc) CPUs"
+fi
+
+up_port=$((BASE_PORT + 1)) pt_port=$((BASE_PORT + 2)) sc_port=$((BASE_PORT + 3)) admin_port=$((BASE_PORT + 4))
+for p in $up_port $pt_port $sc_port $admin_port; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then fail "127.0.0.1:$p is already in use (set BASE_PORT)"; fi
+done
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# start NAME COMMAND…: runs it in the background, logs in $work/NAME.log; sets NAME_pid.
+start() {
+  local name="$1"
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=("$!")
+  printf -v "${name}_pid" '%s' "$!"
+}
+
+wait_port() { # NAME PORT PID
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || fail "$1 exited at start: $(tail -5 "$work/$1.log")"
+    sleep 0.1
+  done
+  fail "$1 is not listening on 127.0.0.1:$2 after 10 s: $(tail -5 "$work/$1.log")"
+}
+
+# taskset execs the program, so $! is the program's own pid.
+start upstream "${load_pin[@]}" "$bin/upstream" --listen "127.0.0.1:$up_port"
+start passthrough "${proxy_pin[@]}" "$bin/passthrough" --listen "127.0.0.1:$pt_port" --upstream "127.0.0.1:$up_port"
+start sidecar "${proxy_pin[@]}" "$bin/tollgate-sidecar" --listen "127.0.0.1:$sc_port" --admin "127.0.0.1:$admin_port" \
+  --upstream "http://127.0.0.1:$up_port/mcp" --policy "$work/policy.json"
+wait_port upstream $up_port "$upstream_pid"
+wait_port passthrough $pt_port "$passthrough_pid"
+wait_port sidecar $sc_port "$sidecar_pid"
+
+declare -A port=([direct]=$up_port [passthrough]=$pt_port [sidecar]=$sc_port)
+declare -A proxy_pid=([direct]="" [passthrough]=$passthrough_pid [sidecar]=$sidecar_pid)
+
+# load TARGET DURATION WARMUP CONNECTIONS: one generator run; prints its RESULT line.
+load() {
+  local watch=(--watch "upstream:$upstream_pid" --watch gen:self)
+  [[ -n "${proxy_pid[$1]}" ]] && watch+=(--watch "proxy:${proxy_pid[$1]}")
+  "${load_pin[@]}" "$bin/loadgen" --url "http://127.0.0.1:${port[$1]}/mcp" --label "$1" --tool "$TOOL" \
+    --duration "$2" --warmup "$3" --connections "$4" --clk-tck "$(getconf CLK_TCK)" "${watch[@]}"
+}
+
+for t in direct passthrough sidecar; do
+  load "$t" 0.3 0 1 >/dev/null || fail "the smoke test against $t failed (see above)"
+done
+
+# ---- rounds ---------------------------------------------------------------------------------
+runs=$((ROUNDS * 3))
+say "$ROUNDS rounds × (direct, pass-through, sidecar): $runs runs of ${WARMUP} s + ${DURATION} s, $CONNECTIONS connections; about $((runs * (WARMUP + DURATION) / 60 + 1)) min"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+failed_runs=0
+: >"$work/results.txt"
+for r in $(seq "$ROUNDS"); do
+  for t in direct passthrough sidecar; do
+    rc=0
+    line="$(load "$t" "$DURATION" "$WARMUP" "$CONNECTIONS")" || rc=$?
+    [[ $rc == 0 ]] || failed_runs=$((failed_runs + 1))
+    [[ -n "$line" ]] || fail "the generator printed no result for $t (exit $rc)"
+    echo "round=$r $line" >>"$work/results.txt"
+    get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }
+    printf 'bench: round %d %-12s %7s req/s  p50 %7s µs  p99 %7s µs  proxy CPU %s%s\n' \
+      "$r" "$t" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$(get proxy_util)" \
+      "$([[ $rc == 0 ]] || echo "  !!! FAILED REQUESTS")" >&2
+  done
+done
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- summary --------------------------------------------------------------------------------
+# values TARGET KEY: one value per round.
+values() { awk -v t="label=$1" -v k="$2" '$0 ~ " " t " " { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' "$work/results.txt"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+med() { values "$1" "$2" | median; }
+hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+goal() { awk -v v="$1" -v op="$2" -v g="$3" 'BEGIN { ok = (op == ">=") ? v >= g : v <= g; print ok ? "PASS" : "MISS" }'; }
+
+sc_rss="$(hwm_mib "$sidecar_pid")"
+pt_rss="$(hwm_mib "$passthrough_pid")"
+rps_ratio="$(ratio "$(med sidecar rps)" "$(med passthrough rps)")"
+cpu_ratio="$(ratio "$(med sidecar proxy_cpu_s_per_10k)" "$(med passthrough proxy_cpu_s_per_10k)")"
+
+echo
+echo "Tollgate sidecar load benchmark"
+echo "  $ROUNDS rounds × (direct, pass-through, sidecar) interleaved; $CONNECTIONS keep-alive HTTP/1.1 connections; ${WARMUP} s warm-up + ${DURATION} s measured per run"
+echo "  call: tools/call $TOOL with ~1 KB of arguments; policy: $check"
+echo "  pinning: $pinning"
+echo "  $versions(bench = sidecar); load average before/after: $load_before / $load_after"
+echo
+printf '  %-13s %10s %10s %10s %10s %11s %15s %12s\n' target "req/s" "p50 µs" "p99 µs" "p99.9 µs" "proxy CPU" "proxy CPU s" "gen+up CPU"
+printf '  %-13s %10s %10s %10s %10s %11s %15s %12s\n' "" "(median)" "" "" "" "(cores)" "per 10k req" "(cores)"
+for t in direct passthrough sidecar; do
+  gen_up="$(awk -v a="$(med "$t" gen_util)" -v b="$(med "$t" upstream_util)" 'BEGIN { printf "%.2f", a + b }')"
+  proxy_util="$(med "$t" proxy_util)" proxy_cpu="$(med "$t" proxy_cpu_s_per_10k)"
+  [[ "$t" == direct ]] && proxy_util="-" proxy_cpu="-"
+  printf '  %-13s %10s %10s %10s %10s %11s %15s %12s\n' "$t" "$(med "$t" rps)" "$(med "$t" p50_us)" "$(med "$t" p99_us)" \
+    "$(med "$t" p999_us)" "$proxy_util" "$proxy_cpu" "$gen_up"
+done
+echo "  (each round's req/s: direct $(values direct rps | xargs) | pass-through $(values passthrough rps | xargs) | sidecar $(values sidecar rps | xargs))"
+echo
+echo "  sidecar / pass-through req/s:          $rps_ratio   (goal ≥ 0.90: $(goal "$rps_ratio" ">=" 0.90))"
+echo "  sidecar CPU s per 10k requests:        $(med sidecar proxy_cpu_s_per_10k)   (pass-through $(med passthrough proxy_cpu_s_per_10k): ×$cpu_ratio)"
+echo "  sidecar peak RSS (VmHWM):              $sc_rss MiB   (goal ≤ 20 MiB: $(goal "$sc_rss" "<=" 20); pass-through $pt_rss MiB)"
+pt_util="$(med passthrough proxy_util)"
+if [[ "$PIN" == 1 ]] && awk -v u="$pt_util" 'BEGIN { exit !(u < 0.9) }'; then
+  echo "  note: the pass-through used $pt_util of its core: CPU 0 (generator + upstream) limited it, so its req/s"
+  echo "        understates the ceiling and the req/s ratio is optimistic; compare CPU s per 10k requests."
+fi
+if ((failed_runs > 0)); then
+  echo
+  echo "  !!!!!!!! $failed_runs of $runs runs had failed requests (non-200, wrong body or errors): the numbers above are not valid !!!!!!!!"
+else
+  echo "  failed requests: none (every response was HTTP 200 with the upstream's result for its id)"
+fi
+echo "  raw results and logs: $work"
+((failed_runs == 0)) || exit 1
