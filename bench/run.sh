@@ -61,7 +61,7 @@ for crate in hyper hyper-util tokio; do
   theirs="$(lock_version "$root/Cargo.lock" "$crate")"
   [[ "$ours" == "$theirs" ]] ||
     fail "$crate is $ours in bench/loadtest/Cargo.lock but $theirs in the sidecar's Cargo.lock: copy the workspace's Cargo.lock to bench/loadtest/ and rebuild"
-  versions+="$crate $ours, "
+  versions+="${versions:+, }$crate $ours"
 done
 
 # ---- policy ---------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ echo "Tollgate sidecar load benchmark"
 echo "  $ROUNDS rounds × (direct, pass-through, sidecar) interleaved; $CONNECTIONS keep-alive HTTP/1.1 connections; ${WARMUP} s warm-up + ${DURATION} s measured per run"
 echo "  call: tools/call $TOOL with ~1 KB of arguments; policy: $check"
 echo "  pinning: $pinning"
-echo "  $versions(bench = sidecar); load average before/after: $load_before / $load_after"
+echo "  $versions in the bench and the sidecar alike; load average before/after: $load_before / $load_after"
 echo
 printf '  %-13s %10s %10s %10s %10s %11s %15s %12s\n' target "req/s" "p50 µs" "p99 µs" "p99.9 µs" "proxy CPU" "proxy CPU s" "gen+up CPU"
 printf '  %-13s %10s %10s %10s %10s %11s %15s %12s\n' "" "(median)" "" "" "" "(cores)" "per 10k req" "(cores)"
@@ -192,8 +192,9 @@ echo "  sidecar CPU s per 10k requests:        $(med sidecar proxy_cpu_s_per_10k
 echo "  sidecar peak RSS (VmHWM):              $sc_rss MiB   (goal ≤ 20 MiB: $(goal "$sc_rss" "<=" 20); pass-through $pt_rss MiB)"
 pt_util="$(med passthrough proxy_util)"
 if [[ "$PIN" == 1 ]] && awk -v u="$pt_util" 'BEGIN { exit !(u < 0.9) }'; then
-  echo "  note: the pass-through used $pt_util of its core: CPU 0 (generator + upstream) limited it, so its req/s"
-  echo "        understates the ceiling and the req/s ratio is optimistic; compare CPU s per 10k requests."
+  echo "  note: the pass-through used only $pt_util of its core, so something else set the pace (CPU 0's generator"
+  echo "        and upstream, or other processes: see the load average); its req/s understates the ceiling and"
+  echo "        the req/s ratio is then optimistic. CPU s per 10k requests compares the proxies regardless."
 fi
 if ((failed_runs > 0)); then
   echo

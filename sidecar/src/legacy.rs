@@ -186,10 +186,9 @@ impl Relay {
                     Some(Err(e)) => return Some(Err(e)),
                     None => {
                         self.ended = true;
-                        let tail = std::mem::replace(&mut self.parser, SseParser::new(MAX_EVENT)).finish();
-                        if !tail.is_empty() {
-                            return Some(Ok(Frame::data(tail)));
-                        }
+                        // A last event without its blank line is still read
+                        // by lenient clients: parse it like the others.
+                        self.parser.push(Bytes::from_static(b"\n\n"));
                     }
                 },
             }
@@ -205,7 +204,7 @@ impl Relay {
             return write_event(event.id.as_deref(), Some("endpoint"), &ours);
         }
         let pending = lock(&self.session.pending_lists).clone();
-        if pending.is_empty() || !event.data.contains("\"tools\"") {
+        if pending.is_empty() || event.data.is_empty() {
             return event.raw;
         }
         let snapshot = self.sc_policy.load();

@@ -71,14 +71,13 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
             if let Some(bytes) = self.out.pop_front() {
                 return Some(Ok(Frame::data(bytes)));
             }
-            if self.ended {
-                return None;
-            }
             if let Some(parser) = &mut self.parser {
                 match parser.next_event() {
                     Ok(Some(event)) => {
-                        let touched = !event.data.is_empty() && event.data.contains("\"tools\"");
-                        let rewritten = touched.then(|| self.filter(&event.data)).flatten();
+                        // Parsed whatever its spelling (`"\u0074ools"` is `"tools"`).
+                        let rewritten = (!event.data.is_empty())
+                            .then(|| self.filter(&event.data))
+                            .flatten();
                         self.out.push_back(match rewritten {
                             Some(data) => {
                                 write_event(event.id.as_deref(), event.event.as_deref(), &data)
@@ -87,8 +86,13 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
                         });
                         if self.pending.is_empty() {
                             // Nothing more to filter: relay the rest as it comes.
-                            if let Some(p) = self.parser.take() {
-                                self.out.push_back(p.finish());
+                            if let Some(tail) = self
+                                .parser
+                                .take()
+                                .map(SseParser::finish)
+                                .filter(|t| !t.is_empty())
+                            {
+                                self.out.push_back(tail);
                             }
                         }
                         continue;
@@ -99,6 +103,18 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
                         return Some(Err(Box::new(e)));
                     }
                 }
+            }
+            if self.ended {
+                if let Some(tail) = self
+                    .parser
+                    .take()
+                    .map(SseParser::finish)
+                    .filter(|t| !t.is_empty())
+                {
+                    self.out.push_back(tail);
+                    continue;
+                }
+                return None;
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -111,8 +127,10 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
                 Some(Err(e)) => return Some(Err(e)),
                 None => {
                     self.ended = true;
-                    if let Some(p) = self.parser.take() {
-                        self.out.push_back(p.finish());
+                    // A last event without its blank line is still read by
+                    // lenient clients, so it is parsed (and filtered) too.
+                    if let Some(p) = &mut self.parser {
+                        p.push(Bytes::from_static(b"\n\n"));
                     }
                 }
             }

@@ -134,6 +134,11 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Reads a body: one message or a batch.
 pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
+    // JSON is UTF-8 (RFC 8259 §8.1); peers repair invalid bytes differently,
+    // and the parse below only checks the strings it reads.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(PeekError::Syntax(format!("the body is not UTF-8 ({e})")));
+    }
     if nests_deeper_than(body, MAX_DEPTH) {
         return Err(PeekError::Invalid(format!(
             "the body nests arrays or objects more than {MAX_DEPTH} levels deep"

@@ -240,3 +240,13 @@ proptest! {
         let _ = peek(&bytes);
     }
 }
+
+#[test]
+fn bodies_that_are_not_utf8_are_refused_even_in_skipped_members() {
+    let mut body =
+        br#"{"id":1,"method":"tools/call","params":{"name":"echo","_meta":{"x":"#.to_vec();
+    body.extend_from_slice(b"\"\xff\xfe\"}}}");
+    let e = peek(&body).unwrap_err();
+    assert_eq!(e.code(), -32700, "{e}");
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+}
