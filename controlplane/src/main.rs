@@ -1,35 +1,45 @@
 //! `tollgate`: Tollgate's control plane and operator CLI.
-//!
-//! Today it checks, evaluates and describes policies (`tollgate policy …`);
-//! the control-plane server (`tollgate serve`) and fleet commands build on it.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod cli;
+use tollgate_controlplane::cli;
 
 /// Tollgate: policy for what AI agents do through MCP servers.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, propagate_version = true)]
 struct Cli {
+    /// The control plane's gRPC address (for push, versions, status…).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check, try and describe policy files.
+    /// Check, try, describe, push and compare policy files.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Run the control plane.
+    Serve(cli::serve::ServeArgs),
+    /// Show every sidecar's policy status.
+    Status(cli::fleet::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Policy(cmd) => cli::policy::run(cmd, &cli.addr),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Status(args) => cli::fleet::status(&cli.addr, &args),
     };
     match result {
         Ok(code) => code,
@@ -37,5 +47,15 @@ fn main() -> ExitCode {
             eprintln!("tollgate: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -40,6 +40,29 @@ pub struct RunArgs {
     /// The policy file (a policy document or a bundle), watched for changes.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Fleet mode: take the policy from this control plane (gRPC URL, e.g.
+    /// http://127.0.0.1:50051) instead of a file.
+    #[arg(long, value_name = "URL", conflicts_with = "policy")]
+    pub control_plane: Option<String>,
+    /// Labels reported to the control plane (`k=v,…`; repeatable; override --labels-file).
+    #[arg(
+        long,
+        value_name = "K=V",
+        value_delimiter = ',',
+        requires = "control_plane"
+    )]
+    pub labels: Vec<String>,
+    /// Labels reported to the control plane, from a Kubernetes downward-API
+    /// file (`key="value"` lines).
+    #[arg(long, value_name = "PATH", requires = "control_plane")]
+    pub labels_file: Option<PathBuf>,
+    /// The namespace reported to the control plane.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// Where the last good bundle from the control plane is kept, so a restart
+    /// while the control plane is down enforces it at once.
+    #[arg(long, value_name = "DIR", requires = "control_plane")]
+    pub state_dir: Option<PathBuf>,
     /// How often the policy file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub policy_poll_ms: u64,
@@ -165,5 +188,32 @@ mod tests {
         assert!(parse_upstreams(&["http://x".into(), "b=http://y".into()]).is_err());
         assert!(parse_upstreams(&["a=http://x".into(), "a=http://y".into()]).is_err());
         assert!(parse_upstreams(&["a b=http://x".into()]).is_err());
+    }
+
+    #[test]
+    fn policy_file_and_control_plane_are_exclusive() {
+        use clap::Parser;
+        let err = Cli::try_parse_from([
+            "tollgate-sidecar",
+            "--policy",
+            "p.json",
+            "--control-plane",
+            "http://127.0.0.1:50051",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+        let cli = Cli::try_parse_from([
+            "tollgate-sidecar",
+            "--control-plane",
+            "http://127.0.0.1:50051",
+            "--labels",
+            "app=a,team=b",
+            "--labels",
+            "zone=z",
+            "--state-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.labels, ["app=a", "team=b", "zone=z"]);
     }
 }

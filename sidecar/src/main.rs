@@ -18,7 +18,7 @@ use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{self, PolicyStore};
 use tollgate_sidecar::state::{Route, Sidecar, Upstream};
 use tollgate_sidecar::upstream::HttpUpstream;
-use tollgate_sidecar::{admin, demo, listener};
+use tollgate_sidecar::{admin, control, demo, listener};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -85,7 +85,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Duration::from_millis(args.policy_poll_ms.max(50)),
             ));
         }
-        None => tracing::warn!("no --policy given: every tools/call is denied"),
+        None if args.control_plane.is_none() => {
+            tracing::warn!("no --policy or --control-plane given: every tools/call is denied")
+        }
+        None => {}
     }
 
     let mut routes = HashMap::new();
@@ -136,6 +139,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the decision log {path}"))?,
     };
     let node_id: Arc<str> = args.node_id.clone().unwrap_or_else(hostname).into();
+    if let Some(url) = &args.control_plane {
+        let node = tollgate_proto::v1::Node {
+            id: node_id.to_string(),
+            pod: std::env::var("POD_NAME").unwrap_or_else(|_| node_id.to_string()),
+            namespace: args.namespace.clone().unwrap_or_default(),
+            labels: control::labels(&args.labels, args.labels_file.as_deref())?,
+            build: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let config = control::FleetConfig {
+            control_plane: url.clone(),
+            node,
+            state_dir: args.state_dir.clone(),
+            backoff: Default::default(),
+        };
+        control::start(config, Arc::clone(&policy), Arc::clone(&metrics))?;
+    }
     let grant_header = HeaderName::from_bytes(args.grant_header.to_ascii_lowercase().as_bytes())
         .with_context(|| {
             format!(

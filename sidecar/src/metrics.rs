@@ -53,6 +53,9 @@ pub struct Metrics {
     reload_failures: Counter,
     log_dropped: Counter,
     log_errors: Counter,
+    control_connected: Gauge,
+    bundles_applied: Counter,
+    bundles_refused: Counter,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -112,6 +115,24 @@ impl Metrics {
             "Decision records the log sink failed to write",
             log_errors.clone(),
         );
+        let control_connected = Gauge::default();
+        registry.register(
+            "control_plane_connected",
+            "1 while a policy stream to the control plane is open, else 0",
+            control_connected.clone(),
+        );
+        let bundles_applied = Counter::default();
+        registry.register(
+            "bundles_applied",
+            "Bundles received from the control plane, compiled and put in force (ACKed)",
+            bundles_applied.clone(),
+        );
+        let bundles_refused = Counter::default();
+        registry.register(
+            "bundles_refused",
+            "Bundles received from the control plane and refused (NACKed)",
+            bundles_refused.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -121,6 +142,9 @@ impl Metrics {
             reload_failures,
             log_dropped,
             log_errors,
+            control_connected,
+            bundles_applied,
+            bundles_refused,
             current_version: std::sync::Mutex::new(None),
             unlisted: Arc::from("(unlisted)"),
             requests: AtomicU64::new(0),
@@ -190,6 +214,21 @@ impl Metrics {
     /// Counts a decision record the sink failed to write.
     pub fn log_error(&self) {
         self.log_errors.inc();
+    }
+
+    /// Marks the policy stream to the control plane as open or closed.
+    pub fn control_connected(&self, connected: bool) {
+        self.control_connected.set(i64::from(connected));
+    }
+
+    /// Counts a bundle from the control plane that was put in force.
+    pub fn bundle_applied(&self) {
+        self.bundles_applied.inc();
+    }
+
+    /// Counts a bundle from the control plane that was refused.
+    pub fn bundle_refused(&self) {
+        self.bundles_refused.inc();
     }
 
     /// The Prometheus text exposition.

@@ -1,3 +1,5 @@
 //! The operator CLI, one module per command group.
 
+pub mod fleet;
 pub mod policy;
+pub mod serve;

@@ -1,4 +1,5 @@
-//! `tollgate policy check | eval | schema`.
+//! `tollgate policy check | eval | schema` (offline) and `push | versions |
+//! show | diff` (against a control plane, in [`super::fleet`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +24,20 @@ pub enum PolicyCommand {
     Eval(EvalArgs),
     /// Print the JSON Schema of policy files.
     Schema,
+    /// Validate a policy file on the control plane and store it as the new
+    /// version every sidecar should run.
+    ///
+    /// Exits 1 when the file is refused (its errors are printed).
+    Push(super::fleet::PushArgs),
+    /// List the stored versions.
+    Versions,
+    /// Print one version's content.
+    Show {
+        #[arg(value_name = "VERSION")]
+        number: u64,
+    },
+    /// Which rules changed from version A to version B.
+    Diff { a: u64, b: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +70,9 @@ pub struct EvalArgs {
     json: bool,
 }
 
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+/// Runs a `policy` command; `addr` is the control plane's, for those that
+/// need one.
+pub fn run(cmd: PolicyCommand, addr: &str) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { files } => Ok(check(&files)),
         PolicyCommand::Eval(args) => eval(&args),
@@ -63,6 +80,10 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             print!("{}", tollgate_policy::json_schema());
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCommand::Push(args) => super::fleet::push(addr, &args),
+        PolicyCommand::Versions => super::fleet::versions(addr),
+        PolicyCommand::Show { number } => super::fleet::show(addr, number),
+        PolicyCommand::Diff { a, b } => super::fleet::diff_versions(addr, a, b),
     }
 }
 

@@ -1,0 +1,279 @@
+//! The commands that talk to a control plane: `policy push | versions |
+//! show | diff` and `status`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Value, json};
+use tollgate_proto::v1::admin_client::AdminClient;
+use tollgate_proto::v1::{
+    GetVersionRequest, ListVersionsRequest, NodeState, NodeStatusRequest, PushPolicyRequest,
+    node_state::State,
+};
+use tonic::transport::Channel;
+
+use crate::diff::diff;
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The policy file (a document or a bundle; with --server, a document).
+    file: PathBuf,
+    /// Place the file in the latest bundle as this server's policy.
+    #[arg(long)]
+    server: Option<String>,
+    /// Why: kept with the version.
+    #[arg(short, long, default_value = "")]
+    message: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One JSON object per node instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing the table as it changes.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    AdminClient::connect(addr.to_owned())
+        .await
+        .with_context(|| {
+            format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
+        })
+}
+
+pub fn push(addr: &str, args: &PushArgs) -> anyhow::Result<ExitCode> {
+    let content = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    runtime()?.block_on(async {
+        let resp = connect(addr)
+            .await?
+            .push_policy(PushPolicyRequest {
+                content,
+                server: args.server.clone().unwrap_or_default(),
+                message: args.message.clone(),
+            })
+            .await
+            .context("push failed")?
+            .into_inner();
+        if !resp.accepted {
+            let shown = args.file.display();
+            for e in &resp.errors {
+                let at = if e.pointer.is_empty() {
+                    "/"
+                } else {
+                    &e.pointer
+                };
+                println!("{shown}: {at}: {}", e.message);
+            }
+            return Ok(ExitCode::from(1));
+        }
+        if resp.created {
+            println!("pushed version {}", resp.version);
+        } else {
+            println!("unchanged: version {}", resp.version);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn versions(addr: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let list = connect(addr)
+            .await?
+            .list_versions(ListVersionsRequest {})
+            .await
+            .context("cannot list versions")?
+            .into_inner();
+        println!("{:<8} {:<14} {:<20} MESSAGE", "VERSION", "HASH", "CREATED");
+        for v in list.versions {
+            let hash = v.content_hash.get(..12).unwrap_or(&v.content_hash);
+            println!(
+                "{:<8} {:<14} {:<20} {}",
+                v.version,
+                hash,
+                time(v.created_at),
+                v.message
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn fetch(client: &mut AdminClient<Channel>, version: u64) -> anyhow::Result<Vec<u8>> {
+    Ok(client
+        .get_version(GetVersionRequest { version })
+        .await
+        .with_context(|| format!("cannot get version {version}"))?
+        .into_inner()
+        .content)
+}
+
+pub fn show(addr: &str, version: u64) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let content = fetch(&mut connect(addr).await?, version).await?;
+        print!("{}", String::from_utf8_lossy(&content));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn diff_versions(addr: &str, a: u64, b: u64) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut client = connect(addr).await?;
+        let parse = |n: u64, bytes: Vec<u8>| -> anyhow::Result<Value> {
+            serde_json::from_slice(&bytes).with_context(|| format!("version {n} is not JSON"))
+        };
+        let va = parse(a, fetch(&mut client, a).await?)?;
+        let vb = parse(b, fetch(&mut client, b).await?)?;
+        let changes = diff(&va, &vb);
+        if changes.is_empty() {
+            println!("no rule changed between {a} and {b}");
+        }
+        for (pointer, change) in changes {
+            println!("{change} {pointer}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn status(addr: &str, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut client = connect(addr).await?;
+        if !args.watch {
+            let nodes = client
+                .node_status(NodeStatusRequest {})
+                .await
+                .context("cannot get node status")?
+                .into_inner()
+                .nodes;
+            print_status(&nodes, args.json, false);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut updates = client
+            .watch_status(NodeStatusRequest {})
+            .await
+            .context("cannot watch node status")?
+            .into_inner();
+        let clear = !args.json && std::io::stdout().is_terminal();
+        while let Some(update) = updates.message().await.context("status stream failed")? {
+            print_status(&update.nodes, args.json, clear);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_status(nodes: &[NodeState], as_json: bool, clear: bool) {
+    if as_json {
+        for n in nodes {
+            println!("{}", node_json(n));
+        }
+        return;
+    }
+    if clear {
+        print!("\x1b[2J\x1b[H");
+    }
+    println!(
+        "{:<24} {:<24} {:<9} {:<7} {:<8} {:<20} {:<20} NACK ERROR",
+        "NODE", "LABELS", "STATE", "APPLIED", "CONNECT", "LAST ACK", "LAST NACK"
+    );
+    for n in nodes {
+        let node = n.node.clone().unwrap_or_default();
+        println!(
+            "{:<24} {:<24} {:<9} {:<7} {:<8} {:<20} {:<20} {}",
+            node.id,
+            labels(&node.labels),
+            state_name(n.state),
+            n.applied_version,
+            if n.connected { "yes" } else { "no" },
+            time(n.last_ack_at),
+            time(n.last_nack_at),
+            n.nack_error
+        );
+    }
+}
+
+fn labels(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    if pairs.is_empty() {
+        "-".to_owned()
+    } else {
+        pairs.join(",")
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match State::try_from(state).unwrap_or(State::Unspecified) {
+        State::Synced => "SYNCED",
+        State::NotSent => "NOT_SENT",
+        State::Stale => "STALE",
+        State::Error => "ERROR",
+        State::Unspecified => "UNKNOWN",
+    }
+}
+
+fn node_json(n: &NodeState) -> Value {
+    let node = n.node.clone().unwrap_or_default();
+    json!({
+        "node": node.id,
+        "pod": node.pod,
+        "namespace": node.namespace,
+        "labels": node.labels,
+        "build": node.build,
+        "state": state_name(n.state),
+        "connected": n.connected,
+        "applied_version": n.applied_version,
+        "sent_version": n.sent_version,
+        "last_ack_at": n.last_ack_at,
+        "last_nack_at": n.last_nack_at,
+        "nack_error": n.nack_error,
+    })
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`; `-` for never.
+fn time(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".to_owned();
+    }
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time;
+
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(time(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

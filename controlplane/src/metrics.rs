@@ -1,0 +1,94 @@
+//! The control plane's Prometheus metrics, served on `--http` `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters the distribution and admin services bump.
+pub struct Metrics {
+    registry: Registry,
+    /// Nodes with a distribution stream open (set at scrape time).
+    pub connected_nodes: Gauge,
+    /// The newest policy version.
+    pub latest_version: Gauge,
+    /// Pushes that created a new version.
+    pub pushes: Counter,
+    /// Pushes refused by validation.
+    pub pushes_refused: Counter,
+    /// Bundles sent to nodes.
+    pub bundles_sent: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    /// Requests whose nonce was not the last one sent (ignored).
+    pub stale_nonces: Counter,
+    /// Streams refused by the admission limit.
+    pub streams_refused: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate_controlplane");
+        let m = Self {
+            connected_nodes: Gauge::default(),
+            latest_version: Gauge::default(),
+            pushes: Counter::default(),
+            pushes_refused: Counter::default(),
+            bundles_sent: Counter::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            stale_nonces: Counter::default(),
+            streams_refused: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connected_nodes",
+            "Nodes with a policy stream open",
+            m.connected_nodes.clone(),
+        );
+        r.register(
+            "latest_version",
+            "The newest policy version",
+            m.latest_version.clone(),
+        );
+        r.register("pushes", "Pushes that created a version", m.pushes.clone());
+        r.register(
+            "pushes_refused",
+            "Pushes refused by validation",
+            m.pushes_refused.clone(),
+        );
+        r.register(
+            "bundles_sent",
+            "Bundles sent to nodes",
+            m.bundles_sent.clone(),
+        );
+        r.register("acks", "Bundles nodes applied", m.acks.clone());
+        r.register("nacks", "Bundles nodes refused", m.nacks.clone());
+        r.register(
+            "stale_nonces",
+            "Requests with a stale nonce, ignored",
+            m.stale_nonces.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Streams refused by the admission limit",
+            m.streams_refused.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

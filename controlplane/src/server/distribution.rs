@@ -1,0 +1,262 @@
+//! `PolicyDistribution.StreamPolicy`: one stream per sidecar, state of the
+//! world with one resource (the sidecar's whole bundle).
+//!
+//! Per stream: the first request names the node; the latest version is sent
+//! unless the node's content hash already equals it or the node refused it;
+//! every response carries a fresh nonce; a request echoing the last nonce is
+//! an ACK (or a NACK with `error_detail`); any other nonce is stale and
+//! ignored; a newly pushed version reaches every stream through a watch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::policy_distribution_server::PolicyDistribution;
+use tollgate_proto::v1::{ErrorDetail, Node, PolicyRequest, PolicyResponse};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ADMISSION_WAIT, ControlPlane, Latest};
+use crate::status::{Session, unix_now};
+
+/// Responses queued per stream. The stream sends at most one bundle per
+/// answer or push, so a small bound is enough; a slow reader only slows
+/// its own stream.
+const RESPONSE_BUFFER: usize = 4;
+
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Distribution {
+    cp: Arc<ControlPlane>,
+}
+
+impl Distribution {
+    pub fn new(cp: Arc<ControlPlane>) -> Self {
+        Self { cp }
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyDistribution for Distribution {
+    type StreamPolicyStream = ReceiverStream<Result<PolicyResponse, Status>>;
+
+    async fn stream_policy(
+        &self,
+        request: Request<Streaming<PolicyRequest>>,
+    ) -> Result<Response<Self::StreamPolicyStream>, Status> {
+        let cp = self.cp.clone();
+        // Admission: bounds the streams in their opening handshake, so a
+        // fleet reconnecting at once queues here instead of piling up work.
+        let permit = match tokio::time::timeout(
+            ADMISSION_WAIT,
+            cp.admission.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                cp.metrics.streams_refused.inc();
+                return Err(Status::unavailable(
+                    "the control plane is admitting many streams; retry with backoff",
+                ));
+            }
+        };
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REQUEST_WAIT, inbound.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the stream closed before its first request",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no first request within 10s of opening the stream",
+                ));
+            }
+        };
+        let node = first
+            .node
+            .clone()
+            .filter(|n| !n.id.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "the first request must carry node, with a non-empty node.id",
+                )
+            })?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let stream = NodeStream::open(cp, node, tx);
+        tokio::spawn(stream.run(inbound, first, permit));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One node's open stream.
+struct NodeStream {
+    cp: Arc<ControlPlane>,
+    id: String,
+    session: Session,
+    tx: mpsc::Sender<Result<PolicyResponse, Status>>,
+    latest: watch::Receiver<Option<Arc<Latest>>>,
+    /// The nonce and version of the last response sent on this stream.
+    last_sent: Option<(String, u64)>,
+    /// The content hash the node last reported running.
+    reported_hash: String,
+}
+
+/// The stream can no longer send: the node went away.
+struct Closed;
+
+impl NodeStream {
+    fn open(
+        cp: Arc<ControlPlane>,
+        node: Node,
+        tx: mpsc::Sender<Result<PolicyResponse, Status>>,
+    ) -> Self {
+        let id = node.id.clone();
+        let session = cp.fleet.connect(node);
+        let latest = cp.latest.subscribe();
+        tracing::info!(node = %id, "policy stream opened");
+        Self {
+            cp,
+            id,
+            session,
+            tx,
+            latest,
+            last_sent: None,
+            reported_hash: String::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Streaming<PolicyRequest>,
+        first: PolicyRequest,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let opened = self.on_request(first).await;
+        drop(permit);
+        if opened.is_ok() {
+            loop {
+                let step = tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => self.on_request(req).await,
+                        Ok(None) => Err(Closed),
+                        Err(status) => {
+                            tracing::debug!(node = %self.id, %status, "policy stream failed");
+                            Err(Closed)
+                        }
+                    },
+                    changed = self.latest.changed() => match changed {
+                        Ok(()) => self.send_latest().await,
+                        Err(_) => Err(Closed),
+                    },
+                    () = self.tx.closed() => Err(Closed),
+                };
+                if step.is_err() {
+                    break;
+                }
+            }
+        }
+        self.cp.fleet.disconnect(&self.id, self.session);
+        tracing::info!(node = %self.id, "policy stream closed");
+    }
+
+    async fn on_request(&mut self, req: PolicyRequest) -> Result<(), Closed> {
+        if req.response_nonce.is_empty() {
+            // Not an answer: the node says what it runs (on connect, or
+            // after reconnecting).
+            self.reported_hash = req.content_hash;
+            let latest = self.latest.borrow().clone();
+            if let Some(latest) = latest.filter(|l| l.content_hash == self.reported_hash) {
+                self.cp.fleet.update(&self.id, |n| n.runs(latest.version));
+            }
+        } else {
+            let Some((nonce, version)) = self.last_sent.clone() else {
+                self.cp.metrics.stale_nonces.inc();
+                return Ok(());
+            };
+            if req.response_nonce != nonce {
+                // Answers an older response: ignore it entirely.
+                self.cp.metrics.stale_nonces.inc();
+                return Ok(());
+            }
+            self.reported_hash = req.content_hash;
+            match req.error_detail {
+                Some(detail) => {
+                    let error = describe(&detail);
+                    tracing::warn!(node = %self.id, version, %error, "NACK");
+                    self.cp.metrics.nacks.inc();
+                    self.cp
+                        .fleet
+                        .update(&self.id, |n| n.nacked(version, error, unix_now()));
+                }
+                None => {
+                    self.cp.metrics.acks.inc();
+                    self.cp
+                        .fleet
+                        .update(&self.id, |n| n.acked(version, unix_now()));
+                }
+            }
+        }
+        self.send_latest().await
+    }
+
+    /// Sends the latest version unless the node runs it, was already sent it
+    /// on this stream, or refused it.
+    async fn send_latest(&mut self) -> Result<(), Closed> {
+        let Some(latest) = self.latest.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let already_sent = self
+            .last_sent
+            .as_ref()
+            .is_some_and(|(_, v)| *v == latest.version);
+        let refused = self
+            .cp
+            .fleet
+            .read(&self.id, |n| !n.accepts(latest.version))
+            .unwrap_or(false);
+        if already_sent || refused || latest.content_hash == self.reported_hash {
+            return Ok(());
+        }
+        let nonce = self.cp.next_nonce();
+        let response = PolicyResponse {
+            version: latest.version,
+            content_hash: latest.content_hash.clone(),
+            nonce: nonce.clone(),
+            rollout_id: String::new(),
+            bundle: latest.content.to_vec(),
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.last_sent = Some((nonce, latest.version));
+        self.cp.metrics.bundles_sent.inc();
+        self.cp
+            .fleet
+            .update(&self.id, |n| n.sent(latest.version, Instant::now()));
+        Ok(())
+    }
+}
+
+/// A NACK's message and field errors on one line, for the status table.
+fn describe(detail: &ErrorDetail) -> String {
+    let mut out = detail.message.clone();
+    for e in &detail.errors {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        let at = if e.pointer.is_empty() {
+            "/"
+        } else {
+            &e.pointer
+        };
+        out.push_str(&format!("{at}: {}", e.message));
+    }
+    if out.is_empty() {
+        out.push_str("refused without a message");
+    }
+    out
+}

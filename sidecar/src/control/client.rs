@@ -1,0 +1,371 @@
+//! The policy-distribution stream, from the sidecar's side.
+//!
+//! One task: connect (one HTTP/2 connection), open `StreamPolicy`, send the
+//! node and what it runs, then for each response compile the bundle on a
+//! blocking thread, swap it in whole, persist it, and ACK — or keep the old
+//! snapshot and NACK with every validation error. When the stream ends, wait
+//! a [`Backoff`] delay and start over; the snapshot in force never changes
+//! because of a lost stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
+use tollgate_proto::v1::{ErrorDetail, FieldError, Node, PolicyRequest, PolicyResponse};
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+use super::FleetConfig;
+use super::backoff::Backoff;
+use super::state_dir::{SavedBundle, StateDir, content_hash};
+use crate::metrics::Metrics;
+use crate::snapshot::{PolicyStore, Snapshot};
+
+/// The bundle in force, as the control plane names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The control plane's version number.
+    pub version: u64,
+    /// SHA-256 (hex) of the bundle's bytes.
+    pub content_hash: String,
+}
+
+/// The snapshot version (decision records, `/readyz`, metrics) of control
+/// plane version `n`.
+pub fn version_label(n: u64) -> Arc<str> {
+    format!("v{n}").into()
+}
+
+/// How to recover from a stream that ended with a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// A passing fault (restart, overload, network): retry with backoff.
+    Transient,
+    /// The control plane refused us (bad node identity, no permission, wrong
+    /// service): log loudly, but still retry, from the backoff cap. Exiting
+    /// would crash-loop the pod and take its traffic down although the last
+    /// good policy is still enforceable, and the fix (an operator correcting
+    /// the control plane's config or RBAC) needs no sidecar restart.
+    Refused,
+}
+
+/// Which statuses are passing faults and which mean the control plane refused us.
+pub fn classify(code: Code) -> Recovery {
+    match code {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::Unimplemented
+        | Code::OutOfRange
+        | Code::AlreadyExists => Recovery::Refused,
+        Code::Ok
+        | Code::Unavailable
+        | Code::Internal
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::DataLoss => Recovery::Transient,
+    }
+}
+
+/// How a stream ended.
+#[derive(Debug)]
+enum End {
+    /// No connection could be made.
+    Connect(tonic::transport::Error),
+    /// The stream failed or was refused with a status.
+    Status(tonic::Status),
+    /// The control plane closed the stream cleanly.
+    Closed,
+}
+
+/// The stream client (see the module doc).
+#[derive(Debug)]
+pub struct Client {
+    endpoint: Endpoint,
+    config: FleetConfig,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    state: Option<StateDir>,
+    applied: Option<Applied>,
+}
+
+impl Client {
+    /// A client that reports `applied` as what it runs until it applies another.
+    pub fn new(
+        endpoint: Endpoint,
+        config: FleetConfig,
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        state: Option<StateDir>,
+        applied: Option<Applied>,
+    ) -> Self {
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(5))
+            // Notice a dead control plane (or a NAT that dropped the flow)
+            // while the stream is idle, rather than waiting forever.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Self {
+            endpoint,
+            config,
+            store,
+            metrics,
+            state,
+            applied,
+        }
+    }
+
+    /// Keeps a stream open forever; returns only when the task is dropped.
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff);
+        loop {
+            let end = self.session(&mut backoff).await;
+            self.metrics.control_connected(false);
+            let url = &self.config.control_plane;
+            match &end {
+                End::Connect(e) => {
+                    tracing::warn!(control_plane = %url, "cannot connect to the control plane: {}", chain(e))
+                }
+                End::Closed => {
+                    tracing::info!(control_plane = %url, "the control plane closed the policy stream")
+                }
+                End::Status(s) => match classify(s.code()) {
+                    Recovery::Transient => tracing::warn!(
+                        control_plane = %url,
+                        code = ?s.code(),
+                        "the policy stream failed: {}", s.message()
+                    ),
+                    Recovery::Refused => {
+                        tracing::error!(
+                            control_plane = %url,
+                            code = ?s.code(),
+                            node = %self.config.node.id,
+                            "the control plane refused this sidecar: {}; still enforcing the current policy, retrying at the backoff cap",
+                            s.message()
+                        );
+                        backoff.saturate();
+                    }
+                },
+            }
+            let delay = backoff.wait().await;
+            tracing::debug!(?delay, "reconnecting to the control plane");
+        }
+    }
+
+    /// One connection and stream, until it ends.
+    async fn session(&mut self, backoff: &mut Backoff) -> End {
+        let channel = match self.endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return End::Connect(e),
+        };
+        let mut grpc = PolicyDistributionClient::new(channel);
+        let (tx, rx) = mpsc::channel(4);
+        let first = self.request(Some(self.config.node.clone()), String::new(), None);
+        // The channel is new and empty: the first send always fits.
+        if tx.try_send(first).is_err() {
+            return End::Closed;
+        }
+        let mut inbound = match grpc.stream_policy(requests(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return End::Status(s),
+        };
+        self.metrics.control_connected(true);
+        tracing::info!(
+            control_plane = %self.config.control_plane,
+            node = %self.config.node.id,
+            running = ?self.applied.as_ref().map(|a| a.version),
+            "policy stream open"
+        );
+        loop {
+            match inbound.message().await {
+                Ok(Some(response)) => {
+                    // Only a response proves the control plane works for us.
+                    backoff.reset();
+                    let reply = self.apply(response).await;
+                    if tx.send(reply).await.is_err() {
+                        return End::Closed;
+                    }
+                }
+                Ok(None) => return End::Closed,
+                Err(s) => return End::Status(s),
+            }
+        }
+    }
+
+    /// Applies one response and returns its ACK or NACK.
+    async fn apply(&mut self, response: PolicyResponse) -> PolicyRequest {
+        let PolicyResponse {
+            version,
+            content_hash: claimed,
+            nonce,
+            rollout_id,
+            bundle,
+        } = response;
+        let actual = content_hash(&bundle);
+        if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&actual) {
+            return self.refuse(
+                version,
+                nonce,
+                ErrorDetail {
+                    message: format!(
+                        "version {version}: content_hash {claimed} is not the bundle's SHA-256 {actual}"
+                    ),
+                    errors: Vec::new(),
+                },
+            );
+        }
+        // Compiling a large bundle is CPU work: keep it off the request threads.
+        let compiled = tokio::task::spawn_blocking(move || {
+            let result = match std::str::from_utf8(&bundle) {
+                Ok(text) => tollgate_policy::load(text).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| FieldError {
+                            pointer: e.pointer.clone(),
+                            message: e.message.clone(),
+                        })
+                        .collect()
+                }),
+                Err(e) => Err(vec![FieldError {
+                    pointer: String::new(),
+                    message: format!("the bundle is not UTF-8: {e}"),
+                }]),
+            };
+            (result, bundle)
+        })
+        .await;
+        let (compiled, bytes) = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!("version {version}: compiling failed: {e}");
+                return self.refuse(
+                    version,
+                    nonce,
+                    ErrorDetail {
+                        message,
+                        errors: Vec::new(),
+                    },
+                );
+            }
+        };
+        let bundle = match compiled {
+            Ok(b) => b,
+            Err(errors) => {
+                let n = errors.len();
+                let message = format!(
+                    "version {version} is invalid ({n} error{}), keeping {}",
+                    if n == 1 { "" } else { "s" },
+                    self.running()
+                );
+                return self.refuse(version, nonce, ErrorDetail { message, errors });
+            }
+        };
+        let label = version_label(version);
+        self.store.store(Snapshot {
+            bundle,
+            version: Arc::clone(&label),
+        });
+        self.metrics.policy_loaded(&label);
+        self.metrics.bundle_applied();
+        tracing::info!(version = %label, hash = %actual, rollout = %rollout_id, "policy applied");
+        let applied = Applied {
+            version,
+            content_hash: actual,
+        };
+        self.persist(&applied, bytes).await;
+        self.applied = Some(applied);
+        self.request(None, nonce, None)
+    }
+
+    /// Writes the bundle in force to the state dir. A failure is logged, not
+    /// NACKed: the bundle is valid and in force; only a restart while the
+    /// control plane is down would miss it.
+    async fn persist(&self, applied: &Applied, bytes: Vec<u8>) {
+        let Some(dir) = self.state.clone() else {
+            return;
+        };
+        let saved = SavedBundle {
+            version: applied.version,
+            content_hash: applied.content_hash.clone(),
+            bytes,
+        };
+        match tokio::task::spawn_blocking(move || dir.save(&saved)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot save the policy for restarts: {e}"),
+            Err(e) => tracing::error!("cannot save the policy for restarts: {e}"),
+        }
+    }
+
+    /// Counts and logs a refused bundle and builds its NACK.
+    fn refuse(&self, version: u64, nonce: String, detail: ErrorDetail) -> PolicyRequest {
+        self.metrics.bundle_refused();
+        let errors: Vec<String> = detail
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.pointer, e.message))
+            .collect();
+        tracing::error!(
+            refused = version,
+            running = %self.running(),
+            ?errors,
+            "NACK: {}", detail.message
+        );
+        self.request(None, nonce, Some(detail))
+    }
+
+    /// A request reporting what runs now, answering `nonce`.
+    fn request(
+        &self,
+        node: Option<Node>,
+        nonce: String,
+        error_detail: Option<ErrorDetail>,
+    ) -> PolicyRequest {
+        let (version_info, content_hash) = match &self.applied {
+            Some(a) => (a.version.to_string(), a.content_hash.clone()),
+            None => (String::new(), String::new()),
+        };
+        PolicyRequest {
+            node,
+            version_info,
+            content_hash,
+            response_nonce: nonce,
+            error_detail,
+        }
+    }
+
+    fn running(&self) -> String {
+        match &self.applied {
+            Some(a) => format!("v{}", a.version),
+            None => "no policy (deny all)".to_owned(),
+        }
+    }
+}
+
+/// An error and its causes (tonic's transport error alone says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The request half of the stream: whatever the session sends on `rx`.
+fn requests(rx: mpsc::Receiver<PolicyRequest>) -> impl Stream<Item = PolicyRequest> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
