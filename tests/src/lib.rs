@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod controlplane;
 pub mod net;
 pub mod peers;
 pub mod process;

@@ -28,6 +28,8 @@ pub struct SidecarBuilder {
     policy: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    node_id: Option<String>,
+    wait_ready: bool,
 }
 
 impl SidecarBuilder {
@@ -55,6 +57,29 @@ impl SidecarBuilder {
         self
     }
 
+    /// `--node-id` (default `e2e-node`).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Fleet mode: `--control-plane URL --state-dir DIR` (use no
+    /// [`policy`](Self::policy) with it).
+    pub fn control_plane(self, url: impl Into<String>, state_dir: &std::path::Path) -> Self {
+        self.arg("--control-plane")
+            .arg(url)
+            .arg("--state-dir")
+            .arg(state_dir.display().to_string())
+    }
+
+    /// Makes [`start`](Self::start) wait for `/readyz` even without a policy
+    /// file (e.g. in fleet mode, once the control plane has sent a bundle or
+    /// the state dir holds one).
+    pub fn wait_ready(mut self) -> Self {
+        self.wait_ready = true;
+        self
+    }
+
     /// An environment variable for the process (`TOLLGATE_LOG=debug`).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
@@ -62,7 +87,8 @@ impl SidecarBuilder {
     }
 
     /// Starts the sidecar and waits until it serves: `/readyz` is 200 when a
-    /// policy was given, `/healthz` otherwise. Panics with its output if it
+    /// policy was given (or [`wait_ready`](Self::wait_ready)), `/healthz`
+    /// otherwise. Panics with its output if it
     /// exits or does not get there in time.
     pub fn start(self) -> Sidecar {
         let scratch = Scratch::new("sidecar");
@@ -78,7 +104,7 @@ impl SidecarBuilder {
             .arg("--decision-log")
             .arg(&decision_log)
             .arg("--node-id")
-            .arg("e2e-node")
+            .arg(self.node_id.as_deref().unwrap_or("e2e-node"))
             .arg("--policy-poll-ms")
             .arg("100");
         if let Some(text) = &self.policy {
@@ -98,7 +124,7 @@ impl SidecarBuilder {
             cmd.env(n, v);
         }
         let mut process = Process::spawn("tollgate-sidecar", cmd);
-        let endpoint = if self.policy.is_some() {
+        let endpoint = if self.policy.is_some() || self.wait_ready {
             "/readyz"
         } else {
             "/healthz"
