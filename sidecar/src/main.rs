@@ -67,19 +67,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     match &args.policy {
         Some(path) => {
             // Load once before serving, so a valid file is in force from the first request.
-            match snapshot::load_file(path) {
-                Ok((s, _)) => {
+            let loaded = match snapshot::load_file(path) {
+                Ok((s, bytes)) => {
                     metrics.policy_loaded(&s.version);
                     tracing::info!(version = %s.version, file = %path.display(), "policy loaded");
                     policy.store(s);
+                    Some(bytes)
                 }
                 Err(e) => {
                     metrics.reload_failed();
                     tracing::error!("{e}; denying every call until a valid policy loads");
+                    // Reported once: the watcher waits for the file to change.
+                    std::fs::read(path).ok()
                 }
-            }
+            };
             tokio::spawn(snapshot::watch(
                 path.clone(),
+                loaded,
                 Arc::clone(&policy),
                 Arc::clone(&metrics),
                 Duration::from_millis(args.policy_poll_ms.max(50)),

@@ -96,11 +96,17 @@ pub fn load_file(path: &Path) -> Result<(Snapshot, Vec<u8>), LoadError> {
     ))
 }
 
-/// Loads `path` now, then polls it every `every` and swaps in each valid
-/// change. Polling (not inotify) also sees Kubernetes ConfigMap updates,
+/// Polls `path` every `every` and swaps in each valid change; `loaded` is
+/// the content already in force (not compiled again). Polling (not inotify) also sees Kubernetes ConfigMap updates,
 /// which replace a symlink rather than write the file.
-pub async fn watch(path: PathBuf, store: Arc<PolicyStore>, metrics: Arc<Metrics>, every: Duration) {
-    let mut last: Option<Vec<u8>> = None;
+pub async fn watch(
+    path: PathBuf,
+    loaded: Option<Vec<u8>>,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    let mut last: Option<Vec<u8>> = loaded;
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
