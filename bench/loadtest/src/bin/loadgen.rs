@@ -13,8 +13,8 @@
 //! tell a refused call from a forwarded one.
 //!
 //! `--watch NAME:PID` (repeatable; PID `self` is the generator) samples the
-//! process's CPU time (utime + stime of /proc/PID/stat) at the start and end
-//! of the measured window.
+//! process's CPU time (utime and stime of /proc/PID/stat) at the start and
+//! end of the measured window.
 //!
 //! Prints one line: `RESULT label=… rps=… p50_us=… p99_us=… … errors=…`,
 //! and exits 3 (after saying so loudly on stderr) if any request failed.
@@ -139,9 +139,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             )));
         }
         tokio::time::sleep_until(window.measure.into()).await;
-        let before: Vec<Option<u64>> = watches.iter().map(|(_, p)| cpu_ticks(p)).collect();
+        let before: Vec<Option<(u64, u64)>> = watches.iter().map(|(_, p)| cpu_ticks(p)).collect();
         tokio::time::sleep_until(window.end.into()).await;
-        let after: Vec<Option<u64>> = watches.iter().map(|(_, p)| cpu_ticks(p)).collect();
+        let after: Vec<Option<(u64, u64)>> = watches.iter().map(|(_, p)| cpu_ticks(p)).collect();
 
         let mut total = Tally::new()?;
         // Every connection stops by `end` + one request timeout; this bounds the wait.
@@ -176,15 +176,23 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         );
         for (((name, _), b), a) in watches.iter().zip(&before).zip(&after) {
             if let (Some(b), Some(a)) = (b, a) {
-                let cpu = (a - b) as f64 / clk_tck;
-                let per10k = if total.ok > 0 {
-                    cpu / total.ok as f64 * 10_000.0
-                } else {
-                    f64::NAN
+                let user = a.0.saturating_sub(b.0) as f64 / clk_tck;
+                let sys = a.1.saturating_sub(b.1) as f64 / clk_tck;
+                let cpu = user + sys;
+                let per10k = |s: f64| {
+                    if total.ok > 0 {
+                        s / total.ok as f64 * 10_000.0
+                    } else {
+                        f64::NAN
+                    }
                 };
                 line.push_str(&format!(
-                    " {name}_cpu_s={cpu:.2} {name}_util={:.2} {name}_cpu_s_per_10k={per10k:.4}",
-                    cpu / secs
+                    " {name}_cpu_s={cpu:.2} {name}_util={:.2} {name}_cpu_s_per_10k={:.4} \
+                     {name}_user_s_per_10k={:.4} {name}_sys_s_per_10k={:.4}",
+                    cpu / secs,
+                    per10k(cpu),
+                    per10k(user),
+                    per10k(sys),
                 ));
             }
         }
@@ -307,15 +315,15 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: &str) -> Option<u64> {
+/// utime and stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command's closing parenthesis start at field 3 (state).
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 #[cfg(test)]
