@@ -23,7 +23,9 @@ use crate::mcp::list_filter;
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
-use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
+use crate::upstream::http::{
+    Body, HttpUpstream, forwarded_headers, forwarded_headers_owned, full, relay,
+};
 
 /// The `Mcp-Session-Id` header.
 pub const SESSION: &str = "mcp-session-id";
@@ -35,7 +37,7 @@ pub async fn post(
     route: &Arc<Route>,
     up: &HttpUpstream,
     target: Uri,
-    parts: request::Parts,
+    mut parts: request::Parts,
     body: Incoming,
 ) -> Response<Body> {
     let judged = match inspect(sc, route, &parts.headers, body).await {
@@ -70,7 +72,8 @@ pub async fn post(
         .uri(target)
         .body(full(forward_body));
     if let Ok(r) = &mut req {
-        *r.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+        *r.headers_mut() =
+            forwarded_headers_owned(std::mem::take(&mut parts.headers), up.host(), strip);
         r.headers_mut().remove(header::CONTENT_LENGTH);
     }
     let Ok(req) = req else {
@@ -229,7 +232,12 @@ fn judge(
         };
         let micros = started.elapsed().as_micros() as u64;
         let version = snapshot.map_or_else(|| Arc::from("(none)"), |s| Arc::clone(&s.version));
-        let id = sc.decision_id();
+        let refused = decision.enforced() != Outcome::Allow;
+        let id = if refused || sc.log.enabled() {
+            sc.decision_id()
+        } else {
+            String::new()
+        };
         sc.metrics.decision(
             &route.server,
             known.map(|(n, _)| n),

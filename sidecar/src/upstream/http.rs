@@ -91,6 +91,9 @@ impl HttpUpstream {
     /// endpoint with the request's query string, or, for an absolute path
     /// (the legacy transport's message endpoint), that path on the upstream.
     pub fn target(&self, path: Option<&str>, query: Option<&str>) -> Uri {
+        if path.is_none() && query.is_none() {
+            return self.url.clone();
+        }
         let path = path.unwrap_or_else(|| self.url.path());
         let pq = match query.or(self.url.query()) {
             Some(q) => format!("{path}?{q}"),
@@ -104,13 +107,13 @@ impl HttpUpstream {
     /// Sends a request (method, URI and headers already set by the caller
     /// through [`forwarded_headers`]).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let url = req.uri().to_string();
+        let uri = req.uri().clone();
         self.client
             .request(req)
             .await
             .map_err(|e| UpstreamError::Unreachable {
                 server: self.server.clone(),
-                url,
+                url: uri.to_string(),
                 reason: error_chain(&e),
             })
     }
@@ -131,7 +134,16 @@ pub fn forwarded_headers(
     host: Option<HeaderValue>,
     strip: Option<&HeaderName>,
 ) -> HeaderMap {
-    let mut out = without_hop_by_hop(from);
+    forwarded_headers_owned(from.clone(), host, strip)
+}
+
+/// [`forwarded_headers`] on headers the caller no longer needs (no copy).
+pub fn forwarded_headers_owned(
+    mut out: HeaderMap,
+    host: Option<HeaderValue>,
+    strip: Option<&HeaderName>,
+) -> HeaderMap {
+    strip_hop_by_hop(&mut out);
     // The client's Host goes through unchanged, so an upstream that checks it
     // (DNS-rebinding protection) judges what the client sent, not the sidecar.
     if !out.contains_key(header::HOST)
@@ -148,7 +160,13 @@ pub fn forwarded_headers(
 /// A copy of `from` without hop-by-hop headers (also those `Connection` names).
 pub fn without_hop_by_hop(from: &HeaderMap) -> HeaderMap {
     let mut out = from.clone();
-    let named: Vec<HeaderName> = from
+    strip_hop_by_hop(&mut out);
+    out
+}
+
+/// Removes hop-by-hop headers in place.
+pub fn strip_hop_by_hop(out: &mut HeaderMap) {
+    let named: Vec<HeaderName> = out
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -158,13 +176,12 @@ pub fn without_hop_by_hop(from: &HeaderMap) -> HeaderMap {
     for name in HOP_BY_HOP.iter().chain(&named) {
         out.remove(name);
     }
-    out
 }
 
 /// An upstream response as the sidecar's response, streamed.
 pub fn relay(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    parts.headers = without_hop_by_hop(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.map_err(box_error).boxed())
 }
 
