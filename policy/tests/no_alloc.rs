@@ -12,55 +12,12 @@ use std::time::Duration;
 
 use tollgate_policy::{Bundle, Call, LocalCounters, Outcome, load};
 
-/// The benchmark's 1,000-rule shape (`benches/decide.rs`): 500 exact names
-/// (every tenth rate-limited), 400 globs of three specificities (prefix,
-/// suffix, infix), 100 exact names with `deny_if` and `require`.
+#[path = "support/thousand_rules.rs"]
+mod support;
+
+/// The benchmark's 1,000-rule policy (`tests/support/thousand_rules.rs`), compiled.
 fn thousand_rules() -> Bundle {
-    const SERVICES: [&str; 10] = [
-        "github", "gitlab", "jira", "slack", "linear", "notion", "stripe", "postgres", "s3", "k8s",
-    ];
-    const VERBS: [&str; 10] = [
-        "list", "get", "create", "update", "delete", "search", "archive", "sync", "export", "watch",
-    ];
-    const OBJECTS: [&str; 5] = ["issues", "comments", "users", "files", "events"];
-    let mut tools = serde_json::Map::new();
-    let mut n = 0;
-    for s in SERVICES {
-        for v in VERBS {
-            for o in OBJECTS {
-                let rule = if n % 10 == 0 {
-                    serde_json::json!({"rate_limit": {"max": 1_000_000_000_000_u64, "window": "minute"}})
-                } else if n % 25 == 1 {
-                    serde_json::json!({"action": "deny"})
-                } else {
-                    serde_json::json!({})
-                };
-                tools.insert(format!("{s}_{v}_{o}"), rule);
-                n += 1;
-            }
-        }
-    }
-    for i in 0..150 {
-        tools.insert(format!("mcp{i:03}_*"), serde_json::json!({}));
-        tools.insert(
-            format!("*_v{i:03}_admin"),
-            serde_json::json!({"action": "require_approval"}),
-        );
-    }
-    for i in 0..100 {
-        tools.insert(format!("team{i:03}_*_report"), serde_json::json!({}));
-    }
-    for i in 0..100 {
-        tools.insert(
-            format!("db{i:02}_execute_sql"),
-            serde_json::json!({
-                "deny_if": [{"conditions": [{"path": "args.query", "op": "regex", "value": "(?i)drop\\s+table"}]}],
-                "require": [{"conditions": [{"path": "args.database", "op": "in", "value": ["analytics"]}]}]
-            }),
-        );
-    }
-    assert_eq!(tools.len(), 1000);
-    let text = serde_json::json!({"version": "1", "default": "deny", "tools": tools}).to_string();
+    let text = support::thousand_rules();
     match load(&text) {
         Ok(bundle) => bundle,
         Err(e) => panic!("the 1,000-rule policy must load:\n{e}"),
