@@ -23,9 +23,7 @@ use crate::mcp::list_filter;
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
-use crate::upstream::http::{
-    Body, HttpUpstream, forwarded_headers, forwarded_headers_owned, full, relay,
-};
+use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
 
 /// The `Mcp-Session-Id` header.
 pub const SESSION: &str = "mcp-session-id";
@@ -63,43 +61,23 @@ pub async fn post(
         ..
     } = judged;
 
-    let strip = snapshot
-        .as_ref()
-        .filter(|s| s.bundle.has_grants())
-        .map(|_| &sc.grant_header);
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(target)
-        .body(full(forward_body));
-    if let Ok(r) = &mut req {
-        *r.headers_mut() =
-            forwarded_headers_owned(std::mem::take(&mut parts.headers), up.host(), strip);
-        r.headers_mut().remove(header::CONTENT_LENGTH);
-    }
-    let Ok(req) = req else {
-        return rpc_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            None,
-            code::UPSTREAM_UNAVAILABLE,
-            "could not build the upstream request",
-        );
-    };
-    let resp = match up.send(req).await {
+    let headers = std::mem::take(&mut parts.headers);
+    let resp = match forward(
+        sc,
+        route,
+        up,
+        Method::POST,
+        target,
+        headers,
+        snapshot.as_deref(),
+        forward_body,
+        judged_id.as_deref(),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(e) => {
-            sc.metrics.upstream_error(&route.server);
-            return rpc_error(
-                StatusCode::BAD_GATEWAY,
-                judged_id.as_deref(),
-                code::UPSTREAM_UNAVAILABLE,
-                &e.to_string(),
-            );
-        }
+        Err(resp) => return resp,
     };
-    if resp.status().is_server_error() {
-        sc.metrics.upstream_error(&route.server);
-    }
-    let resp = relay(resp);
     if list_ids.is_empty() && answers.is_empty() {
         return resp;
     }
@@ -569,32 +547,66 @@ pub async fn pass_through(
     parts: request::Parts,
     snapshot: Option<Arc<Snapshot>>,
 ) -> Response<Body> {
-    let strip = snapshot
-        .as_ref()
-        .filter(|s| s.bundle.has_grants())
-        .map(|_| &sc.grant_header);
     // GET, DELETE and discovery documents carry no message: a body sent with
     // them is dropped, never forwarded unjudged.
-    let mut req = Request::new(full(Bytes::new()));
-    *req.method_mut() = parts.method.clone();
+    match forward(
+        sc,
+        route,
+        up,
+        parts.method,
+        target,
+        parts.headers,
+        snapshot.as_deref(),
+        Bytes::new(),
+        None,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => resp,
+    }
+}
+
+/// Sends a request upstream with the client's headers, less hop-by-hop ones
+/// and the grant header when the bundle has grants. Upstream failures are
+/// counted; an unreachable upstream is answered 502 naming the server
+/// (with `id`, the request's JSON-RPC id, when there is one).
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    sc: &Sidecar,
+    route: &Route,
+    up: &HttpUpstream,
+    method: Method,
+    target: Uri,
+    headers: HeaderMap,
+    snapshot: Option<&Snapshot>,
+    body: Bytes,
+    id: Option<&serde_json::value::RawValue>,
+) -> Result<Response<Body>, Response<Body>> {
+    let strip = snapshot
+        .filter(|s| s.bundle.has_grants())
+        .map(|_| &sc.grant_header);
+    let mut req = Request::new(full(body));
+    *req.method_mut() = method;
     *req.uri_mut() = target;
-    *req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
+    *req.headers_mut() = forwarded_headers(headers, up.host(), strip);
+    // The body may differ from the client's (a batch without refused calls).
     req.headers_mut().remove(header::CONTENT_LENGTH);
     match up.send(req).await {
         Ok(r) => {
             if r.status().is_server_error() {
                 sc.metrics.upstream_error(&route.server);
             }
-            relay(r)
+            Ok(relay(r))
         }
         Err(e) => {
             sc.metrics.upstream_error(&route.server);
-            rpc_error(
+            Err(rpc_error(
                 StatusCode::BAD_GATEWAY,
-                None,
+                id,
                 code::UPSTREAM_UNAVAILABLE,
                 &e.to_string(),
-            )
+            ))
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::mcp::answer::{self, code};
 use crate::mcp::list_filter;
 use crate::mcp::sse::{SseParser, write_event};
 use crate::state::{Route, Sidecar};
-use crate::upstream::http::{Body, BoxError, HttpUpstream, forwarded_headers, full, relay};
+use crate::upstream::http::{Body, BoxError, HttpUpstream};
 
 /// Messages waiting to be injected into one SSE stream.
 const INJECT_QUEUE: usize = 256;
@@ -85,28 +85,25 @@ pub async fn stream(
         },
         None => Arc::clone(&sc.node_id),
     };
-    let strip = snapshot
-        .as_ref()
-        .filter(|s| s.bundle.has_grants())
-        .map(|_| &sc.grant_header);
-    let mut upstream_req = Request::new(full(Bytes::new()));
-    *upstream_req.method_mut() = Method::GET;
-    *upstream_req.uri_mut() = up.target(None, parts.uri.query());
-    *upstream_req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
-    let resp = match up.send(upstream_req).await {
+    let target = up.target(None, parts.uri.query());
+    let resp = match enforce::forward(
+        sc,
+        route,
+        up,
+        Method::GET,
+        target,
+        parts.headers,
+        snapshot.as_deref(),
+        Bytes::new(),
+        None,
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(e) => {
-            sc.metrics.upstream_error(&route.server);
-            return rpc_error(
-                StatusCode::BAD_GATEWAY,
-                None,
-                code::UPSTREAM_UNAVAILABLE,
-                &e.to_string(),
-            );
-        }
+        Err(resp) => return resp,
     };
     if !resp.status().is_success() {
-        return relay(resp);
+        return resp;
     }
     let key = format!(
         "{:x}{:x}",
@@ -121,7 +118,7 @@ pub async fn stream(
     });
     lock(&route.legacy.map).insert(key.clone(), Arc::clone(&session));
 
-    let (mut parts, body) = relay(resp).into_parts();
+    let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     let state = Relay {
         body,
@@ -305,26 +302,21 @@ pub async fn message(
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (endpoint.clone(), None),
     };
-    let strip = snapshot
-        .as_ref()
-        .filter(|s| s.bundle.has_grants())
-        .map(|_| &sc.grant_header);
-    let mut upstream_req = Request::new(full(forward));
-    *upstream_req.method_mut() = Method::POST;
-    *upstream_req.uri_mut() = up.target(Some(&path), query.as_deref());
-    *upstream_req.headers_mut() = forwarded_headers(&parts.headers, up.host(), strip);
-    upstream_req.headers_mut().remove(header::CONTENT_LENGTH);
-    match up.send(upstream_req).await {
-        Ok(r) => relay(r),
-        Err(e) => {
-            sc.metrics.upstream_error(&route.server);
-            rpc_error(
-                StatusCode::BAD_GATEWAY,
-                None,
-                code::UPSTREAM_UNAVAILABLE,
-                &e.to_string(),
-            )
-        }
+    let target = up.target(Some(&path), query.as_deref());
+    match enforce::forward(
+        sc,
+        route,
+        up,
+        Method::POST,
+        target,
+        parts.headers,
+        snapshot.as_deref(),
+        forward,
+        None,
+    )
+    .await
+    {
+        Ok(r) | Err(r) => r,
     }
 }
 

@@ -126,19 +126,10 @@ impl HttpUpstream {
     }
 }
 
-/// Copies a request's headers for the upstream: without hop-by-hop headers,
-/// with the client's `Host` (or `host` when it sent none, as over HTTP/2),
-/// and without `strip` (the grant header).
+/// A request's headers made ready for the upstream, in place: without
+/// hop-by-hop headers, with the client's `Host` (or `host` when it sent none,
+/// as over HTTP/2), and without `strip` (the grant header).
 pub fn forwarded_headers(
-    from: &HeaderMap,
-    host: Option<HeaderValue>,
-    strip: Option<&HeaderName>,
-) -> HeaderMap {
-    forwarded_headers_owned(from.clone(), host, strip)
-}
-
-/// [`forwarded_headers`] on headers the caller no longer needs (no copy).
-pub fn forwarded_headers_owned(
     mut out: HeaderMap,
     host: Option<HeaderValue>,
     strip: Option<&HeaderName>,
