@@ -1,5 +1,7 @@
 //! Where policy versions live: an append-only list of immutable versions,
-//! numbered 1, 2, 3… and addressed by the SHA-256 of their content.
+//! numbered 1, 2, 3… and addressed by the SHA-256 of their content; and,
+//! per node, the versions it refused (NACKed), so that a refused version is
+//! never resent to that node, even by a control plane restarted since.
 //!
 //! The trait is synchronous (SQLite is); async callers run it on the blocking
 //! pool. PostgreSQL for several replicas implements the same trait later.
@@ -23,6 +25,26 @@ pub struct StoredVersion {
     pub content: Vec<u8>,
 }
 
+/// One node's refusal (NACK) of one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    /// The version refused.
+    pub version: u64,
+    /// SHA-256 of that version's content, lowercase hex: the refusal holds
+    /// for this content only, should a store ever be rebuilt and number
+    /// different content the same.
+    pub content_hash: String,
+    /// The node's error, on one line (message and field errors).
+    pub error: String,
+    /// When the NACK arrived, in seconds since the Unix epoch.
+    pub at: i64,
+}
+
+/// How many refusals are kept per node, newest versions first. Only the
+/// latest version is ever sent, and versions only grow, so a refusal older
+/// than this many newer ones can no longer stop a send.
+pub const NACKS_KEPT_PER_NODE: usize = 16;
+
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +57,15 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the policy store lock was poisoned by a panic")]
     Poisoned,
+    #[error(
+        "the store in {path} has schema version {found}, newer than this tollgate knows \
+         ({known}); run the tollgate release that wrote it, or a newer one"
+    )]
+    NewerSchema {
+        path: String,
+        found: i64,
+        known: i64,
+    },
 }
 
 /// The versions of the fleet's policy.
@@ -61,6 +92,18 @@ pub trait PolicyStore: Send + Sync + 'static {
 
     /// Every version, oldest first, without content.
     fn list(&self) -> Result<Vec<StoredVersion>, StoreError>;
+
+    /// Records that `node_id` refused `nack.version`, durably, replacing an
+    /// earlier refusal of the same version. Keeps the node's
+    /// [`NACKS_KEPT_PER_NODE`] newest versions.
+    fn record_nack(&self, node_id: &str, nack: &Nack) -> Result<(), StoreError>;
+
+    /// The versions `node_id` refused, oldest version first.
+    fn nacks(&self, node_id: &str) -> Result<Vec<Nack>, StoreError>;
+
+    /// Makes everything written so far durable in the store's main file, for
+    /// a clean stop.
+    fn flush(&self) -> Result<(), StoreError>;
 }
 
 /// SHA-256 of `content` in lowercase hex: a version's content address.

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{PolicyStore, StoreError, StoredVersion};
+use super::{NACKS_KEPT_PER_NODE, Nack, PolicyStore, StoreError, StoredVersion};
 
 /// The embedded store. One connection behind a mutex: pushes are rare and
 /// reads are small, so there is nothing to gain from a pool.
@@ -13,26 +13,45 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
+/// The schema, one step a migration: step `i` takes a store from schema
+/// version `i` (`PRAGMA user_version`) to `i + 1`. Steps are append-only;
+/// a released step never changes. Step 0 is the original schema, which data
+/// dirs made before schema versions existed already have (version 0, the
+/// table present): hence `IF NOT EXISTS`.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS versions (
+         version      INTEGER PRIMARY KEY,
+         content_hash TEXT    NOT NULL,
+         message      TEXT    NOT NULL,
+         created_at   INTEGER NOT NULL,
+         content      BLOB    NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS versions_by_hash ON versions (content_hash);",
+    "CREATE TABLE node_nacks (
+         node_id      TEXT    NOT NULL,
+         version      INTEGER NOT NULL,
+         content_hash TEXT    NOT NULL,
+         error        TEXT    NOT NULL,
+         nacked_at    INTEGER NOT NULL,
+         PRIMARY KEY (node_id, version)
+     ) WITHOUT ROWID;",
+];
+
 impl SqliteStore {
-    /// Opens (creating if needed) `dir/tollgate.db`.
+    /// Opens (creating if needed) `dir/tollgate.db` and brings its schema up
+    /// to date.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
-        let conn = Connection::open(dir.join("tollgate.db"))?;
+        let path = dir.join("tollgate.db");
+        let mut conn = Connection::open(&path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS versions (
-                 version      INTEGER PRIMARY KEY,
-                 content_hash TEXT    NOT NULL,
-                 message      TEXT    NOT NULL,
-                 created_at   INTEGER NOT NULL,
-                 content      BLOB    NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS versions_by_hash ON versions (content_hash);",
+             PRAGMA synchronous = FULL;",
         )?;
+        migrate(&mut conn, &path)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -41,6 +60,30 @@ impl SqliteStore {
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
+}
+
+/// Applies the steps of [`MIGRATIONS`] the store lacks, each in its own
+/// transaction with the version bump, so a crash mid-way leaves a store at
+/// a whole step.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::NewerSchema {
+            path: path.display().to_string(),
+            found,
+            known,
+        });
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        // PRAGMA takes no bound parameters; `step` is a small integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", step + 1))?;
+        tx.commit()?;
+        tracing::info!(store = %path.display(), schema = step + 1, "store schema migrated");
+    }
+    Ok(())
 }
 
 const COLUMNS: &str = "version, content_hash, message, created_at, content";
@@ -120,46 +163,58 @@ impl PolicyStore for SqliteStore {
         let rows = stmt.query_map([], row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn record_nack(&self, node_id: &str, nack: &Nack) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO node_nacks (node_id, version, content_hash, error, nacked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                node_id,
+                nack.version as i64,
+                nack.content_hash,
+                nack.error,
+                nack.at
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM node_nacks WHERE node_id = ?1 AND version NOT IN (
+                 SELECT version FROM node_nacks WHERE node_id = ?1
+                 ORDER BY version DESC LIMIT ?2)",
+            params![node_id, NACKS_KEPT_PER_NODE as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn nacks(&self, node_id: &str) -> Result<Vec<Nack>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT version, content_hash, error, nacked_at FROM node_nacks
+             WHERE node_id = ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map([node_id], |r| {
+            Ok(Nack {
+                version: r.get::<_, i64>(0)? as u64,
+                content_hash: r.get(1)?,
+                error: r.get(2)?,
+                at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // Commits are already durable (synchronous = FULL); the checkpoint
+        // moves the write-ahead log into tollgate.db, so the data dir is one
+        // self-contained file once the control plane has stopped.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::content_hash;
-
-    #[test]
-    fn versions_are_numbered_deduplicated_against_the_latest_and_survive_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).expect("open");
-        let (a, b) = (b"{\"a\":1}".as_slice(), b"{\"b\":2}".as_slice());
-        let (v1, created) = store.append(a, &content_hash(a), "first", 10).expect("v1");
-        assert_eq!((v1.version, created), (1, true));
-        let (same, created) = store
-            .append(a, &content_hash(a), "again", 11)
-            .expect("same");
-        assert_eq!((same.version, created), (1, false));
-        let (v2, _) = store.append(b, &content_hash(b), "", 12).expect("v2");
-        assert_eq!(v2.version, 2);
-        // Going back to older content is a new version: a rollback.
-        let (v3, created) = store
-            .append(a, &content_hash(a), "rollback", 13)
-            .expect("v3");
-        assert_eq!((v3.version, created), (3, true));
-        drop(store);
-
-        let store = SqliteStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.latest().expect("latest"), Some(v3));
-        assert_eq!(
-            store.get(1).expect("get").map(|v| v.content),
-            Some(a.to_vec())
-        );
-        let listed: Vec<u64> = store
-            .list()
-            .expect("list")
-            .iter()
-            .map(|v| v.version)
-            .collect();
-        assert_eq!(listed, [1, 2, 3]);
-        assert_eq!(store.get(9).expect("get"), None);
-    }
-}
+#[path = "sqlite_tests.rs"]
+mod tests;
