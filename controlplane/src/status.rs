@@ -6,14 +6,20 @@
 //! wakes status watchers when anything changes. STALE is derived when the
 //! table is read (a sent version unacknowledged for `stale_after`), so no
 //! timer per node is needed.
+//!
+//! A node's refusals outlive the control plane: they are kept in the store
+//! and [remembered](NodeStatus::remember) into its row when the node first
+//! connects to this process, before anything is sent to it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_proto::v1::{Node, NodeState, node_state::State};
+
+use crate::store::{NACKS_KEPT_PER_NODE, Nack};
 
 /// What a node last settled on; STALE is layered on top when reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +43,11 @@ pub struct NodeStatus {
     last_ack_at: i64,
     last_nack_at: i64,
     nack_error: String,
-    /// Versions this node refused: never sent to it again.
-    nacked: BTreeSet<u64>,
+    /// Versions this node refused, by number: never sent to it again.
+    nacked: BTreeMap<u64, Nack>,
+    /// Whether its refusals were read from the store since this process
+    /// started.
+    remembered: bool,
 }
 
 impl NodeStatus {
@@ -54,7 +63,8 @@ impl NodeStatus {
             last_ack_at: 0,
             last_nack_at: 0,
             nack_error: String::new(),
-            nacked: BTreeSet::new(),
+            nacked: BTreeMap::new(),
+            remembered: false,
         }
     }
 
@@ -78,24 +88,80 @@ impl NodeStatus {
         self.last_ack_at = wall;
     }
 
-    /// The node refused `version` with `error`.
-    pub fn nacked(&mut self, version: u64, error: String, wall: i64) {
-        self.nacked.insert(version);
+    /// The node refused `nack.version`.
+    pub fn nacked(&mut self, nack: Nack) {
         self.settled = Settled::Error;
-        self.last_nack_at = wall;
-        self.nack_error = error;
+        self.last_nack_at = nack.at;
+        self.nack_error.clone_from(&nack.error);
+        self.keep(nack);
     }
 
-    /// Whether `version` may be sent to this node (it never refused it).
-    pub fn accepts(&self, version: u64) -> bool {
-        !self.nacked.contains(&version)
+    fn keep(&mut self, nack: Nack) {
+        self.nacked.insert(nack.version, nack);
+        while self.nacked.len() > NACKS_KEPT_PER_NODE {
+            self.nacked.pop_first();
+        }
+    }
+
+    /// Whether the refusals were already read from the store.
+    pub fn remembers(&self) -> bool {
+        self.remembered
+    }
+
+    /// Adds the refusals read from the store (which may be older or newer
+    /// than those this process saw), and shows the newest as the last NACK.
+    /// The state does not change: whether a refusal still matters depends on
+    /// what the node reports running (see [`still_refuses`](Self::still_refuses)).
+    pub fn remember(&mut self, stored: Vec<Nack>) {
+        self.remembered = true;
+        for nack in stored {
+            if nack.at >= self.last_nack_at {
+                self.last_nack_at = nack.at;
+                self.nack_error.clone_from(&nack.error);
+            }
+            self.nacked.entry(nack.version).or_insert(nack);
+        }
+        while self.nacked.len() > NACKS_KEPT_PER_NODE {
+            self.nacked.pop_first();
+        }
+    }
+
+    /// Whether `version`, whose content hashes to `content_hash`, may be sent
+    /// to this node: it never refused that version with that content.
+    pub fn accepts(&self, version: u64, content_hash: &str) -> bool {
+        self.nacked
+            .get(&version)
+            .is_none_or(|n| n.content_hash != content_hash)
+    }
+
+    /// The node says it runs `running` (its `version_info`, if any), not
+    /// `version`, which is the latest and which it refused earlier — maybe
+    /// before the control plane restarted.
+    ///
+    /// It is ERROR, with that refusal's error and time, and `version` counts
+    /// as sent: the node does not run what it should, and nothing will be
+    /// sent to it until a newer version is pushed, so an operator has to act
+    /// — exactly what ERROR says. NOT_SENT would hide that it was sent and
+    /// refused, SYNCED would claim it runs the latest, and STALE would
+    /// suggest an answer is still awaited.
+    pub fn still_refuses(&mut self, version: u64, running: Option<u64>) {
+        let Some(nack) = self.nacked.get(&version) else {
+            return;
+        };
+        self.settled = Settled::Error;
+        self.last_nack_at = nack.at;
+        self.nack_error.clone_from(&nack.error);
+        self.sent_version = version;
+        if let Some(running) = running {
+            self.applied_version = running;
+        }
     }
 
     /// Sent, and neither acknowledged nor refused yet.
     fn pending(&self) -> bool {
         self.sent_version != 0
             && self.sent_version != self.applied_version
-            && !self.nacked.contains(&self.sent_version)
+            && !self.nacked.contains_key(&self.sent_version)
     }
 
     /// The state at `now`: STALE when a pending version has waited
@@ -170,13 +236,22 @@ impl Fleet {
         r
     }
 
-    /// A stream for `node` opened: the row is created or refreshed.
-    pub fn connect(&self, node: Node) -> Session {
+    /// Whether node `id`'s refusals are yet to be read from the store.
+    pub fn needs_memory(&self, id: &str) -> bool {
+        self.read(id, |n| !n.remembers()).unwrap_or(true)
+    }
+
+    /// A stream for `node` opened: the row is created or refreshed, with the
+    /// refusals `stored` read from the store if given.
+    pub fn connect(&self, node: Node, stored: Option<Vec<Nack>>) -> Session {
         let session = {
             let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             let row = nodes
                 .entry(node.id.clone())
                 .or_insert_with(|| NodeStatus::new(node.clone()));
+            if let Some(stored) = stored {
+                row.remember(stored);
+            }
             row.node = node;
             row.connected = true;
             row.session += 1;

@@ -4,6 +4,7 @@ use tokio::time::{Instant, advance};
 use tollgate_proto::v1::{Node, node_state::State};
 
 use super::{Fleet, NodeStatus};
+use crate::store::{NACKS_KEPT_PER_NODE, Nack};
 
 const STALE: Duration = Duration::from_secs(10);
 
@@ -12,6 +13,20 @@ fn node(id: &str) -> Node {
         id: id.to_owned(),
         ..Default::default()
     }
+}
+
+fn nack(version: u64, error: &str, at: i64) -> Nack {
+    Nack {
+        version,
+        content_hash: hash(version),
+        error: error.to_owned(),
+        at,
+    }
+}
+
+/// The content hash of version `v` in these tests.
+fn hash(v: u64) -> String {
+    format!("{v:064x}")
 }
 
 fn state(fleet: &Fleet, id: &str) -> State {
@@ -23,7 +38,7 @@ fn state(fleet: &Fleet, id: &str) -> State {
 #[tokio::test(start_paused = true)]
 async fn a_sent_version_goes_stale_only_after_the_timeout() {
     let fleet = Fleet::new(STALE);
-    fleet.connect(node("a"));
+    fleet.connect(node("a"), None);
     assert_eq!(state(&fleet, "a"), State::NotSent);
 
     fleet.update("a", |n| n.sent(1, Instant::now()));
@@ -40,7 +55,7 @@ async fn a_sent_version_goes_stale_only_after_the_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_node_waiting_on_a_new_version_stays_synced_until_stale() {
     let fleet = Fleet::new(STALE);
-    fleet.connect(node("a"));
+    fleet.connect(node("a"), None);
     fleet.update("a", |n| {
         n.sent(1, Instant::now());
         n.acked(1, 1);
@@ -57,15 +72,17 @@ async fn a_node_waiting_on_a_new_version_stays_synced_until_stale() {
 #[tokio::test(start_paused = true)]
 async fn a_nack_is_an_error_that_never_goes_stale_and_blocks_that_version() {
     let fleet = Fleet::new(STALE);
-    fleet.connect(node("a"));
+    fleet.connect(node("a"), None);
     fleet.update("a", |n| {
         n.sent(3, Instant::now());
-        n.nacked(3, "bad".into(), 5);
+        n.nacked(nack(3, "bad", 5));
     });
     advance(STALE * 3).await;
     assert_eq!(state(&fleet, "a"), State::Error);
-    assert_eq!(fleet.read("a", |n| n.accepts(3)), Some(false));
-    assert_eq!(fleet.read("a", |n| n.accepts(4)), Some(true));
+    assert_eq!(fleet.read("a", |n| n.accepts(3, &hash(3))), Some(false));
+    assert_eq!(fleet.read("a", |n| n.accepts(4, &hash(4))), Some(true));
+    // Other content under the same number (a rebuilt store) is not refused.
+    assert_eq!(fleet.read("a", |n| n.accepts(3, &hash(9))), Some(true));
     let row = &fleet.snapshot()[0];
     assert_eq!((row.last_nack_at, row.nack_error.as_str()), (5, "bad"));
 
@@ -79,8 +96,8 @@ async fn a_nack_is_an_error_that_never_goes_stale_and_blocks_that_version() {
 #[tokio::test(start_paused = true)]
 async fn disconnected_nodes_stay_and_an_old_stream_cannot_disconnect_a_new_one() {
     let fleet = Fleet::new(STALE);
-    let old = fleet.connect(node("a"));
-    let new = fleet.connect(node("a"));
+    let old = fleet.connect(node("a"), None);
+    let new = fleet.connect(node("a"), None);
     fleet.disconnect("a", old);
     assert_eq!(fleet.connected(), 1);
     fleet.disconnect("a", new);
@@ -88,4 +105,62 @@ async fn disconnected_nodes_stay_and_an_old_stream_cannot_disconnect_a_new_one()
     let rows = fleet.snapshot();
     assert_eq!(rows.len(), 1);
     assert!(!rows[0].connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remembered_refusals_block_sends_and_make_a_node_still_running_older_an_error() {
+    let fleet = Fleet::new(STALE);
+    assert!(fleet.needs_memory("a"));
+    // A restarted control plane: the store says `a` refused v2 at 50.
+    fleet.connect(
+        node("a"),
+        Some(vec![nack(1, "old", 40), nack(2, "v2 is bad", 50)]),
+    );
+    assert!(!fleet.needs_memory("a"));
+    assert_eq!(state(&fleet, "a"), State::NotSent);
+    assert_eq!(fleet.read("a", |n| n.accepts(2, &hash(2))), Some(false));
+
+    // It reports running v1 while v2 is the latest: its refusal stands.
+    fleet.update("a", |n| n.still_refuses(2, Some(1)));
+    advance(STALE * 2).await;
+    assert_eq!(state(&fleet, "a"), State::Error);
+    let row = &fleet.snapshot()[0];
+    assert_eq!(
+        (row.applied_version, row.sent_version, row.last_nack_at),
+        (1, 2, 50)
+    );
+    assert_eq!(row.nack_error, "v2 is bad");
+
+    // A version it never refused changes nothing.
+    fleet.update("a", |n| n.still_refuses(3, Some(1)));
+    assert_eq!(fleet.snapshot()[0].sent_version, 2);
+
+    // The next version is sent and applied: SYNCED, the last NACK still shown.
+    fleet.update("a", |n| {
+        n.sent(3, Instant::now());
+        n.acked(3, 60);
+    });
+    assert_eq!(state(&fleet, "a"), State::Synced);
+    assert_eq!(fleet.snapshot()[0].nack_error, "v2 is bad");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_seen_here_and_remembered_ones_merge_and_stay_bounded() {
+    let fleet = Fleet::new(STALE);
+    fleet.connect(node("a"), None);
+    fleet.update("a", |n| n.nacked(nack(30, "newest, seen here", 90)));
+    let stored: Vec<Nack> = (1..=20).map(|v| nack(v, "stored", v as i64)).collect();
+    fleet.connect(node("a"), Some(stored));
+    let row = &fleet.snapshot()[0];
+    assert_eq!(
+        (row.nack_error.as_str(), row.last_nack_at),
+        ("newest, seen here", 90)
+    );
+    let kept = fleet
+        .read("a", |n| {
+            (1..=30).filter(|&v| !n.accepts(v, &hash(v))).count()
+        })
+        .expect("row");
+    assert_eq!(kept, NACKS_KEPT_PER_NODE);
+    assert_eq!(fleet.read("a", |n| n.accepts(30, &hash(30))), Some(false));
 }

@@ -6,6 +6,10 @@
 //! every response carries a fresh nonce; a request echoing the last nonce is
 //! an ACK (or a NACK with `error_detail`); any other nonce is stale and
 //! ignored; a newly pushed version reaches every stream through a watch.
+//!
+//! Refusals are written to the store when they arrive and read back when a
+//! node first connects to this process, so a restart does not make the
+//! control plane resend a version a node refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{ADMISSION_WAIT, ControlPlane, Latest};
 use crate::status::{Session, unix_now};
+use crate::store::Nack;
 
 /// Responses queued per stream. The stream sends at most one bundle per
 /// answer or push, so a small bound is enough; a slow reader only slows
@@ -87,8 +92,27 @@ impl PolicyDistribution for Distribution {
                     "the first request must carry node, with a non-empty node.id",
                 )
             })?;
+        // Once per node and process: what it refused before, perhaps before
+        // a restart. Read inside the admission permit, so a storm of
+        // reconnects reads the store a bounded number at a time.
+        let stored = if cp.fleet.needs_memory(&node.id) {
+            let id = node.id.clone();
+            match cp.store(move |s| s.nacks(&id)).await {
+                Ok(nacks) => Some(nacks),
+                Err(status) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot read node {}'s refused versions, so cannot tell what may be \
+                         sent to it: {}; retry with backoff",
+                        node.id,
+                        status.message()
+                    )));
+                }
+            }
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let stream = NodeStream::open(cp, node, tx);
+        let stream = NodeStream::open(cp, node, stored, tx);
         tokio::spawn(stream.run(inbound, first, permit));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -101,8 +125,9 @@ struct NodeStream {
     session: Session,
     tx: mpsc::Sender<Result<PolicyResponse, Status>>,
     latest: watch::Receiver<Option<Arc<Latest>>>,
-    /// The nonce and version of the last response sent on this stream.
-    last_sent: Option<(String, u64)>,
+    /// The nonce and the version (number and content hash) of the last
+    /// response sent on this stream.
+    last_sent: Option<(String, u64, String)>,
     /// The content hash the node last reported running.
     reported_hash: String,
 }
@@ -114,10 +139,11 @@ impl NodeStream {
     fn open(
         cp: Arc<ControlPlane>,
         node: Node,
+        stored: Option<Vec<Nack>>,
         tx: mpsc::Sender<Result<PolicyResponse, Status>>,
     ) -> Self {
         let id = node.id.clone();
-        let session = cp.fleet.connect(node);
+        let session = cp.fleet.connect(node, stored);
         let latest = cp.latest.subscribe();
         tracing::info!(node = %id, "policy stream opened");
         Self {
@@ -171,11 +197,18 @@ impl NodeStream {
             // after reconnecting).
             self.reported_hash = req.content_hash;
             let latest = self.latest.borrow().clone();
-            if let Some(latest) = latest.filter(|l| l.content_hash == self.reported_hash) {
-                self.cp.fleet.update(&self.id, |n| n.runs(latest.version));
+            if let Some(latest) = latest {
+                if latest.content_hash == self.reported_hash {
+                    self.cp.fleet.update(&self.id, |n| n.runs(latest.version));
+                } else {
+                    let running = req.version_info.parse().ok();
+                    self.cp
+                        .fleet
+                        .update(&self.id, |n| n.still_refuses(latest.version, running));
+                }
             }
         } else {
-            let Some((nonce, version)) = self.last_sent.clone() else {
+            let Some((nonce, version, content_hash)) = self.last_sent.clone() else {
                 self.cp.metrics.stale_nonces.inc();
                 return Ok(());
             };
@@ -190,9 +223,14 @@ impl NodeStream {
                     let error = describe(&detail);
                     tracing::warn!(node = %self.id, version, %error, "NACK");
                     self.cp.metrics.nacks.inc();
-                    self.cp
-                        .fleet
-                        .update(&self.id, |n| n.nacked(version, error, unix_now()));
+                    let nack = Nack {
+                        version,
+                        content_hash,
+                        error,
+                        at: unix_now(),
+                    };
+                    self.cp.fleet.update(&self.id, |n| n.nacked(nack.clone()));
+                    self.remember(nack).await;
                 }
                 None => {
                     self.cp.metrics.acks.inc();
@@ -214,11 +252,13 @@ impl NodeStream {
         let already_sent = self
             .last_sent
             .as_ref()
-            .is_some_and(|(_, v)| *v == latest.version);
+            .is_some_and(|(_, v, _)| *v == latest.version);
         let refused = self
             .cp
             .fleet
-            .read(&self.id, |n| !n.accepts(latest.version))
+            .read(&self.id, |n| {
+                !n.accepts(latest.version, &latest.content_hash)
+            })
             .unwrap_or(false);
         if already_sent || refused || latest.content_hash == self.reported_hash {
             return Ok(());
@@ -232,12 +272,31 @@ impl NodeStream {
             bundle: latest.content.to_vec(),
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.last_sent = Some((nonce, latest.version));
+        self.last_sent = Some((nonce, latest.version, latest.content_hash.clone()));
         self.cp.metrics.bundles_sent.inc();
         self.cp
             .fleet
             .update(&self.id, |n| n.sent(latest.version, Instant::now()));
         Ok(())
+    }
+
+    /// Writes a refusal to the store, so that no later process resends it.
+    ///
+    /// Awaited here, on this node's stream only: NACKs are rare, the write
+    /// runs on the blocking pool, and the node's next request is handled
+    /// only once its refusal is durable. A failed write is logged and the
+    /// refusal still holds in memory; only a restart would forget it.
+    async fn remember(&self, nack: Nack) {
+        let id = self.id.clone();
+        let version = nack.version;
+        if let Err(status) = self.cp.store(move |s| s.record_nack(&id, &nack)).await {
+            tracing::error!(
+                node = %self.id,
+                version,
+                "cannot store the refusal; it holds until the control plane restarts: {}",
+                status.message()
+            );
+        }
     }
 }
 

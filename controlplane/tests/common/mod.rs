@@ -137,6 +137,14 @@ impl FakeSidecar {
             .expect("the stream is open")
     }
 
+    /// The next message or the end of the stream (`Ok(None)`: ended with
+    /// status OK).
+    pub async fn next(&mut self) -> Result<Option<PolicyResponse>, tonic::Status> {
+        tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("a response or the end of the stream in time")
+    }
+
     /// Asserts nothing arrives for a while.
     pub async fn expect_nothing(&mut self) {
         let got = tokio::time::timeout(Duration::from_millis(300), self.rx.message()).await;
