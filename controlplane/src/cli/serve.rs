@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Policy streams admitted into their opening handshake at once.
     #[arg(long, default_value_t = 256)]
     max_opening_streams: usize,
+    /// Policy streams that may wait for admission (up to 5 s); more are
+    /// refused with UNAVAILABLE at once and retry with their backoff.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting_streams: usize,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -43,6 +47,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data: args.data,
         stale_after: args.stale_after,
         max_opening_streams: args.max_opening_streams,
+        max_waiting_streams: args.max_waiting_streams,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

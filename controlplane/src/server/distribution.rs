@@ -9,7 +9,8 @@
 //!
 //! Refusals are written to the store when they arrive and read back when a
 //! node first connects to this process, so a restart does not make the
-//! control plane resend a version a node refused.
+//! control plane resend a version a node refused. Streams are let in
+//! through [`Admission`](super::admission::Admission).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistribution;
 use tollgate_proto::v1::{ErrorDetail, Node, PolicyRequest, PolicyResponse};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ADMISSION_WAIT, ControlPlane, Latest};
+use super::{ControlPlane, Latest};
 use crate::status::{Session, unix_now};
 use crate::store::Nack;
 
@@ -54,18 +55,11 @@ impl PolicyDistribution for Distribution {
         let cp = self.cp.clone();
         // Admission: bounds the streams in their opening handshake, so a
         // fleet reconnecting at once queues here instead of piling up work.
-        let permit = match tokio::time::timeout(
-            ADMISSION_WAIT,
-            cp.admission.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
+        let permit = match cp.admission.admit().await {
+            Ok(permit) => permit,
+            Err(refused) => {
                 cp.metrics.streams_refused.inc();
-                return Err(Status::unavailable(
-                    "the control plane is admitting many streams; retry with backoff",
-                ));
+                return Err(Status::unavailable(refused.to_string()));
             }
         };
         let mut inbound = request.into_inner();

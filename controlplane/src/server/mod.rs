@@ -3,6 +3,7 @@
 //! [`ControlPlane`].
 
 mod admin;
+pub mod admission;
 mod distribution;
 mod http;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1::admin_server::AdminServer;
@@ -23,6 +24,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use crate::metrics::Metrics;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
+use admission::{Admission, Limits};
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct Config {
     /// Streams that may be in their opening handshake at once; more wait
     /// (up to [`ADMISSION_WAIT`]) and are then refused with UNAVAILABLE.
     pub max_opening_streams: usize,
+    /// Streams that may wait for one of those places; more are refused with
+    /// UNAVAILABLE at once.
+    pub max_waiting_streams: usize,
 }
 
 impl Config {
@@ -46,6 +51,7 @@ impl Config {
             data,
             stale_after: Duration::from_secs(10),
             max_opening_streams: 256,
+            max_waiting_streams: 1024,
         }
     }
 }
@@ -91,7 +97,7 @@ pub struct ControlPlane {
     metrics: Metrics,
     /// Pushes are serialized so versions reach the watch in order.
     push_lock: tokio::sync::Mutex<()>,
-    admission: Arc<Semaphore>,
+    admission: Admission,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
 }
@@ -111,7 +117,11 @@ impl ControlPlane {
             fleet: Fleet::new(config.stale_after),
             metrics,
             push_lock: tokio::sync::Mutex::new(()),
-            admission: Arc::new(Semaphore::new(config.max_opening_streams.max(1))),
+            admission: Admission::new(Limits {
+                opening: config.max_opening_streams,
+                waiting: config.max_waiting_streams,
+                wait: ADMISSION_WAIT,
+            }),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
