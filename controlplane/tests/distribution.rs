@@ -53,7 +53,7 @@ async fn pushes_reach_the_sidecar_and_acks_make_it_synced() {
         n.applied_version == 2 && n.state == State::Synced as i32
     })
     .await;
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn a_nacked_version_is_never_resent_but_the_next_one_is_delivered() {
     sidecar.ack(&v3).await;
     let row = wait_for(&mut admin, "picky", state(State::Synced)).await;
     assert_eq!(row.applied_version, 3);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn a_stale_nonce_is_ignored() {
     sidecar.ack(&v2).await;
     let row = wait_for(&mut admin, "slow", state(State::Synced)).await;
     assert_eq!(row.applied_version, 2);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn a_sidecar_reconnecting_with_the_latest_hash_gets_nothing() {
     // A sidecar whose hash differs gets the bundle.
     let mut other = FakeSidecar::connect(cp.grpc_addr, "c", Some((1, "0".repeat(64)))).await;
     assert_eq!(other.recv().await.version, 1);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -184,7 +184,7 @@ async fn an_invalid_push_is_refused_with_every_error_and_stores_nothing() {
         refused.errors[0].message.contains("single policy document"),
         "{refused:?}"
     );
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -213,7 +213,7 @@ async fn a_server_push_replaces_one_server_in_the_latest_bundle() {
     assert!(got["servers"]["a"]["tools"]["x"].is_object());
     assert!(got["servers"]["b"]["tools"]["z"].is_object());
     assert!(got["servers"]["b"]["tools"]["y"].is_null());
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn versions_survive_a_restart() {
     let mut client = admin(cp.grpc_addr).await;
     push(&mut client, &policy("one")).await;
     push(&mut client, &policy("two")).await;
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 
     let cp = start(dir.path()).await;
     let mut client = admin(cp.grpc_addr).await;
@@ -242,7 +242,7 @@ async fn versions_survive_a_restart() {
     assert_eq!(sidecar.recv().await.version, 2);
     assert_eq!(push(&mut client, &policy("three")).await.version, 3);
     assert!(nodes(&mut client).await.len() == 1);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -258,7 +258,7 @@ async fn a_first_request_without_a_node_is_invalid() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -294,5 +294,5 @@ async fn health_and_metrics_are_served_over_http() {
     ] {
         assert!(metrics.contains(line), "{line} missing in {metrics}");
     }
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 }

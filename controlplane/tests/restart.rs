@@ -1,11 +1,14 @@
 //! The control plane stopping and starting again on the same data dir, in
-//! process: refusals outlive it.
+//! process: refusals outlive it, and a stop ends every stream cleanly.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{FakeSidecar, admin, policy, push, start, wait_for};
+use tollgate_proto::v1::NodeStatusRequest;
 use tollgate_proto::v1::node_state::State;
 
 #[tokio::test]
@@ -22,7 +25,7 @@ async fn a_refusal_survives_a_restart_and_the_next_version_still_arrives() {
     picky.nack(&v2, "cannot compile").await;
     let before = wait_for(&mut client, "picky", |n| n.state == State::Error as i32).await;
     drop(picky);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
 
     // A new process on the same store: the node reconnects still running
     // v1. Nothing is sent, and it is ERROR with the refusal it sent the
@@ -52,5 +55,53 @@ async fn a_refusal_survives_a_restart_and_the_next_version_still_arrives() {
     picky.ack(&v3).await;
     let row = wait_for(&mut client, "picky", |n| n.state == State::Synced as i32).await;
     assert_eq!(row.applied_version, 3);
-    cp.shutdown().await;
+    cp.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stop_ends_every_stream_cleanly_and_closes_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path()).await;
+    let addr = cp.grpc_addr;
+    let mut client = admin(addr).await;
+    push(&mut client, &policy("one")).await;
+    let mut sidecars = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut s = FakeSidecar::connect(addr, id, None).await;
+        let v1 = s.recv().await;
+        s.ack(&v1).await;
+        wait_for(&mut client, id, |n| n.state == State::Synced as i32).await;
+        sidecars.push(s);
+    }
+    let mut watch = client
+        .watch_status(NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    let started = Instant::now();
+    cp.shutdown().await.unwrap();
+    // The streams were ended, not waited out for the grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+    for s in &mut sidecars {
+        let end = s.next().await;
+        assert!(
+            matches!(end, Ok(None)),
+            "{}: expected the stream to end with status OK, got {end:?}",
+            s.id
+        );
+    }
+    let end = tokio::time::timeout(common::WAIT, watch.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "status watch: {end:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the gRPC port still accepts connections"
+    );
 }

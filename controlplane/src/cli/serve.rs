@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tokio::sync::watch;
 
 use crate::server::{self, Config};
 
@@ -34,6 +35,9 @@ pub struct ServeArgs {
     max_waiting_streams: usize,
 }
 
+/// On SIGTERM or SIGINT: stop accepting, end every policy stream cleanly
+/// (sidecars reconnect with their backoff), flush the store, exit 0. A
+/// second signal exits at once, with status 1.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -53,22 +57,81 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async {
+    let code = rt.block_on(async {
+        let mut signals = Signals::new()?;
         let running = server::start(config).await?;
         println!("tollgate control plane: grpc {}", running.grpc_addr);
         if let Some(http) = running.http_addr {
             println!("tollgate control plane: http {http}");
         }
+        let (count, received) = watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                let name = signals.next().await;
+                if *count.borrow() == 0 {
+                    tracing::info!(
+                        signal = name,
+                        "stopping cleanly; send it again to exit at once"
+                    );
+                } else {
+                    tracing::warn!(signal = name, "second signal: exiting without a clean stop");
+                }
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        let (mut first, mut second) = (received.clone(), received);
+        let stopped = running.serve_until(async move {
+            let _ = first.wait_for(|n| *n >= 1).await;
+        });
         tokio::select! {
-            r = running_wait(running) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            r = stopped => r.map(|()| ExitCode::SUCCESS).context("the control plane failed"),
+            _ = second.wait_for(|n| *n >= 2) => Ok(ExitCode::from(1)),
         }
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    // Connections dropped at the end of a stop may leave tasks behind; they
+    // hold nothing that needs finishing.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
-async fn running_wait(running: server::Running) -> anyhow::Result<()> {
-    running.wait().await
+/// SIGTERM (what Kubernetes and systemd send) and SIGINT (Ctrl-C).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening; from here on neither signal ends the process by itself.
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
 
 /// `500ms`, `10s`, `2m`, `1h`.

@@ -130,10 +130,20 @@ impl Admin for AdminService {
         &self,
         _: Request<NodeStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let (tx, rx) = mpsc::channel(2);
         let cp = self.cp.clone();
+        let Some(tracked) = cp.drain.track() else {
+            return Err(Status::unavailable(
+                "the control plane is shutting down; retry with backoff",
+            ));
+        };
+        let mut draining = cp.drain.latch();
+        let (tx, rx) = mpsc::channel(2);
         let mut changed = cp.fleet.subscribe();
         tokio::spawn(async move {
+            // Counted as open until this task ends; declared first, so it
+            // is dropped after `tx`, which ends the stream.
+            let _tracked = tracked;
+            let tx = tx;
             let mut last = None;
             loop {
                 let nodes = cp.fleet.snapshot();
@@ -150,6 +160,7 @@ impl Admin for AdminService {
                     r = changed.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(WATCH_REFRESH) => {}
                     () = tx.closed() => return,
+                    () = draining.set() => return,
                 }
             }
         });

@@ -10,7 +10,8 @@
 //! Refusals are written to the store when they arrive and read back when a
 //! node first connects to this process, so a restart does not make the
 //! control plane resend a version a node refused. Streams are let in
-//! through [`Admission`](super::admission::Admission).
+//! through [`Admission`](super::admission::Admission) and end cleanly when
+//! the control plane drains.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistribution;
 use tollgate_proto::v1::{ErrorDetail, Node, PolicyRequest, PolicyResponse};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::drain::{Latch, Tracked};
 use super::{ControlPlane, Latest};
 use crate::status::{Session, unix_now};
 use crate::store::Nack;
@@ -53,6 +55,9 @@ impl PolicyDistribution for Distribution {
         request: Request<Streaming<PolicyRequest>>,
     ) -> Result<Response<Self::StreamPolicyStream>, Status> {
         let cp = self.cp.clone();
+        let Some(tracked) = cp.drain.track() else {
+            return Err(shutting_down());
+        };
         // Admission: bounds the streams in their opening handshake, so a
         // fleet reconnecting at once queues here instead of piling up work.
         let permit = match cp.admission.admit().await {
@@ -107,9 +112,14 @@ impl PolicyDistribution for Distribution {
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = NodeStream::open(cp, node, stored, tx);
-        tokio::spawn(stream.run(inbound, first, permit));
+        tokio::spawn(stream.run(inbound, first, permit, tracked));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Refuses a stream opened while the control plane stops.
+fn shutting_down() -> Status {
+    Status::unavailable("the control plane is shutting down; retry with backoff")
 }
 
 /// One node's open stream.
@@ -119,6 +129,8 @@ struct NodeStream {
     session: Session,
     tx: mpsc::Sender<Result<PolicyResponse, Status>>,
     latest: watch::Receiver<Option<Arc<Latest>>>,
+    /// Set when the control plane stops: the stream ends.
+    draining: Latch,
     /// The nonce and the version (number and content hash) of the last
     /// response sent on this stream.
     last_sent: Option<(String, u64, String)>,
@@ -139,6 +151,7 @@ impl NodeStream {
         let id = node.id.clone();
         let session = cp.fleet.connect(node, stored);
         let latest = cp.latest.subscribe();
+        let draining = cp.drain.latch();
         tracing::info!(node = %id, "policy stream opened");
         Self {
             cp,
@@ -146,6 +159,7 @@ impl NodeStream {
             session,
             tx,
             latest,
+            draining,
             last_sent: None,
             reported_hash: String::new(),
         }
@@ -156,9 +170,11 @@ impl NodeStream {
         mut inbound: Streaming<PolicyRequest>,
         first: PolicyRequest,
         permit: OwnedSemaphorePermit,
+        tracked: Tracked,
     ) {
         let opened = self.on_request(first).await;
         drop(permit);
+        let mut drained = false;
         if opened.is_ok() {
             loop {
                 let step = tokio::select! {
@@ -175,6 +191,10 @@ impl NodeStream {
                         Err(_) => Err(Closed),
                     },
                     () = self.tx.closed() => Err(Closed),
+                    () = self.draining.set() => {
+                        drained = true;
+                        Err(Closed)
+                    }
                 };
                 if step.is_err() {
                     break;
@@ -182,7 +202,15 @@ impl NodeStream {
             }
         }
         self.cp.fleet.disconnect(&self.id, self.session);
-        tracing::info!(node = %self.id, "policy stream closed");
+        if drained {
+            tracing::debug!(node = %self.id, "policy stream ended: the control plane is stopping");
+        } else {
+            tracing::info!(node = %self.id, "policy stream closed");
+        }
+        // Dropping `self.tx` ends the response stream with status OK; only
+        // then is the stream no longer counted as open.
+        drop(self);
+        drop(tracked);
     }
 
     async fn on_request(&mut self, req: PolicyRequest) -> Result<(), Closed> {
@@ -278,8 +306,10 @@ impl NodeStream {
     ///
     /// Awaited here, on this node's stream only: NACKs are rare, the write
     /// runs on the blocking pool, and the node's next request is handled
-    /// only once its refusal is durable. A failed write is logged and the
-    /// refusal still holds in memory; only a restart would forget it.
+    /// only once its refusal is durable — and a stopping control plane,
+    /// which waits for every stream to end, flushes the store only after
+    /// it. A failed write is logged and the refusal still holds in memory;
+    /// only a restart would forget it.
     async fn remember(&self, nack: Nack) {
         let id = self.id.clone();
         let version = nack.version;

@@ -1,22 +1,27 @@
 //! `tollgate serve`: the gRPC services (distribution and admin, one port)
 //! and the HTTP port (health, readiness, metrics) over one shared
-//! [`ControlPlane`].
+//! [`ControlPlane`], and its clean stop ([`Running::shutdown`]).
 
 mod admin;
 pub mod admission;
 mod distribution;
+pub mod drain;
 mod http;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
@@ -25,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
 use admission::{Admission, Limits};
+use drain::Drain;
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -59,6 +65,10 @@ impl Config {
 /// How long an opening stream waits for admission before UNAVAILABLE.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a stopping control plane waits for its connections to close
+/// after ending every stream, before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -69,6 +79,10 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the gRPC server stopped: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the gRPC server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The version every node should run, as sent on the wire.
@@ -98,6 +112,7 @@ pub struct ControlPlane {
     /// Pushes are serialized so versions reach the watch in order.
     push_lock: tokio::sync::Mutex<()>,
     admission: Admission,
+    drain: Drain,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
 }
@@ -122,6 +137,7 @@ impl ControlPlane {
                 waiting: config.max_waiting_streams,
                 wait: ADMISSION_WAIT,
             }),
+            drain: Drain::new(),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -159,9 +175,28 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub control_plane: Arc<ControlPlane>,
-    shutdown: Option<oneshot::Sender<()>>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Tells the gRPC server to stop accepting and close its connections
+    /// once their streams are done.
+    stop_accepting: Option<oneshot::Sender<()>>,
+    /// Resolves when the gRPC listener has been closed.
+    listener_closed: Option<oneshot::Receiver<()>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
+}
+
+/// The gRPC listener's connections; dropping it (when the server stops
+/// accepting) closes the listener and resolves [`Running::listener_closed`].
+struct Accepting {
+    inner: TcpListenerStream,
+    _closed: oneshot::Sender<()>,
+}
+
+impl Stream for Accepting {
+    type Item = std::io::Result<TcpStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
 }
 
 /// Opens the store, binds both ports and serves until [`Running::shutdown`].
@@ -179,14 +214,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             addr: config.grpc,
             source,
         })?;
-    let (shutdown, stop) = oneshot::channel::<()>();
+    let (stop_accepting, stop) = oneshot::channel::<()>();
+    let (closed, listener_closed) = oneshot::channel::<()>();
+    let incoming = Accepting {
+        inner: TcpListenerStream::new(grpc_listener),
+        _closed: closed,
+    };
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(PolicyDistributionServer::new(
                 distribution::Distribution::new(cp.clone()),
             ))
             .add_service(AdminServer::new(admin::AdminService::new(cp.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop.await;
             }),
     );
@@ -208,33 +248,92 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         grpc_addr,
         http_addr,
         control_plane: cp,
-        shutdown: Some(shutdown),
-        grpc,
+        stop_accepting: Some(stop_accepting),
+        listener_closed: Some(listener_closed),
+        grpc: Some(grpc),
         http,
     })
 }
 
 impl Running {
-    /// Serves until the gRPC server stops.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        (&mut self.grpc).await??;
-        Ok(())
+    /// Serves until `stop` resolves, then shuts down cleanly
+    /// ([`shutdown`](Self::shutdown)). Returns early with the error if the
+    /// gRPC server fails first.
+    pub async fn serve_until(mut self, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let mut failed = None;
+        if let Some(grpc) = self.grpc.as_mut() {
+            tokio::select! {
+                ended = grpc => {
+                    self.grpc = None;
+                    failed = match ended {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(ServeError::Grpc(e)),
+                        Err(e) => Some(ServeError::Task(e)),
+                    };
+                    tracing::error!("the gRPC server stopped by itself; shutting down");
+                }
+                () = stop => {}
+            }
+        }
+        // Flush the store even after a failure.
+        let stopped = self.shutdown().await;
+        match failed {
+            Some(e) => Err(e),
+            None => stopped,
+        }
     }
 
-    /// Stops serving: gracefully for up to two seconds, then by force (open
-    /// policy streams would otherwise hold the server forever).
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
+    /// Stops cleanly, in this order: stop accepting connections; end every
+    /// open policy stream and status watch with status OK (sidecars see the
+    /// stream end and reconnect with their backoff, to this control plane
+    /// once it is back or to another replica); wait for the connections to
+    /// close (up to [`SHUTDOWN_GRACE`], then drop them); flush the store.
+    ///
+    /// Streams end only after the listener is closed, so a sidecar that
+    /// reconnects at once does not land on this stopping process.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        let cp = self.control_plane.clone();
+        tracing::info!(
+            open_streams = cp.drain.open(),
+            "shutting down: no new connections; ending every open stream"
+        );
+        if let Some(tx) = self.stop_accepting.take() {
             let _ = tx.send(());
         }
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.grpc)
-            .await
-            .is_err()
-        {
-            self.grpc.abort();
+        if let Some(closed) = self.listener_closed.take() {
+            // Resolves (with an error: the sender is dropped, never used)
+            // once the server drops the listener.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, closed).await;
+        }
+        cp.drain.start();
+        if let Some(mut grpc) = self.grpc.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut grpc).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "the gRPC server stopped with an error")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?SHUTDOWN_GRACE,
+                        "connections still open after the grace period; dropping them"
+                    );
+                    grpc.abort();
+                }
+            }
+        }
+        if !cp.drain.idle(SHUTDOWN_GRACE).await {
+            tracing::warn!(
+                open_streams = cp.drain.open(),
+                "streams still finishing after the grace period; stopping anyway"
+            );
         }
         if let Some(http) = self.http.take() {
             http.abort();
         }
+        let store = cp.store.clone();
+        tokio::task::spawn_blocking(move || store.flush()).await??;
+        tracing::info!("control plane stopped cleanly");
+        Ok(())
     }
 }

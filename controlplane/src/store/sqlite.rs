@@ -81,7 +81,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         // PRAGMA takes no bound parameters; `step` is a small integer.
         tx.execute_batch(&format!("PRAGMA user_version = {}", step + 1))?;
         tx.commit()?;
-        tracing::info!(store = %path.display(), schema = step + 1, "store schema migrated");
+    }
+    if found < known {
+        tracing::info!(store = %path.display(), from = found, to = known, "store schema brought up to date");
     }
     Ok(())
 }
