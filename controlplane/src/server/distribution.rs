@@ -251,8 +251,8 @@ impl NodeStream {
                         error,
                         at: unix_now(),
                     };
-                    self.cp.fleet.update(&self.id, |n| n.nacked(nack.clone()));
-                    self.remember(nack).await;
+                    self.remember(&nack).await;
+                    self.cp.fleet.update(&self.id, |n| n.nacked(nack));
                 }
                 None => {
                     self.cp.metrics.acks.inc();
@@ -304,19 +304,19 @@ impl NodeStream {
 
     /// Writes a refusal to the store, so that no later process resends it.
     ///
-    /// Awaited here, on this node's stream only: NACKs are rare, the write
-    /// runs on the blocking pool, and the node's next request is handled
-    /// only once its refusal is durable — and a stopping control plane,
-    /// which waits for every stream to end, flushes the store only after
-    /// it. A failed write is logged and the refusal still holds in memory;
-    /// only a restart would forget it.
-    async fn remember(&self, nack: Nack) {
+    /// Awaited here, before the refusal shows in the status table: NACKs are
+    /// rare, the write runs on the blocking pool, and only this node's
+    /// stream waits. So a node shown ERROR has its refusal on disk, and a
+    /// stopping control plane, which waits for every stream to end, flushes
+    /// the store only after it. A failed write is logged and the refusal
+    /// still holds in memory; only a restart would forget it.
+    async fn remember(&self, nack: &Nack) {
         let id = self.id.clone();
-        let version = nack.version;
-        if let Err(status) = self.cp.store(move |s| s.record_nack(&id, &nack)).await {
+        let stored = nack.clone();
+        if let Err(status) = self.cp.store(move |s| s.record_nack(&id, &stored)).await {
             tracing::error!(
                 node = %self.id,
-                version,
+                version = nack.version,
                 "cannot store the refusal; it holds until the control plane restarts: {}",
                 status.message()
             );
