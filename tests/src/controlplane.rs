@@ -1,11 +1,12 @@
 //! `tollgate serve` as a test peer: the control plane on free loopback ports
-//! with its store in a scratch directory, stoppable and restartable on the
-//! same ports and the same store, plus the operator CLI (`tollgate policy
-//! push`, `tollgate status --json`, …) pointed at it.
+//! with its store in a scratch directory, stoppable (cleanly, SIGTERM) or
+//! killable (SIGKILL) and restartable on the same ports and the same store,
+//! plus the operator CLI (`tollgate policy push`, `tollgate status --json`,
+//! …) pointed at it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     /// `--stale-after`, if given.
     stale_after: Option<String>,
+    /// More `tollgate serve` arguments, given on every start.
+    args: Vec<String>,
     /// How many times it was started (labels its output).
     starts: u32,
     scratch: Scratch,
@@ -47,11 +50,22 @@ impl ControlPlane {
 
     /// As [`start`](Self::start), with `--stale-after` (e.g. `"2s"`).
     pub fn start_with_stale_after(stale_after: Option<&str>) -> ControlPlane {
+        Self::start_with(stale_after, &[])
+    }
+
+    /// As [`start`](Self::start), with more `tollgate serve` arguments
+    /// (e.g. `["--max-opening-streams", "2"]`), kept across restarts.
+    pub fn start_with_args(args: &[&str]) -> ControlPlane {
+        Self::start_with(None, args)
+    }
+
+    fn start_with(stale_after: Option<&str>, args: &[&str]) -> ControlPlane {
         let mut cp = ControlPlane {
             process: None,
             grpc: free_addr(),
             http: free_addr(),
             stale_after: stale_after.map(str::to_owned),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             starts: 0,
             scratch: Scratch::new("controlplane"),
         };
@@ -81,11 +95,23 @@ impl ControlPlane {
         self.process.is_some()
     }
 
-    /// Stops it (SIGTERM, which `tollgate serve` does not catch: an abrupt
-    /// end, like a crashed or evicted pod). Idempotent.
-    pub fn stop(&mut self) {
+    /// Stops it cleanly (SIGTERM: `tollgate serve` ends every stream,
+    /// flushes its store and exits; SIGKILL if it takes more than 3 s).
+    /// Returns how it ended; `None` if it was not running.
+    pub fn stop(&mut self) -> Option<Ended> {
+        let mut p = self.process.take()?;
+        let status = p.stop();
+        Some(Ended {
+            status,
+            output: p.output(),
+        })
+    }
+
+    /// Kills it (SIGKILL: an abrupt end, like a crashed or OOM-killed pod).
+    /// Idempotent.
+    pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
-            p.stop();
+            p.kill();
         }
     }
 
@@ -105,6 +131,7 @@ impl ControlPlane {
         if let Some(s) = &self.stale_after {
             cmd.arg("--stale-after").arg(s);
         }
+        cmd.args(&self.args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -232,6 +259,15 @@ impl ControlPlane {
     pub fn metric(&self, name: &str) -> f64 {
         metric(&self.metrics(), name)
     }
+}
+
+/// How a stopped control plane ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Its exit status (`None` if it could not be collected).
+    pub status: Option<ExitStatus>,
+    /// Everything it printed (stderr lines marked `[stderr]`).
+    pub output: String,
 }
 
 /// The value of the unlabelled sample `name` in an OpenMetrics text; panics

@@ -157,6 +157,19 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Kills the process at once (SIGKILL: no chance to clean up, like a
+    /// crashed or OOM-killed pod) and waits for it. Returns its exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(s) = self.exited() {
+            return Some(s);
+        }
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+        self.exited
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
