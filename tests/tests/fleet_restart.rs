@@ -18,8 +18,8 @@
 //! receive, as `tollgate-sidecar` does minus compiling the bundle.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -59,6 +59,8 @@ struct Seen {
     bundles: AtomicU32,
     /// The version it runs (0: none).
     runs: AtomicU64,
+    /// Why it gave up, if it did (a status no sidecar would retry).
+    failed: Mutex<Option<String>>,
 }
 
 /// A simulated node: its identity, the versions it refuses, what it runs.
@@ -82,7 +84,9 @@ impl SimNode {
             if self.allowed.wait_for(|n| *n > opened).await.is_err() {
                 return;
             }
-            let (tx, mut inbound) = self.open(&mut client).await;
+            let Some((tx, mut inbound)) = self.open(&mut client).await else {
+                return;
+            };
             self.seen.opened.fetch_add(1, Ordering::SeqCst);
             while let Ok(Some(bundle)) = inbound.message().await {
                 self.seen.bundles.fetch_add(1, Ordering::SeqCst);
@@ -96,13 +100,14 @@ impl SimNode {
 
     /// Opens one stream, reporting what it runs; retries refusals with
     /// full-jitter backoff (50 ms doubling to 1 s), as a sidecar does.
+    /// `None` (and [`Seen::failed`] set) on a status no sidecar retries soon.
     async fn open(
         &self,
         client: &mut PolicyDistributionClient<Channel>,
-    ) -> (
+    ) -> Option<(
         mpsc::Sender<PolicyRequest>,
         tonic::Streaming<PolicyResponse>,
-    ) {
+    )> {
         let mut ceiling = Duration::from_millis(50);
         loop {
             let (tx, rx) = mpsc::channel(4);
@@ -120,13 +125,17 @@ impl SimNode {
             // The receiver is alive just above: this cannot fail.
             let _ = tx.send(first).await;
             match client.stream_policy(ReceiverStream::new(rx)).await {
-                Ok(response) => return (tx, response.into_inner()),
-                Err(status) => {
-                    assert!(
-                        matches!(status.code(), Code::Unavailable | Code::Unknown),
-                        "{}: opening the stream failed for good: {status}",
-                        self.id
-                    );
+                Ok(response) => return Some((tx, response.into_inner())),
+                Err(status) if !matches!(status.code(), Code::Unavailable | Code::Unknown) => {
+                    let why = format!("opening the stream failed for good: {status}");
+                    *self
+                        .seen
+                        .failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(why);
+                    return None;
+                }
+                Err(_) => {
                     self.seen.refused.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(ceiling.mul_f64(fastrand::f64())).await;
                     ceiling = (ceiling * 2).min(Duration::from_secs(1));
@@ -235,6 +244,10 @@ impl SimFleet {
     fn wait_all(&self, what: &str, done: impl Fn(&Seen) -> bool) {
         let deadline = Instant::now() + PHASE;
         loop {
+            for (id, seen) in &self.nodes {
+                let failed = seen.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                assert!(failed.is_none(), "{what}: {id} gave up: {failed:?}");
+            }
             let Some((id, seen)) = self.nodes.iter().find(|(_, s)| !done(s)) else {
                 return;
             };
