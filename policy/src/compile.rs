@@ -14,7 +14,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::classes::RiskClass;
-use crate::conditions::CompiledCondition;
+use crate::conditions::{CompiledCondition, RegexCache};
 use crate::document::*;
 use crate::error::{Errors, child};
 use crate::glob::{self, Pattern};
@@ -223,9 +223,14 @@ impl Bundle {
     }
 }
 
-/// Counter ids seen so far, to check that limits sharing one agree.
+/// What one bundle's compile shares across its policies: the counter ids seen so
+/// far (limits sharing one must agree) and the regexes compiled so far (a pattern
+/// used by many rules is compiled, and held in memory, once).
 #[derive(Default)]
-struct CounterRegistry(HashMap<Arc<str>, (String, Window, u64, Scope)>);
+struct CounterRegistry {
+    counters: HashMap<Arc<str>, (String, Window, u64, Scope)>,
+    regexes: RegexCache,
+}
 
 fn compile_policy(
     doc: &PolicyDocument,
@@ -396,34 +401,40 @@ fn compile_rule(
             pointer: at.into(),
         });
     }
-    let groups = |list: &[ConditionGroup], field: &str, errs: &mut Errors| -> Vec<CompiledGroup> {
-        list.iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let at = child(&child(&pointer, field), &i.to_string());
-                let conditions = g
-                    .conditions
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, c)| {
-                        let cat = child(&child(&at, "conditions"), &j.to_string());
-                        match CompiledCondition::new(&c.path, c.op, c.value.as_ref()) {
-                            Ok(cc) => Some((Arc::from(cat), cc)),
-                            Err(e) => {
-                                errs.push(&cat, e);
-                                None
+    let mut groups =
+        |list: &[ConditionGroup], field: &str, errs: &mut Errors| -> Vec<CompiledGroup> {
+            list.iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let at = child(&child(&pointer, field), &i.to_string());
+                    let conditions = g
+                        .conditions
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, c)| {
+                            let cat = child(&child(&at, "conditions"), &j.to_string());
+                            match CompiledCondition::new(
+                                &c.path,
+                                c.op,
+                                c.value.as_ref(),
+                                &mut counters.regexes,
+                            ) {
+                                Ok(cc) => Some((Arc::from(cat), cc)),
+                                Err(e) => {
+                                    errs.push(&cat, e);
+                                    None
+                                }
                             }
-                        }
-                    })
-                    .collect();
-                CompiledGroup {
-                    pointer: at.into(),
-                    on_deny: g.on_deny.as_deref().map(Arc::from),
-                    conditions,
-                }
-            })
-            .collect()
-    };
+                        })
+                        .collect();
+                    CompiledGroup {
+                        pointer: at.into(),
+                        on_deny: g.on_deny.as_deref().map(Arc::from),
+                        conditions,
+                    }
+                })
+                .collect()
+        };
     let deny_if = groups(&rule.deny_if, "deny_if", errs);
     let require = groups(&rule.require, "require", errs);
     let approval = (rule.action == Some(Action::RequireApproval)).then(|| {
@@ -468,7 +479,7 @@ impl CounterRegistry {
         scope: Scope,
         errs: &mut Errors,
     ) {
-        match self.0.get(id) {
+        match self.counters.get(id) {
             Some((first, w, m, s)) if (*w, *m, *s) != (window, max, scope) => errs.push(
                 at,
                 format!(
@@ -481,7 +492,7 @@ impl CounterRegistry {
             ),
             Some(_) => {}
             None => {
-                self.0.insert(Arc::clone(id), (at.to_owned(), window, max, scope));
+                self.counters.insert(Arc::clone(id), (at.to_owned(), window, max, scope));
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 
+use hashbrown::HashMap;
 use regex::Regex;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -93,10 +94,31 @@ enum Test {
     Exists(bool),
 }
 
+/// Regexes compiled so far, by pattern. A `Regex` is a shared handle, so every
+/// condition with the same pattern uses one compiled program (and one match cache).
+#[derive(Debug, Default)]
+pub(crate) struct RegexCache(HashMap<Box<str>, Regex>);
+
+impl RegexCache {
+    fn get(&mut self, pattern: &str) -> Result<Regex, regex::Error> {
+        if let Some(re) = self.0.get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = Regex::new(pattern)?;
+        self.0.insert(pattern.into(), re.clone());
+        Ok(re)
+    }
+}
+
 impl CompiledCondition {
     /// Compiles a condition, or says what is wrong with its value (the path
     /// has already been checked to start with `args.`).
-    pub(crate) fn new(path: &str, op: Op, value: Option<&Value>) -> Result<Self, String> {
+    pub(crate) fn new(
+        path: &str,
+        op: Op,
+        value: Option<&Value>,
+        regexes: &mut RegexCache,
+    ) -> Result<Self, String> {
         let rest = path.strip_prefix("args.").unwrap_or(path);
         let path = rest.split('.').map(Box::from).collect();
         let need = |what: &str| format!("`{}` needs a `value` that is {what}", op.as_str());
@@ -124,7 +146,7 @@ impl CompiledCondition {
                 let Some(Value::String(pattern)) = value else {
                     return Err(need("a regular expression string"));
                 };
-                Test::Regex(Regex::new(pattern).map_err(|e| {
+                Test::Regex(regexes.get(pattern).map_err(|e| {
                     // regex's syntax errors span lines; the last one says what is wrong.
                     let text = e.to_string();
                     let what = text
@@ -188,14 +210,21 @@ mod tests {
     use serde_json::json;
 
     fn holds(path: &str, op: Op, value: Option<Value>, args: Value) -> bool {
-        let c = CompiledCondition::new(path, op, value.as_ref()).unwrap();
+        let c =
+            CompiledCondition::new(path, op, value.as_ref(), &mut RegexCache::default()).unwrap();
         c.holds(&ArgsView::new(Arguments::Value(&args)))
     }
 
     #[test]
     fn raw_arguments_are_parsed_lazily_and_agree() {
         let raw = RawValue::from_string(r#"{"a":{"b":[1,2,3]}}"#.into()).unwrap();
-        let c = CompiledCondition::new("args.a.b.1", Op::Eq, Some(&json!(2))).unwrap();
+        let c = CompiledCondition::new(
+            "args.a.b.1",
+            Op::Eq,
+            Some(&json!(2)),
+            &mut RegexCache::default(),
+        )
+        .unwrap();
         assert!(c.holds(&ArgsView::new(Arguments::Raw(&raw))));
         let text = RawValue::from_string(r#""text""#.into()).unwrap();
         assert!(!c.holds(&ArgsView::new(Arguments::Raw(&text))));
@@ -227,11 +256,35 @@ mod tests {
 
     #[test]
     fn operand_errors_name_what_is_expected() {
-        let e = CompiledCondition::new("args.x", Op::In, Some(&json!(3))).unwrap_err();
+        let e = CompiledCondition::new(
+            "args.x",
+            Op::In,
+            Some(&json!(3)),
+            &mut RegexCache::default(),
+        )
+        .unwrap_err();
         assert_eq!(e, "`in` needs a `value` that is an array of values");
-        let e = CompiledCondition::new("args.x", Op::Regex, Some(&json!("("))).unwrap_err();
+        let e = CompiledCondition::new(
+            "args.x",
+            Op::Regex,
+            Some(&json!("(")),
+            &mut RegexCache::default(),
+        )
+        .unwrap_err();
         assert_eq!(e, r#"invalid regex "(": unclosed group"#);
-        let e = CompiledCondition::new("args.x", Op::Gt, None).unwrap_err();
+        let mut regexes = RegexCache::default();
+        for _ in 0..3 {
+            CompiledCondition::new("args.q", Op::Regex, Some(&json!("^a+$")), &mut regexes)
+                .unwrap();
+        }
+        CompiledCondition::new("args.q", Op::Regex, Some(&json!("^b+$")), &mut regexes).unwrap();
+        assert_eq!(
+            regexes.0.len(),
+            2,
+            "one compiled regex per distinct pattern"
+        );
+        let e =
+            CompiledCondition::new("args.x", Op::Gt, None, &mut RegexCache::default()).unwrap_err();
         assert_eq!(e, "`gt` needs a `value` that is a number");
     }
 }

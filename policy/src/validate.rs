@@ -489,7 +489,12 @@ fn read_condition(v: &Value, at: &str, errs: &mut Errors) -> Option<Condition> {
     // serde reads `"value": null` as no value; so must this reader.
     let value = m.get("value").filter(|v| !v.is_null()).cloned();
     if let Some(op) = op
-        && let Err(e) = crate::conditions::CompiledCondition::new("args.x", op, value.as_ref())
+        && let Err(e) = crate::conditions::CompiledCondition::new(
+            "args.x",
+            op,
+            value.as_ref(),
+            &mut crate::conditions::RegexCache::default(),
+        )
     {
         let here = if m.contains_key("value") {
             child(at, "value")

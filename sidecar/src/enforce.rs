@@ -192,7 +192,8 @@ fn judge(
     for (i, m) in messages.iter().enumerate() {
         let Some(call) = &m.call else { continue };
         let known = catalog.tools.get(&*call.name);
-        let started = Instant::now();
+        // Timing is only reported in the decision log.
+        let started = sc.log.enabled().then(Instant::now);
         let decision = match snapshot {
             Some(s) => s.bundle.decide(
                 &Call {
@@ -201,14 +202,14 @@ fn judge(
                     arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
                     grant,
                     session,
-                    annotations: known.and_then(|(_, a)| a.as_ref()),
+                    annotations: known.and_then(|t| t.annotations.as_ref()),
                 },
                 sc.now(),
                 &sc.counters,
             ),
             None => no_policy(),
         };
-        let micros = started.elapsed().as_micros() as u64;
+        let micros = started.map_or(0, |t| t.elapsed().as_micros() as u64);
         let version = snapshot.map_or_else(|| Arc::from("(none)"), |s| Arc::clone(&s.version));
         let refused = decision.enforced() != Outcome::Allow;
         let id = if refused || sc.log.enabled() {
@@ -216,11 +217,7 @@ fn judge(
         } else {
             String::new()
         };
-        sc.metrics.decision(
-            &route.server,
-            known.map(|(n, _)| n),
-            decision.outcome.as_str(),
-        );
+        route.counters(known).count(decision.outcome);
         if decision.enforced() != Outcome::Allow && m.kind == Kind::Notification {
             // Not forwarded, and, being a notification, not answered.
             answers.push((i, Bytes::new()));

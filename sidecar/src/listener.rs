@@ -97,7 +97,7 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
             ),
         ),
     };
-    sc.metrics.request(&route.server, started.elapsed());
+    sc.metrics.request(&route.metrics, started.elapsed());
     resp
 }
 

@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +121,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        routes.insert(key, Arc::new(Route::new(&spec.name, path, upstream)));
+        routes.insert(
+            key,
+            Arc::new(Route::new(&spec.name, path, upstream, &metrics)),
+        );
     }
 
     let log = match args.decision_log.as_deref() {

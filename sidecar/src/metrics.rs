@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tollgate_policy::Outcome;
 
 /// A label value shared without copying.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,6 +41,40 @@ struct ServerLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VersionLabels {
     version: Label,
+}
+
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Allow,
+    Outcome::Deny,
+    Outcome::RateLimited,
+    Outcome::RequireApproval,
+    Outcome::Hidden,
+];
+
+/// One tool's decision counters, one per [`Outcome`].
+#[derive(Debug, Clone, Default)]
+pub struct ToolCounters([Counter; 5]);
+
+impl ToolCounters {
+    /// Counts one decision.
+    pub fn count(&self, outcome: Outcome) {
+        let i = match outcome {
+            Outcome::Allow => 0,
+            Outcome::Deny => 1,
+            Outcome::RateLimited => 2,
+            Outcome::RequireApproval => 3,
+            Outcome::Hidden => 4,
+        };
+        self.0[i].inc();
+    }
+}
+
+/// One server's per-request metrics, held by its route.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    request_seconds: Histogram,
+    /// Decisions on names outside the server's catalog.
+    pub unlisted: ToolCounters,
 }
 
 /// Every metric the sidecar exports.
@@ -151,24 +186,39 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision. `tool` is `None` for a name outside the catalog.
-    pub fn decision(&self, server: &Arc<str>, tool: Option<&Arc<str>>, decision: &'static str) {
-        let labels = DecisionLabels {
-            server: Label(Arc::clone(server)),
-            tool: Label(Arc::clone(tool.unwrap_or(&self.unlisted))),
-            decision,
-        };
-        self.decisions.get_or_create(&labels).inc();
+    /// The decision counters of one tool (`None`: names outside the catalog),
+    /// one per outcome. They are handles into the `decisions` family, made once
+    /// per tool so that counting a decision is one atomic add, not a label
+    /// lookup.
+    pub fn tool_counters(&self, server: &Arc<str>, tool: Option<&Arc<str>>) -> ToolCounters {
+        ToolCounters(OUTCOMES.map(|outcome| {
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    server: Label(Arc::clone(server)),
+                    tool: Label(Arc::clone(tool.unwrap_or(&self.unlisted))),
+                    decision: outcome.as_str(),
+                })
+                .clone()
+        }))
+    }
+
+    /// The per-request metrics of one server, as handles (see [`Self::tool_counters`]).
+    pub fn server(&self, server: &Arc<str>) -> ServerMetrics {
+        ServerMetrics {
+            request_seconds: self
+                .request_seconds
+                .get_or_create(&ServerLabels {
+                    server: Label(Arc::clone(server)),
+                })
+                .clone(),
+            unlisted: self.tool_counters(server, None),
+        }
     }
 
     /// Records one request's time to response headers.
-    pub fn request(&self, server: &Arc<str>, took: Duration) {
+    pub fn request(&self, server: &ServerMetrics, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.request_seconds
-            .get_or_create(&ServerLabels {
-                server: Label(Arc::clone(server)),
-            })
-            .observe(took.as_secs_f64());
+        server.request_seconds.observe(took.as_secs_f64());
     }
 
     /// Counts an upstream failure.

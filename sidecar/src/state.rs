@@ -1,18 +1,18 @@
 //! What every request shares: the policy store, counters, routes, metrics,
 //! the decision log, and each server's tool catalog.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use hashbrown::HashMap;
 use http::header::HeaderName;
 use tollgate_policy::{Annotations, LocalCounters};
 
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::SeenTool;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
 use crate::snapshot::PolicyStore;
 use crate::upstream::HttpUpstream;
 
@@ -100,18 +100,29 @@ pub struct Route {
     pub catalog: ArcSwap<Catalog>,
     /// Open legacy SSE sessions (for `sse:` upstreams).
     pub legacy: crate::legacy::Sessions,
+    /// Its per-request metric handles.
+    pub metrics: ServerMetrics,
+    registry: Arc<Metrics>,
 }
 
 impl Route {
     /// A route with an empty catalog.
-    pub fn new(server: &str, path: String, upstream: Upstream) -> Self {
+    pub fn new(server: &str, path: String, upstream: Upstream, metrics: &Arc<Metrics>) -> Self {
+        let server: Arc<str> = server.into();
         Self {
-            server: server.into(),
+            metrics: metrics.server(&server),
+            server,
             path,
             upstream,
             catalog: ArcSwap::default(),
             legacy: Default::default(),
+            registry: Arc::clone(metrics),
         }
+    }
+
+    /// The decision counters for a call of `tool` (listed or not).
+    pub fn counters<'a>(&'a self, tool: Option<&'a CatalogTool>) -> &'a ToolCounters {
+        tool.map_or(&self.metrics.unlisted, |t| &t.counters)
     }
 
     /// Merges the tools of a `tools/list` result into the catalog.
@@ -122,9 +133,18 @@ impl Route {
         self.catalog.rcu(|old| {
             let mut tools = old.tools.clone();
             for t in &seen {
+                let counters = match tools.get(t.name.as_str()) {
+                    Some(known) => known.counters.clone(),
+                    None => self
+                        .registry
+                        .tool_counters(&self.server, Some(&Arc::from(t.name.as_str()))),
+                };
                 tools.insert(
                     t.name.as_str().into(),
-                    (Arc::from(t.name.as_str()), t.annotations),
+                    CatalogTool {
+                        annotations: t.annotations,
+                        counters,
+                    },
                 );
             }
             Catalog { tools }
@@ -141,9 +161,18 @@ pub enum Upstream {
     LegacySse(HttpUpstream),
 }
 
-/// Tools a server has listed: name → (shared name for metric labels, annotations).
+/// Tools a server has listed, by name.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// The tools.
-    pub tools: HashMap<Box<str>, (Arc<str>, Option<Annotations>)>,
+    pub tools: HashMap<Box<str>, CatalogTool>,
+}
+
+/// A listed tool.
+#[derive(Debug, Clone)]
+pub struct CatalogTool {
+    /// Its annotations (they feed risk classes).
+    pub annotations: Option<Annotations>,
+    /// Its decision counters.
+    pub counters: ToolCounters,
 }
