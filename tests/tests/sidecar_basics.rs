@@ -1,7 +1,7 @@
 //! The sidecar's behaviour at its edges, as a whole binary: before any valid
 //! policy it denies every call and is not ready; an unreachable upstream is a
 //! 502 naming the server; an invalid policy file keeps the last good one;
-//! unknown paths and methods get clear errors.
+//! unknown paths and methods get clear errors; decisions are counted per tool.
 
 use serde_json::{Value, json};
 use tollgate_e2e::net::{self, Reply, free_addr};
@@ -103,4 +103,45 @@ fn routes_and_methods_are_answered_clearly() {
     assert_eq!(r.header("allow"), Some("GET, POST, DELETE"));
     let r = net::get(sc.admin, "/healthz").unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn decisions_are_counted_by_server_tool_and_outcome() {
+    let up = tollgate_e2e::recorder::Recorder::start();
+    let sc = sidecar::builder()
+        .upstream(format!("books={}", up.url()))
+        .policy(
+            &json!({"version": "1", "default": "allow", "tools": {"delete_x": {"action": "deny"}}}),
+        )
+        .start();
+    let call = |name: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                          "params": {"name": name, "arguments": {}}});
+        let r = post(sc.listen, "/mcp/books", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    let line = |tool: &str, decision: &str, n: u32| {
+        format!(
+            "tollgate_decisions_total{{server=\"books\",tool=\"{tool}\",decision=\"{decision}\"}} {n}"
+        )
+    };
+    // Before the server has listed its tools, names are counted as unlisted.
+    let tool = "echo";
+    call(tool);
+    call("delete_x");
+    let m = sc.metrics();
+    assert!(m.contains(&line("(unlisted)", "allow", 1)), "{m}");
+    assert!(m.contains(&line("(unlisted)", "deny", 1)), "{m}");
+    // Once listed, a tool has its own series.
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    assert_eq!(post(sc.listen, "/mcp/books", list).status, 200);
+    call(tool);
+    call(tool);
+    let m = sc.metrics();
+    assert!(m.contains(&line(tool, "allow", 2)), "{m}");
+    assert!(m.contains(&line("(unlisted)", "allow", 1)), "{m}");
+    assert!(
+        m.contains("tollgate_request_duration_seconds_count{server=\"books\"} 5"),
+        "{m}"
+    );
 }
