@@ -480,8 +480,34 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+    // A small body usually arrives as one frame: keep it as it came, without
+    // the copy a collector would make; append further frames only when needed.
+    let mut body = std::pin::pin!(Limited::new(body, max));
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    let read = loop {
+        match body.frame().await {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                match &first {
+                    None => first = Some(data),
+                    Some(f) => {
+                        if rest.is_empty() {
+                            rest.extend_from_slice(f);
+                        }
+                        rest.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    };
+    match read {
+        Ok(()) if rest.is_empty() => Ok(first.unwrap_or_default()),
+        Ok(()) => Ok(rest.freeze()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(rpc_error(
             StatusCode::BAD_REQUEST,

@@ -329,6 +329,44 @@ fn bodies_that_cannot_be_read_safely_are_refused() {
     check_answer(label, Expect::Error(413, -32600), status, &msg);
     assert_nothing_reached(label, &s.recorder, mark);
     allowed_call_works(label, &mut s);
+
+    // A denied name split across chunks is judged on the whole body.
+    let label = "a denied call split across chunks";
+    let mark = s.recorder.count();
+    let chunks = [
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/ca"#,
+        r#"ll","params":{"name":"del"#,
+        r#"ete_x","arguments":{}}}"#,
+    ];
+    let (status, body) = post_chunked(s.sidecar.listen, "/mcp", &chunks);
+    let msg: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{label}: {e}"));
+    check_answer(label, Expect::Denied, status, &msg);
+    assert_nothing_reached(label, &s.recorder, mark);
+
+    // An allowed one reaches the upstream whole.
+    let label = "an allowed call split across chunks";
+    let mark = s.recorder.count();
+    let chunks = [
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"na"#,
+        r#"me":"echo","arguments":{"message":"in "#,
+        r#"three parts"}}}"#,
+    ];
+    let (status, body) = post_chunked(s.sidecar.listen, "/mcp", &chunks);
+    let msg: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_eq!(status, 200, "{label}: {msg}");
+    assert_eq!(
+        msg["result"]["content"][0]["text"],
+        json!(called("echo")),
+        "{label}: {msg}"
+    );
+    let reached = s.recorder.since(mark);
+    assert_eq!(reached.len(), 1, "{label}");
+    assert_eq!(
+        reached[0].messages(),
+        vec![json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "in three parts"}}})],
+        "{label}"
+    );
 }
 
 /// POSTs a chunked body; returns the status and the reply's body (read up to

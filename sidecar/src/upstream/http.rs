@@ -58,6 +58,7 @@ pub struct HttpUpstream {
     pub server: String,
     /// The upstream's MCP endpoint.
     pub url: Uri,
+    host: Option<HeaderValue>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -80,9 +81,13 @@ impl HttpUpstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(connector);
+        let host = url
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         Self {
             server: server.to_owned(),
             url,
+            host,
             client,
         }
     }
@@ -119,10 +124,8 @@ impl HttpUpstream {
     }
 
     /// The `Host` the upstream expects.
-    pub fn host(&self) -> Option<HeaderValue> {
-        self.url
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
     }
 }
 
@@ -131,7 +134,7 @@ impl HttpUpstream {
 /// as over HTTP/2), and without `strip` (the grant header).
 pub fn forwarded_headers(
     mut out: HeaderMap,
-    host: Option<HeaderValue>,
+    host: Option<&HeaderValue>,
     strip: Option<&HeaderName>,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut out);
@@ -140,7 +143,7 @@ pub fn forwarded_headers(
     if !out.contains_key(header::HOST)
         && let Some(h) = host
     {
-        out.insert(header::HOST, h);
+        out.insert(header::HOST, h.clone());
     }
     if let Some(name) = strip {
         out.remove(name);
@@ -157,6 +160,11 @@ pub fn without_hop_by_hop(from: &HeaderMap) -> HeaderMap {
 
 /// Removes hop-by-hop headers in place.
 pub fn strip_hop_by_hop(out: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a removal
+    // (a hash look-up) per hop-by-hop name.
+    if !out.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = out
         .get_all(header::CONNECTION)
         .iter()
