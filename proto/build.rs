@@ -1,7 +1,11 @@
 //! Compiles `tollgate/v1/*.proto` with protox (pure Rust: no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tollgate/v1/distribution.proto", "tollgate/v1/admin.proto"];
+    let files = [
+        "tollgate/v1/distribution.proto",
+        "tollgate/v1/admin.proto",
+        "tollgate/v1/quota.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,5 +1,6 @@
 //! `tollgate.v1`: the gRPC contract between the Tollgate control plane and its
-//! sidecars — policy distribution (`PolicyDistribution`) and the operator's
+//! sidecars — policy distribution (`PolicyDistribution`), fleet-wide rate-limit
+//! leases (`Quota`) and the operator's
 //! admin API (`Admin`). Generated from `tollgate/v1/*.proto` by `build.rs`
 //! with protox and tonic; no system `protoc` is needed.
 
