@@ -98,6 +98,7 @@ pub(crate) struct CompiledLimit {
     pub(crate) window: Window,
     pub(crate) window_len: Duration,
     pub(crate) max: u64,
+    pub(crate) on_unavailable: OnUnavailable,
 }
 
 /// How approvals for a rule work.
@@ -385,6 +386,7 @@ fn compile_rule(
             window: limit.window,
             window_len: Duration::from_secs(limit.window.seconds()),
             max: limit.max,
+            on_unavailable: limit.on_unavailable.unwrap_or_default(),
             pointer: at.into(),
         });
     }
@@ -398,6 +400,7 @@ fn compile_rule(
             window: rl.window,
             window_len: Duration::from_secs(rl.window.seconds()),
             max: rl.max,
+            on_unavailable: OnUnavailable::default(),
             pointer: at.into(),
         });
     }

@@ -184,6 +184,36 @@ pub struct Limit {
     /// Who shares the budget (default `grant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// For a fleet-wide limit (scope `grant`, `session` or `global`): what a
+    /// sidecar does when its lease has run out and the control plane cannot be
+    /// reached (default `fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+/// What a sidecar does with a fleet-wide limit while it cannot renew its lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Count locally against the fallback capacity the control plane last
+    /// set (the limit's max divided by the nodes it knew).
+    #[default]
+    Fallback,
+    /// Refuse every call the limit governs.
+    Deny,
+    /// Admit every call the limit governs (counted, and reported later).
+    Allow,
+}
+
+impl OnUnavailable {
+    /// The name used in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Fallback => "fallback",
+            OnUnavailable::Deny => "deny",
+            OnUnavailable::Allow => "allow",
+        }
+    }
 }
 
 /// `{"max": N, "window": W}`: one limit scoped to the grant.

@@ -469,6 +469,7 @@ fn charge_for<'a>(l: &'a CompiledLimit, call: &Call<'a>) -> Charge<'a> {
         },
         window: l.window_len,
         max: l.max,
+        on_unavailable: l.on_unavailable,
     }
 }
 

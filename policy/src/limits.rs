@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hashbrown::{Equivalent, HashMap};
 
-use crate::document::Scope;
+use crate::document::{OnUnavailable, Scope};
 
 /// Slots per window.
 pub const SLOTS: u64 = 64;
@@ -129,6 +129,8 @@ pub struct Charge<'a> {
     pub window: Duration,
     /// Calls admitted in any window.
     pub max: u64,
+    /// What a fleet store does while it cannot renew this bucket's lease.
+    pub on_unavailable: OnUnavailable,
 }
 
 impl Charge<'_> {

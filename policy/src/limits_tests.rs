@@ -24,6 +24,7 @@ fn charge<'a>(
         key,
         window,
         max,
+        on_unavailable: OnUnavailable::Fallback,
     }
 }
 

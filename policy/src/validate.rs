@@ -55,7 +55,7 @@ const RULE_FIELDS: &[&str] = &[
     "require",
     "approval",
 ];
-const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope"];
+const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope", "on_unavailable"];
 const RATE_LIMIT_FIELDS: &[&str] = &["max", "window"];
 const GROUP_FIELDS: &[&str] = &["conditions", "on_deny"];
 const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
@@ -326,11 +326,30 @@ fn read_limit(v: &Value, at: &str, errs: &mut Errors) -> Option<Limit> {
             ],
         )
     });
+    let on_unavailable = optional(m, at, "on_unavailable", errs, |v, at, errs| {
+        choose(
+            v,
+            at,
+            errs,
+            &[
+                ("fallback", OnUnavailable::Fallback),
+                ("deny", OnUnavailable::Deny),
+                ("allow", OnUnavailable::Allow),
+            ],
+        )
+    });
+    if on_unavailable.is_some() && scope == Some(Scope::Pod) {
+        errs.push(
+            &child(at, "on_unavailable"),
+            "`on_unavailable` applies to fleet-wide limits (scope `grant`, `session` or `global`); a `pod` limit is always counted by the sidecar alone: remove `on_unavailable` or change the scope",
+        );
+    }
     Some(Limit {
         counter,
         window: window?,
         max: max?,
         scope,
+        on_unavailable,
     })
 }
 

@@ -263,6 +263,25 @@ fn unknown_scope() {
 }
 
 #[test]
+fn on_unavailable_values_and_scope() {
+    let errs = errors_of(&with_tools(json!({"t": {"limits": [
+        {"window": "minute", "max": 1, "scope": "global", "on_unavailable": "open"},
+        {"window": "minute", "max": 1, "scope": "pod", "on_unavailable": "deny"}
+    ]}})));
+    assert_error(
+        &errs,
+        "/tools/t/limits/0/on_unavailable",
+        &[r#"unknown value "open"; expected one of "fallback", "deny", "allow""#],
+    );
+    assert_error(
+        &errs,
+        "/tools/t/limits/1/on_unavailable",
+        &["applies to fleet-wide limits", "remove `on_unavailable`"],
+    );
+    assert_eq!(errs.len(), 2, "{}", show(&errs));
+}
+
+#[test]
 fn max_of_zero() {
     let errs = errors_of(&with_tools(
         json!({"t": {"limits": [{"window": "minute", "max": 0}]}}),
@@ -679,9 +698,9 @@ fn valid_documents() -> Vec<(&'static str, Value)> {
                         "action": "allow",
                         "reason": "why",
                         "limits": [
-                            {"counter": "n", "window": "day", "max": 1000, "scope": "global"},
-                            {"window": 90, "max": 3, "scope": "session"},
-                            {"counter": "m", "window": "minute", "max": 2, "scope": "grant"}
+                            {"counter": "n", "window": "day", "max": 1000, "scope": "global", "on_unavailable": "deny"},
+                            {"window": 90, "max": 3, "scope": "session", "on_unavailable": "allow"},
+                            {"counter": "m", "window": "minute", "max": 2, "scope": "grant", "on_unavailable": "fallback"}
                         ],
                         "rate_limit": {"max": 1, "window": 1},
                         "deny_if": [
