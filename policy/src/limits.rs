@@ -158,7 +158,7 @@ pub enum Admission {
 
 /// A store of counters. Implementations must be all-or-nothing: a call is
 /// charged against every limit or against none.
-pub trait Counters: Send + Sync {
+pub trait Counters: Send + Sync + std::fmt::Debug {
     /// Admits one call against every charge (charges naming the same bucket
     /// count once), or refuses it and charges nothing.
     fn acquire(&self, charges: &[Charge<'_>], now: Duration) -> Admission;

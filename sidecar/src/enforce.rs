@@ -205,7 +205,7 @@ fn judge(
                     annotations: known.and_then(|t| t.annotations.as_ref()),
                 },
                 sc.now(),
-                &sc.counters,
+                &*sc.counters,
             ),
             None => no_policy(),
         };

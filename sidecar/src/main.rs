@@ -146,6 +146,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the decision log {path}"))?,
     };
     let node_id: Arc<str> = args.node_id.clone().unwrap_or_else(hostname).into();
+    let mut fleet_counters = None;
     if let Some(url) = &args.control_plane {
         let node = tollgate_proto::v1::Node {
             id: node_id.to_string(),
@@ -160,7 +161,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             backoff: Default::default(),
         };
+        let counters = Arc::new(control::quota::FleetCounters::new(std::time::Instant::now()));
+        control::start_quota(
+            &config,
+            Arc::clone(&counters),
+            Arc::clone(&policy),
+            Arc::clone(&metrics),
+        )?;
         control::start(config, Arc::clone(&policy), Arc::clone(&metrics))?;
+        fleet_counters = Some(counters);
     }
     let grant_header = HeaderName::from_bytes(args.grant_header.to_ascii_lowercase().as_bytes())
         .with_context(|| {
@@ -169,7 +178,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.grant_header
             )
         })?;
-    let sc = Arc::new(Sidecar::new(
+    let sc = Sidecar::new(
         Arc::clone(&policy),
         Arc::clone(&metrics),
         log,
@@ -177,7 +186,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         grant_header,
         args.max_body,
         routes,
-    ));
+    );
+    let sc = Arc::new(match fleet_counters {
+        Some(c) => {
+            let origin = c.origin();
+            sc.with_counters(c, origin)
+        }
+        None => sc,
+    });
 
     let admin_listener = TcpListener::bind(args.admin)
         .await

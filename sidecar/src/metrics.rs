@@ -91,6 +91,9 @@ pub struct Metrics {
     control_connected: Gauge,
     bundles_applied: Counter,
     bundles_refused: Counter,
+    quota_connected: Gauge,
+    quota_reports: Counter,
+    quota_leases: Counter,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -168,8 +171,29 @@ impl Metrics {
             "Bundles received from the control plane and refused (NACKed)",
             bundles_refused.clone(),
         );
+        let quota_connected = Gauge::default();
+        registry.register(
+            "quota_stream_connected",
+            "1 while the quota stream (fleet-wide limit leases) to the control plane is open, else 0",
+            quota_connected.clone(),
+        );
+        let quota_reports = Counter::default();
+        registry.register(
+            "quota_reports",
+            "Quota reports sent to the control plane",
+            quota_reports.clone(),
+        );
+        let quota_leases = Counter::default();
+        registry.register(
+            "quota_leases",
+            "Fleet-wide limit leases received and taken (renewals included)",
+            quota_leases.clone(),
+        );
         Self {
             registry,
+            quota_connected,
+            quota_reports,
+            quota_leases,
             decisions,
             request_seconds,
             upstream_errors,
@@ -279,6 +303,21 @@ impl Metrics {
     /// Counts a bundle from the control plane that was refused.
     pub fn bundle_refused(&self) {
         self.bundles_refused.inc();
+    }
+
+    /// Marks the quota stream as open or closed.
+    pub fn quota_connected(&self, connected: bool) {
+        self.quota_connected.set(i64::from(connected));
+    }
+
+    /// Counts a quota report sent.
+    pub fn quota_report(&self) {
+        self.quota_reports.inc();
+    }
+
+    /// Counts leases taken.
+    pub fn quota_leases(&self, n: usize) {
+        self.quota_leases.inc_by(n as u64);
     }
 
     /// The Prometheus text exposition.

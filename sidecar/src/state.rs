@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hashbrown::HashMap;
 use http::header::HeaderName;
-use tollgate_policy::{Annotations, LocalCounters};
+use tollgate_policy::{Annotations, Counters, LocalCounters};
 
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::SeenTool;
@@ -21,8 +21,9 @@ use crate::upstream::HttpUpstream;
 pub struct Sidecar {
     /// The policy in force.
     pub policy: Arc<PolicyStore>,
-    /// Rate-limit counters (local; fleet-wide leases come with the control plane).
-    pub counters: LocalCounters,
+    /// Rate-limit counters: local, or, in fleet mode, fleet-wide limits held
+    /// as leases ([`crate::control::quota::FleetCounters`]).
+    pub counters: Arc<dyn Counters>,
     /// The counters' clock origin.
     pub started: Instant,
     /// Metrics.
@@ -61,7 +62,7 @@ impl Sidecar {
             .as_secs();
         Self {
             policy,
-            counters: LocalCounters::new(),
+            counters: Arc::new(LocalCounters::new()),
             started: Instant::now(),
             metrics,
             log,
@@ -73,6 +74,13 @@ impl Sidecar {
             decisions: AtomicU64::new(0),
             decision_prefix: format!("dec_{boot:x}_"),
         }
+    }
+
+    /// Uses `counters`, whose clock starts at `origin`, instead of local ones.
+    pub fn with_counters(mut self, counters: Arc<dyn Counters>, origin: Instant) -> Self {
+        self.counters = counters;
+        self.started = origin;
+        self
     }
 
     /// The counters' current time.

@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod quota;
 pub mod state_dir;
 
 use std::collections::HashMap;
@@ -182,6 +183,31 @@ pub fn start(
     }
     let client = Client::new(endpoint, config, store, metrics, state, applied);
     Ok(tokio::spawn(client.run()))
+}
+
+/// Starts the quota stream (fleet-wide limits) beside the policy stream.
+pub fn start_quota(
+    config: &FleetConfig,
+    counters: Arc<quota::FleetCounters>,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|e| {
+            ControlError::Url {
+                url: config.control_plane.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let reporter = quota::Reporter::new(
+        endpoint,
+        config.node.clone(),
+        counters,
+        store,
+        metrics,
+        config.backoff,
+    );
+    Ok(tokio::spawn(reporter.run()))
 }
 
 /// Puts the saved bundle in force; `None` (and a log line) when there is none

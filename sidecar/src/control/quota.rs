@@ -1,0 +1,610 @@
+//! Fleet-wide limits (DESIGN §4, stream 2): limits with scope `grant`,
+//! `session` or `global` are decided from leases the control plane hands out
+//! over the quota stream; `pod` limits stay local.
+//!
+//! [`FleetCounters`] is the sidecar's counter store in fleet mode. A call is
+//! decided at once from what the sidecar holds — never waiting for the network:
+//!
+//! - **A valid lease** (received, ttl not run out): admit while the bucket's
+//!   count of calls admitted under leases is below the lease's cumulative
+//!   `granted_total`; once it is reached, refuse until a larger lease arrives
+//!   (the reporter asks for one at once).
+//! - **No valid lease while the stream is up** (the bucket's first call, or
+//!   a renewal still on its way): refuse, and report at once. The control
+//!   plane answers within one round trip; the refusal's `retry_after` says so.
+//! - **No valid lease and the control plane unreachable**: the limit's
+//!   `on_unavailable` decides — `fallback` counts locally against the fallback
+//!   capacity the control plane last set (`max` ÷ the nodes it knew; `max`
+//!   itself before the sidecar ever heard from it, as a standalone sidecar
+//!   would), `deny` refuses, `allow` admits. Calls admitted without a lease are
+//!   counted (`unleased_total`) and reported when the stream is back.
+//!
+//! A lease's ttl runs from when the sidecar *sent* the report it answers, which
+//! is no later than when the control plane sent it: the sidecar stops using a
+//! lease no later than the control plane stops counting it as outstanding,
+//! whatever the network delay (see `tollgate-controlplane`'s `quota` module for
+//! why the fleet then never admits more than `max` in any window).
+//!
+//! [`Reporter`] keeps the quota stream open: every refresh interval it reports
+//! every live bucket (admitted, refused, the lease held, the demand), at once
+//! when a bucket is first hit or its lease runs dry, and takes the leases that
+//! come back.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hashbrown::{Equivalent, HashMap};
+use tokio::sync::{Notify, mpsc};
+use tollgate_policy::document::{OnUnavailable, Scope};
+use tollgate_policy::limits::SlidingWindow;
+use tollgate_policy::{Admission, Charge, Counters, LocalCounters};
+use tollgate_proto::v1::quota_client::QuotaClient;
+use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
+use tonic::transport::Endpoint;
+
+use crate::control::backoff::{Backoff, BackoffConfig};
+use crate::metrics::Metrics;
+use crate::snapshot::PolicyStore;
+
+/// How often to report before the control plane has said (its leases carry it).
+const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
+/// The shortest gap between two reports sent early (first hit, dry lease).
+const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
+/// Reports whose send time is remembered, to time the leases answering them.
+const SENT_REMEMBERED: usize = 64;
+
+/// A fleet bucket's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeaseKey {
+    server: Box<str>,
+    counter: Arc<str>,
+    scope: Scope,
+    key: Box<str>,
+}
+
+impl Hash for LeaseKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_parts(h, &self.server, &self.counter, self.scope, &self.key);
+    }
+}
+
+fn hash_parts<H: Hasher>(h: &mut H, server: &str, counter: &str, scope: Scope, key: &str) {
+    server.hash(h);
+    counter.hash(h);
+    scope.hash(h);
+    key.hash(h);
+}
+
+/// A look-up key borrowed from a [`Charge`].
+struct ChargeKey<'a, 'c>(&'a Charge<'c>);
+
+impl Hash for ChargeKey<'_, '_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let c = self.0;
+        hash_parts(h, c.server, c.counter, c.scope, c.key);
+    }
+}
+
+impl Equivalent<LeaseKey> for ChargeKey<'_, '_> {
+    fn equivalent(&self, k: &LeaseKey) -> bool {
+        let c = self.0;
+        c.scope == k.scope
+            && c.key == &*k.key
+            && c.server == &*k.server
+            && **c.counter == *k.counter
+    }
+}
+
+/// The lease a bucket holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    seq: u64,
+    granted_total: u64,
+    /// When it stops being usable, on the counters' clock.
+    expires: Duration,
+}
+
+/// One fleet bucket, as this sidecar sees it.
+#[derive(Debug)]
+struct LeaseBucket {
+    max: u64,
+    window: Duration,
+    on_unavailable: OnUnavailable,
+    lease: Option<Held>,
+    /// The last lease seq taken on the current stream (a new stream starts afresh).
+    taken_seq: Option<u64>,
+    /// Calls admitted under leases since this process started.
+    admitted_total: u64,
+    /// Calls admitted without a valid lease.
+    unleased_total: u64,
+    /// Calls refused since the last report.
+    denied: u64,
+    /// Calls asked for (admitted or refused) since the last report.
+    hits: u64,
+    /// Leased admissions over the recent window (to re-learn after a control-plane restart).
+    leased_window: SlidingWindow,
+    /// Unleased admissions over the recent window (the fallback budget).
+    unleased_window: SlidingWindow,
+    /// The fallback capacity per window the control plane last set.
+    fallback: Option<u64>,
+    /// The last call, to forget idle buckets.
+    last_hit: Duration,
+    /// A call was refused for want of lease capacity since the last report.
+    starved: bool,
+}
+
+impl LeaseBucket {
+    fn new(c: &Charge<'_>, now: Duration) -> Self {
+        Self {
+            max: c.max,
+            window: c.window,
+            on_unavailable: c.on_unavailable,
+            lease: None,
+            taken_seq: None,
+            admitted_total: 0,
+            unleased_total: 0,
+            denied: 0,
+            hits: 0,
+            leased_window: SlidingWindow::default(),
+            unleased_window: SlidingWindow::default(),
+            fallback: None,
+            last_hit: now,
+            starved: false,
+        }
+    }
+
+    fn valid_lease(&self, now: Duration) -> Option<Held> {
+        self.lease.filter(|l| now < l.expires)
+    }
+}
+
+/// What one bucket says about one call.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Leased,
+    Unleased,
+    Refused(Duration),
+}
+
+/// Everything behind the lock.
+#[derive(Debug)]
+struct FleetState {
+    buckets: HashMap<LeaseKey, LeaseBucket>,
+    /// The quota stream is open.
+    connected: bool,
+    /// The refresh interval the control plane asked for.
+    refresh: Duration,
+}
+
+/// The sidecar's counters in fleet mode (see the module doc).
+#[derive(Debug)]
+pub struct FleetCounters {
+    local: LocalCounters,
+    state: Mutex<FleetState>,
+    wake: Notify,
+    origin: Instant,
+    epoch: u64,
+}
+
+impl FleetCounters {
+    /// Counters whose clock starts at `origin` (the sidecar's counter clock).
+    pub fn new(origin: Instant) -> Self {
+        Self {
+            local: LocalCounters::new(),
+            state: Mutex::new(FleetState {
+                buckets: HashMap::new(),
+                connected: false,
+                refresh: DEFAULT_REFRESH,
+            }),
+            wake: Notify::new(),
+            origin,
+            // Not zero, so a report with epoch 0 is recognisably malformed.
+            epoch: fastrand::u64(1..),
+        }
+    }
+
+    /// The clock origin.
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// This process's epoch (sent with every report).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FleetState> {
+        // A panic while holding the lock leaves counts, not broken invariants.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn verdict(b: &mut LeaseBucket, now: Duration, connected: bool, refresh: Duration) -> Verdict {
+        if let Some(l) = b.valid_lease(now) {
+            return if b.admitted_total < l.granted_total {
+                Verdict::Leased
+            } else {
+                Verdict::Refused(refresh)
+            };
+        }
+        if connected {
+            return Verdict::Refused(refresh);
+        }
+        match b.on_unavailable {
+            OnUnavailable::Deny => Verdict::Refused(refresh),
+            OnUnavailable::Allow => Verdict::Unleased,
+            OnUnavailable::Fallback => {
+                let cap = b.fallback.unwrap_or(b.max);
+                match b.unleased_window.check(now, b.window, cap) {
+                    None => Verdict::Unleased,
+                    Some(retry_after) => Verdict::Refused(retry_after),
+                }
+            }
+        }
+    }
+
+    /// Builds the report of every live bucket and forgets idle ones.
+    fn report(&self, report_seq: u64, version: u64, now: Duration) -> QuotaReport {
+        let mut state = self.lock();
+        let refresh = state.refresh;
+        let mut buckets = Vec::new();
+        state.buckets.retain(|k, b| {
+            let held = b.valid_lease(now);
+            let idle = now.saturating_sub(b.last_hit) > b.window.max(refresh * 2);
+            if held.is_none() && b.hits == 0 && idle {
+                return false;
+            }
+            // What it expects to want over the next lease period (about ten
+            // refresh intervals): its recent rate; when calls went unserved
+            // (a first call, a lease run dry), as much as the control plane
+            // can spare — its fair share keeps that from starving other nodes.
+            let demand = match (b.hits, b.starved) {
+                (0, _) => 0,
+                (hits, true) => hits.saturating_mul(10).max(b.max),
+                (hits, false) => hits.saturating_mul(10),
+            };
+            b.starved = false;
+            buckets.push(BucketReport {
+                bucket: Some(BucketId {
+                    server: k.server.to_string(),
+                    counter: k.counter.to_string(),
+                    scope: k.scope.as_str().to_owned(),
+                    key: k.key.to_string(),
+                }),
+                policy_version: version,
+                max: b.max,
+                window_ms: u64::try_from(b.window.as_millis()).unwrap_or(u64::MAX),
+                admitted_total: b.admitted_total,
+                unleased_total: b.unleased_total,
+                denied: b.denied,
+                held: held.map(|l| LeaseHeld {
+                    seq: l.seq,
+                    granted_total: l.granted_total,
+                }),
+                demand,
+                window_admitted: b.leased_window.count(now, b.window),
+            });
+            b.denied = 0;
+            b.hits = 0;
+            true
+        });
+        QuotaReport {
+            node: None,
+            epoch: self.epoch,
+            buckets,
+            report_seq,
+        }
+    }
+
+    /// Takes the leases of one answer; `sent` is when the report it answers
+    /// was sent (on the counters' clock).
+    fn take(&self, answer: &QuotaLeases, sent: Duration) -> usize {
+        let mut state = self.lock();
+        let mut taken = 0;
+        for lease in &answer.leases {
+            let Some(id) = &lease.bucket else { continue };
+            let Some(scope) = scope_of(&id.scope) else {
+                continue;
+            };
+            let probe = LeaseKey {
+                server: id.server.as_str().into(),
+                counter: Arc::from(id.counter.as_str()),
+                scope,
+                key: id.key.as_str().into(),
+            };
+            let Some(b) = state.buckets.get_mut(&probe) else {
+                continue;
+            };
+            if b.taken_seq.is_some_and(|s| lease.seq <= s) {
+                continue;
+            }
+            b.taken_seq = Some(lease.seq);
+            b.lease = Some(Held {
+                seq: lease.seq,
+                granted_total: lease.granted_total,
+                expires: sent + Duration::from_millis(lease.ttl_ms),
+            });
+            b.fallback = Some(lease.fallback);
+            taken += 1;
+            if lease.refresh_ms > 0 {
+                state.refresh = Duration::from_millis(lease.refresh_ms).max(EARLY_REPORT_GAP);
+            }
+        }
+        taken
+    }
+
+    /// A new stream: leases from it are taken afresh (held ones stay valid).
+    fn stream_opened(&self) {
+        let mut state = self.lock();
+        state.connected = true;
+        for b in state.buckets.values_mut() {
+            b.taken_seq = None;
+        }
+    }
+
+    fn stream_closed(&self) {
+        self.lock().connected = false;
+    }
+
+    fn refresh(&self) -> Duration {
+        self.lock().refresh
+    }
+}
+
+fn same_bucket(a: &Charge<'_>, b: &Charge<'_>) -> bool {
+    a.scope == b.scope && a.key == b.key && a.server == b.server && **a.counter == **b.counter
+}
+
+fn scope_of(s: &str) -> Option<Scope> {
+    match s {
+        "grant" => Some(Scope::Grant),
+        "session" => Some(Scope::Session),
+        "global" => Some(Scope::Global),
+        _ => None,
+    }
+}
+
+impl Counters for FleetCounters {
+    fn acquire(&self, charges: &[Charge<'_>], now: Duration) -> Admission {
+        if charges.iter().all(|c| c.scope == Scope::Pod) {
+            return self.local.acquire(charges, now);
+        }
+        let mut state = self.lock();
+        let (connected, refresh) = (state.connected, state.refresh);
+        // Check every distinct fleet bucket first: all or nothing.
+        let mut verdicts: smallvec::SmallVec<[(usize, Verdict); 4]> = smallvec::SmallVec::new();
+        for (i, c) in charges.iter().enumerate() {
+            if c.scope == Scope::Pod || charges[..i].iter().any(|p| same_bucket(p, c)) {
+                continue;
+            }
+            if !state.buckets.contains_key(&ChargeKey(c)) {
+                // A first call: the reporter asks for a lease at once.
+                self.wake.notify_one();
+                let key = LeaseKey {
+                    server: c.server.into(),
+                    counter: Arc::clone(c.counter),
+                    scope: c.scope,
+                    key: c.key.into(),
+                };
+                state.buckets.insert(key, LeaseBucket::new(c, now));
+            }
+            let Some(b) = state.buckets.get_mut(&ChargeKey(c)) else {
+                continue;
+            };
+            // The newest policy's limit.
+            b.max = c.max;
+            b.window = c.window;
+            b.on_unavailable = c.on_unavailable;
+            b.last_hit = now;
+            let v = Self::verdict(b, now, connected, refresh);
+            if let Verdict::Refused(retry_after) = v {
+                b.denied += 1;
+                b.hits += 1;
+                if connected {
+                    b.starved = true;
+                    self.wake.notify_one();
+                }
+                return Admission::Refused {
+                    index: i,
+                    retry_after,
+                };
+            }
+            verdicts.push((i, v));
+        }
+        // Then the pod-scoped ones, locally.
+        let pods: smallvec::SmallVec<[(usize, Charge<'_>); 4]> = charges
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.scope == Scope::Pod)
+            .map(|(i, c)| (i, *c))
+            .collect();
+        if !pods.is_empty() {
+            let only: smallvec::SmallVec<[Charge<'_>; 4]> = pods.iter().map(|(_, c)| *c).collect();
+            if let Admission::Refused { index, retry_after } = self.local.acquire(&only, now) {
+                return Admission::Refused {
+                    index: pods[index].0,
+                    retry_after,
+                };
+            }
+        }
+        // Every limit admits: charge the fleet buckets.
+        let mut dry = false;
+        for (i, v) in verdicts {
+            let c = &charges[i];
+            let Some(b) = state.buckets.get_mut(&ChargeKey(c)) else {
+                continue;
+            };
+            b.hits += 1;
+            match v {
+                Verdict::Leased => {
+                    b.admitted_total += 1;
+                    b.leased_window.charge(now, b.window);
+                    dry |= b.lease.is_some_and(|l| b.admitted_total >= l.granted_total);
+                }
+                Verdict::Unleased => {
+                    b.unleased_total += 1;
+                    b.unleased_window.charge(now, b.window);
+                }
+                Verdict::Refused(_) => {}
+            }
+        }
+        if dry && connected {
+            self.wake.notify_one();
+        }
+        Admission::Admitted
+    }
+}
+
+/// Keeps the quota stream open (see the module doc).
+#[derive(Debug)]
+pub struct Reporter {
+    endpoint: Endpoint,
+    node: Node,
+    counters: Arc<FleetCounters>,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    backoff: BackoffConfig,
+    report_seq: u64,
+    /// (report_seq, sent at) of recent reports.
+    sent: VecDeque<(u64, Duration)>,
+}
+
+impl Reporter {
+    /// A reporter for `counters`, speaking to the control plane at `endpoint`.
+    pub fn new(
+        endpoint: Endpoint,
+        node: Node,
+        counters: Arc<FleetCounters>,
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        backoff: BackoffConfig,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.connect_timeout(Duration::from_secs(5)),
+            node,
+            counters,
+            store,
+            metrics,
+            backoff,
+            report_seq: 0,
+            sent: VecDeque::with_capacity(SENT_REMEMBERED),
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(self.backoff);
+        loop {
+            let end = self.session(&mut backoff).await;
+            self.counters.stream_closed();
+            self.metrics.quota_connected(false);
+            tracing::warn!(
+                control_plane = %self.endpoint.uri(),
+                "the quota stream ended ({end}); fleet-wide limits use their leases until they run out, then on_unavailable"
+            );
+            backoff.wait().await;
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.store
+            .load()
+            .and_then(|s| s.version.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn next_report(&mut self, first: bool) -> QuotaReport {
+        self.report_seq += 1;
+        let now = self.counters.now();
+        let mut report = self.counters.report(self.report_seq, self.version(), now);
+        if first {
+            report.node = Some(self.node.clone());
+        }
+        if self.sent.len() == SENT_REMEMBERED {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.report_seq, now));
+        self.metrics.quota_report();
+        report
+    }
+
+    async fn session(&mut self, backoff: &mut Backoff) -> String {
+        let channel = match self.endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return format!("cannot connect: {e}"),
+        };
+        let mut grpc = QuotaClient::new(channel);
+        let (tx, rx) = mpsc::channel(4);
+        let first = self.next_report(true);
+        if tx.try_send(first).is_err() {
+            return "closed".into();
+        }
+        let mut inbound = match grpc
+            .stream_quota(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|r| (r, rx))
+            }))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return format!("{:?}: {}", s.code(), s.message()),
+        };
+        self.counters.stream_opened();
+        self.metrics.quota_connected(true);
+        let mut last_sent = Instant::now();
+        loop {
+            let refresh = self.counters.refresh();
+            let due = last_sent + refresh;
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(answer)) => {
+                        backoff.reset();
+                        for e in &answer.errors {
+                            tracing::warn!("the control plane did not account a fleet bucket: {e}");
+                        }
+                        let sent = self
+                            .sent
+                            .iter()
+                            .find(|(seq, _)| *seq == answer.answers_report)
+                            .map(|(_, at)| *at);
+                        // A lease answering a report no longer remembered is
+                        // too old to time safely: it is dropped.
+                        if let Some(sent) = sent {
+                            let n = self.counters.take(&answer, sent);
+                            self.metrics.quota_leases(n);
+                        }
+                    }
+                    Ok(None) => return "closed by the control plane".into(),
+                    Err(s) => return format!("{:?}: {}", s.code(), s.message()),
+                },
+                () = tokio::time::sleep_until(due.into()) => {
+                    let report = self.next_report(false);
+                    if tx.send(report).await.is_err() {
+                        return "closed".into();
+                    }
+                    last_sent = Instant::now();
+                }
+                () = self.counters.wake.notified() => {
+                    // Early, but not more often than EARLY_REPORT_GAP.
+                    let gap = last_sent.elapsed();
+                    if gap < EARLY_REPORT_GAP {
+                        tokio::time::sleep(EARLY_REPORT_GAP - gap).await;
+                    }
+                    let report = self.next_report(false);
+                    if tx.send(report).await.is_err() {
+                        return "closed".into();
+                    }
+                    last_sent = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "quota_tests.rs"]
+mod tests;

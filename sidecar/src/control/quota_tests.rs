@@ -1,0 +1,241 @@
+use std::time::{Duration, Instant};
+
+use tollgate_proto::v1::Lease;
+
+use super::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn counter() -> Arc<str> {
+    Arc::from("s:calls")
+}
+
+fn charge<'a>(
+    counter: &'a Arc<str>,
+    scope: Scope,
+    max: u64,
+    on_unavailable: OnUnavailable,
+) -> Charge<'a> {
+    Charge {
+        counter,
+        server: "s",
+        scope,
+        key: if scope == Scope::Global { "" } else { "agent" },
+        window: MIN,
+        max,
+        on_unavailable,
+    }
+}
+
+fn lease(seq: u64, granted_total: u64, ttl: Duration, fallback: u64) -> Lease {
+    Lease {
+        bucket: Some(BucketId {
+            server: "s".into(),
+            counter: "s:calls".into(),
+            scope: "global".into(),
+            key: String::new(),
+        }),
+        seq,
+        granted_total,
+        ttl_ms: ttl.as_millis() as u64,
+        refresh_ms: 1000,
+        fallback,
+    }
+}
+
+fn answer(leases: Vec<Lease>) -> QuotaLeases {
+    QuotaLeases {
+        leases,
+        answers_report: 1,
+        errors: Vec::new(),
+    }
+}
+
+fn admitted(c: &FleetCounters, charges: &[Charge<'_>], now: Duration) -> bool {
+    c.acquire(charges, now) == Admission::Admitted
+}
+
+fn at(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn a_first_call_waits_for_a_lease_then_the_lease_bounds_admissions() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
+    // No lease yet while the stream is up: refused, and a report is due at once.
+    assert!(!admitted(&fc, &g, at(1)));
+    assert_eq!(fc.take(&answer(vec![lease(1, 2, at(10), 5)]), at(1)), 1);
+    assert!(admitted(&fc, &g, at(2)));
+    assert!(admitted(&fc, &g, at(2)));
+    // Two granted, two used: the third waits for a larger lease.
+    assert!(!admitted(&fc, &g, at(2)));
+    assert_eq!(fc.take(&answer(vec![lease(2, 3, at(10), 5)]), at(2)), 1);
+    assert!(admitted(&fc, &g, at(3)));
+    let state = fc.lock();
+    let b = state.buckets.values().next().unwrap();
+    assert_eq!((b.admitted_total, b.unleased_total), (3, 0));
+    assert_eq!(b.denied, 2);
+}
+
+#[test]
+fn a_lease_runs_out_at_ttl_from_the_report_it_answers() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Allow)];
+    assert!(!admitted(&fc, &g, at(0)));
+    // The report went out at 5 s; the lease lasts 10 s from then.
+    fc.take(&answer(vec![lease(1, 50, at(10), 5)]), at(5));
+    assert!(admitted(&fc, &g, at(14)));
+    // Expired while the stream is still up: refused until renewed, whatever on_unavailable says.
+    assert!(!admitted(&fc, &g, at(15)));
+}
+
+#[test]
+fn stale_leases_on_one_stream_are_ignored_and_a_new_stream_starts_afresh() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
+    assert!(!admitted(&fc, &g, at(0)));
+    assert_eq!(fc.take(&answer(vec![lease(5, 10, at(10), 5)]), at(0)), 1);
+    // An older lease arriving late on the same stream changes nothing.
+    assert_eq!(fc.take(&answer(vec![lease(4, 1, at(10), 5)]), at(0)), 0);
+    assert_eq!(
+        fc.lock()
+            .buckets
+            .values()
+            .next()
+            .unwrap()
+            .lease
+            .unwrap()
+            .seq,
+        5
+    );
+    // A new stream (a restarted control plane numbers from 1 again).
+    fc.stream_closed();
+    fc.stream_opened();
+    assert_eq!(fc.take(&answer(vec![lease(1, 10, at(10), 5)]), at(1)), 1);
+}
+
+#[test]
+fn unreachable_control_plane_follows_on_unavailable() {
+    let id = counter();
+    for (mode, expect_admitted) in [
+        (OnUnavailable::Fallback, 3),
+        (OnUnavailable::Deny, 0),
+        (OnUnavailable::Allow, 10),
+    ] {
+        let fc = FleetCounters::new(Instant::now());
+        fc.stream_opened();
+        let g = [charge(&id, Scope::Global, 100, mode)];
+        assert!(!admitted(&fc, &g, at(0)));
+        // Fallback capacity 3 per window; the lease has run out by 20 s.
+        fc.take(&answer(vec![lease(1, 0, at(10), 3)]), at(0));
+        fc.stream_closed();
+        let n = (0..10).filter(|_| admitted(&fc, &g, at(20))).count();
+        assert_eq!(n, expect_admitted, "{mode:?}");
+        let state = fc.lock();
+        let b = state.buckets.values().next().unwrap();
+        assert_eq!(b.unleased_total, expect_admitted as u64, "{mode:?}");
+        assert_eq!(b.admitted_total, 0, "{mode:?}");
+    }
+}
+
+#[test]
+fn fallback_before_any_lease_counts_like_a_standalone_sidecar() {
+    let fc = FleetCounters::new(Instant::now());
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 4, OnUnavailable::Fallback)];
+    let n = (0..10).filter(|_| admitted(&fc, &g, at(1))).count();
+    assert_eq!(n, 4);
+    // The window slides: a minute later the budget is back.
+    assert!(admitted(&fc, &g, at(62)));
+}
+
+#[test]
+fn pod_limits_stay_local_and_a_call_is_charged_all_or_nothing() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let id = counter();
+    let pod_id: Arc<str> = Arc::from("s:pod");
+    let both = [
+        charge(&id, Scope::Global, 100, OnUnavailable::Fallback),
+        charge(&pod_id, Scope::Pod, 1, OnUnavailable::Fallback),
+    ];
+    assert!(!admitted(&fc, &both, at(0)));
+    fc.take(&answer(vec![lease(1, 10, at(10), 5)]), at(0));
+    assert!(admitted(&fc, &both, at(1)));
+    // The pod limit refuses the second: the fleet bucket is not charged for it.
+    assert_eq!(
+        fc.acquire(&both, at(1)),
+        Admission::Refused {
+            index: 1,
+            retry_after: fc_retry(&fc, &both[1..], at(1))
+        }
+    );
+    assert_eq!(fc.lock().buckets.values().next().unwrap().admitted_total, 1);
+}
+
+/// What the local store says for a pod charge (its retry_after).
+fn fc_retry(fc: &FleetCounters, pod: &[Charge<'_>], now: Duration) -> Duration {
+    match fc.local.acquire(pod, now) {
+        Admission::Refused { retry_after, .. } => retry_after,
+        Admission::Admitted => panic!("the pod limit should be spent"),
+    }
+}
+
+#[test]
+fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
+    let now = fc.now();
+    assert!(!admitted(&fc, &g, now));
+    fc.take(&answer(vec![lease(1, 5, at(10), 5)]), now);
+    for _ in 0..3 {
+        assert!(admitted(&fc, &g, now));
+    }
+    let report = fc.report(7, 42, now);
+    assert_eq!(report.report_seq, 7);
+    assert_eq!(report.epoch, fc.epoch());
+    let b = &report.buckets[0];
+    assert_eq!(b.policy_version, 42);
+    assert_eq!((b.max, b.window_ms), (100, 60_000));
+    assert_eq!((b.admitted_total, b.unleased_total, b.denied), (3, 0, 1));
+    assert_eq!(
+        b.held,
+        Some(LeaseHeld {
+            seq: 1,
+            granted_total: 5
+        })
+    );
+    assert_eq!(b.window_admitted, 3);
+    // A call went unserved (the first): it asks for what can be spared.
+    assert_eq!(b.demand, 100, "{b:?}");
+    let id = b.bucket.as_ref().unwrap();
+    assert_eq!(
+        (id.server.as_str(), id.scope.as_str(), id.key.as_str()),
+        ("s", "global", "")
+    );
+    // Quiet since: still reported while it holds a lease, with no demand.
+    assert!(admitted(&fc, &g, now));
+    let report = fc.report(8, 42, now + at(1));
+    assert_eq!(report.buckets[0].demand, 10, "its recent rate");
+    let report = fc.report(8, 42, now + at(1));
+    assert_eq!(report.buckets.len(), 1);
+    assert_eq!(report.buckets[0].demand, 0);
+    assert_eq!(report.buckets[0].denied, 0);
+    // Its lease over (11 s) but called within the window: still reported, holding nothing.
+    let report = fc.report(9, 42, now + at(30));
+    assert_eq!(report.buckets.len(), 1);
+    assert_eq!(report.buckets[0].held, None);
+    // No lease, no call for over a window: forgotten.
+    let report = fc.report(10, 42, now + at(61));
+    assert!(report.buckets.is_empty(), "{report:?}");
+    assert!(fc.lock().buckets.is_empty());
+}
