@@ -40,6 +40,25 @@ pub(crate) enum Policies {
     PerServer(HashMap<Box<str>, CompiledPolicy>),
 }
 
+/// A fleet-wide bucket a bundle's limits define (see [`Bundle::fleet_buckets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetBucket {
+    /// The server.
+    pub server: String,
+    /// The counter's id.
+    pub counter: Arc<str>,
+    /// `global` or `grant`.
+    pub scope: Scope,
+    /// The grant id, or `""` for global.
+    pub key: Arc<str>,
+    /// The window's length.
+    pub window: Duration,
+    /// Calls admitted per window.
+    pub max: u64,
+    /// What a sidecar does while it cannot renew the lease.
+    pub on_unavailable: OnUnavailable,
+}
+
 /// Sizes of a bundle, for `policy check` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -208,6 +227,48 @@ impl Bundle {
                 names
             }
         }
+    }
+
+    /// The fleet-wide buckets (scope `global`, and `grant` for every grant the
+    /// bundle knows — `node_grant` when it has none) that calls to `servers`
+    /// may charge: what a fleet sidecar asks leases for before the first call.
+    /// Session buckets are keyed by sessions not yet seen, so none are listed.
+    pub fn fleet_buckets(&self, servers: &[&str], node_grant: &Arc<str>) -> Vec<FleetBucket> {
+        let grants: Vec<&Arc<str>> = if self.has_grants() {
+            self.grants.keys().collect()
+        } else {
+            vec![node_grant]
+        };
+        let mut out: Vec<FleetBucket> = Vec::new();
+        for server in servers {
+            for grant in &grants {
+                let Some(policy) = self.policy_for(server, grant) else {
+                    continue;
+                };
+                for l in policy.rules.iter().flat_map(|r| &r.limits) {
+                    let key = match l.scope {
+                        Scope::Global => Arc::from(""),
+                        Scope::Grant => Arc::clone(grant),
+                        Scope::Session | Scope::Pod => continue,
+                    };
+                    let seen = out
+                        .iter()
+                        .any(|b| b.server == *server && b.counter == l.counter && b.key == key);
+                    if !seen {
+                        out.push(FleetBucket {
+                            server: (*server).to_owned(),
+                            counter: Arc::clone(&l.counter),
+                            scope: l.scope,
+                            key,
+                            window: l.window_len,
+                            max: l.max,
+                            on_unavailable: l.on_unavailable,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The policy deciding `grant`'s calls to `server`, if any.

@@ -167,6 +167,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Arc::clone(&counters),
             Arc::clone(&policy),
             Arc::clone(&metrics),
+            specs.iter().map(|s| s.name.clone()).collect(),
         )?;
         control::start(config, Arc::clone(&policy), Arc::clone(&metrics))?;
         fleet_counters = Some(counters);

@@ -191,6 +191,7 @@ pub fn start_quota(
     counters: Arc<quota::FleetCounters>,
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
+    servers: Vec<String>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let endpoint =
         tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|e| {
@@ -206,6 +207,7 @@ pub fn start_quota(
         store,
         metrics,
         config.backoff,
+        servers,
     );
     Ok(tokio::spawn(reporter.run()))
 }

@@ -39,7 +39,7 @@ use hashbrown::{Equivalent, HashMap};
 use tokio::sync::{Notify, mpsc};
 use tollgate_policy::document::{OnUnavailable, Scope};
 use tollgate_policy::limits::SlidingWindow;
-use tollgate_policy::{Admission, Charge, Counters, LocalCounters};
+use tollgate_policy::{Admission, Charge, Counters, FleetBucket, LocalCounters};
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
 use tonic::transport::Endpoint;
@@ -133,6 +133,9 @@ struct LeaseBucket {
     last_hit: Duration,
     /// A call was refused for want of lease capacity since the last report.
     starved: bool,
+    /// Demand asked for even without calls: the bundle names this bucket, so
+    /// its first call should find a lease already there.
+    standing: u64,
 }
 
 impl LeaseBucket {
@@ -152,6 +155,7 @@ impl LeaseBucket {
             fallback: None,
             last_hit: now,
             starved: false,
+            standing: 0,
         }
     }
 
@@ -256,7 +260,7 @@ impl FleetCounters {
         state.buckets.retain(|k, b| {
             let held = b.valid_lease(now);
             let idle = now.saturating_sub(b.last_hit) > b.window.max(refresh * 2);
-            if held.is_none() && b.hits == 0 && idle {
+            if held.is_none() && b.hits == 0 && b.standing == 0 && idle {
                 return false;
             }
             // What it expects to want over the next lease period (about ten
@@ -267,7 +271,8 @@ impl FleetCounters {
                 (0, _) => 0,
                 (hits, true) => hits.saturating_mul(10).max(b.max),
                 (hits, false) => hits.saturating_mul(10),
-            };
+            }
+            .max(b.standing);
             b.starved = false;
             buckets.push(BucketReport {
                 bucket: Some(BucketId {
@@ -298,6 +303,41 @@ impl FleetCounters {
             epoch: self.epoch,
             buckets,
             report_seq,
+        }
+    }
+
+    /// Asks for a small standing lease on each of `known` (the bundle's
+    /// fleet buckets), so that their first calls are admitted at once; other
+    /// buckets lose their standing demand.
+    fn stand_by(&self, known: &[FleetBucket], now: Duration) {
+        let mut state = self.lock();
+        for b in state.buckets.values_mut() {
+            b.standing = 0;
+        }
+        for f in known {
+            let charge = Charge {
+                counter: &f.counter,
+                server: &f.server,
+                scope: f.scope,
+                key: &f.key,
+                window: f.window,
+                max: f.max,
+                on_unavailable: f.on_unavailable,
+            };
+            if !state.buckets.contains_key(&ChargeKey(&charge)) {
+                let key = LeaseKey {
+                    server: f.server.as_str().into(),
+                    counter: Arc::clone(&f.counter),
+                    scope: f.scope,
+                    key: f.key.as_ref().into(),
+                };
+                state.buckets.insert(key, LeaseBucket::new(&charge, now));
+            }
+            if let Some(b) = state.buckets.get_mut(&ChargeKey(&charge)) {
+                // A tenth of the limit (at least one call): enough for a first
+                // burst, small beside the share of nodes that are busy.
+                b.standing = (f.max / 10).max(1);
+            }
         }
     }
 
@@ -469,6 +509,9 @@ pub struct Reporter {
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
     backoff: BackoffConfig,
+    /// The servers this sidecar serves, and its grant when the bundle has none.
+    servers: Vec<String>,
+    node_grant: Arc<str>,
     report_seq: u64,
     /// (report_seq, sent at) of recent reports.
     sent: VecDeque<(u64, Duration)>,
@@ -483,8 +526,12 @@ impl Reporter {
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
         backoff: BackoffConfig,
+        servers: Vec<String>,
     ) -> Self {
+        let node_grant = Arc::from(node.id.as_str());
         Self {
+            servers,
+            node_grant,
             endpoint: endpoint.connect_timeout(Duration::from_secs(5)),
             node,
             counters,
@@ -511,17 +558,22 @@ impl Reporter {
         }
     }
 
-    fn version(&self) -> u64 {
-        self.store
-            .load()
-            .and_then(|s| s.version.parse().ok())
-            .unwrap_or(0)
+    /// The policy version in force, after standing by on its fleet buckets.
+    fn version(&self, now: Duration) -> u64 {
+        let Some(snapshot) = self.store.load() else {
+            return 0;
+        };
+        let servers: Vec<&str> = self.servers.iter().map(String::as_str).collect();
+        let known = snapshot.bundle.fleet_buckets(&servers, &self.node_grant);
+        self.counters.stand_by(&known, now);
+        snapshot.version.parse().unwrap_or(0)
     }
 
     fn next_report(&mut self, first: bool) -> QuotaReport {
         self.report_seq += 1;
         let now = self.counters.now();
-        let mut report = self.counters.report(self.report_seq, self.version(), now);
+        let version = self.version(now);
+        let mut report = self.counters.report(self.report_seq, version, now);
         if first {
             report.node = Some(self.node.clone());
         }

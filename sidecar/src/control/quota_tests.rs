@@ -239,3 +239,39 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
     assert!(report.buckets.is_empty(), "{report:?}");
     assert!(fc.lock().buckets.is_empty());
 }
+
+#[test]
+fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
+    let fc = FleetCounters::new(Instant::now());
+    fc.stream_opened();
+    let known = [FleetBucket {
+        server: "s".into(),
+        counter: counter(),
+        scope: Scope::Global,
+        key: Arc::from(""),
+        window: MIN,
+        max: 100,
+        on_unavailable: OnUnavailable::Fallback,
+    }];
+    fc.stand_by(&known, at(0));
+    let report = fc.report(1, 3, at(0));
+    assert_eq!(report.buckets.len(), 1);
+    assert_eq!(
+        report.buckets[0].demand, 10,
+        "a tenth of max, with no call yet"
+    );
+    fc.take(&answer(vec![lease(1, 10, at(10), 5)]), at(0));
+    // The first call finds the lease there.
+    let id = counter();
+    let g = [charge(
+        &id,
+        Scope::Global,
+        100,
+        OnUnavailable::Fallback,
+    )];
+    assert!(admitted(&fc, &g, at(1)));
+    // Still listed long after, while the bundle names it; dropped once it does not.
+    assert_eq!(fc.report(2, 3, at(500)).buckets.len(), 1);
+    fc.stand_by(&[], at(500));
+    assert!(fc.report(3, 3, at(600)).buckets.is_empty());
+}
