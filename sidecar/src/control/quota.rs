@@ -52,6 +52,8 @@ use crate::snapshot::PolicyStore;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 /// The shortest gap between two reports sent early (first hit, dry lease).
 const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
+/// How often the reporter looks for a new bundle in force.
+const POLICY_WATCH: Duration = Duration::from_millis(100);
 /// Reports whose send time is remembered, to time the leases answering them.
 const SENT_REMEMBERED: usize = 64;
 
@@ -309,7 +311,7 @@ impl FleetCounters {
     /// Asks for a small standing lease on each of `known` (the bundle's
     /// fleet buckets), so that their first calls are admitted at once; other
     /// buckets lose their standing demand.
-    fn stand_by(&self, known: &[FleetBucket], now: Duration) {
+    fn stand_by(&self, known: &[FleetBucket], node_grant: &str, now: Duration) {
         let mut state = self.lock();
         for b in state.buckets.values_mut() {
             b.standing = 0;
@@ -334,9 +336,15 @@ impl FleetCounters {
                 state.buckets.insert(key, LeaseBucket::new(&charge, now));
             }
             if let Some(b) = state.buckets.get_mut(&ChargeKey(&charge)) {
-                // A tenth of the limit (at least one call): enough for a first
-                // burst, small beside the share of nodes that are busy.
-                b.standing = (f.max / 10).max(1);
+                // A bucket of this node's own grant (a bundle without grants)
+                // is this sidecar's alone: all of it. A shared one: one call,
+                // so the first is admitted at once and a fleet of idle sidecars
+                // holds back no more than one call each from the busy ones.
+                b.standing = if f.scope == Scope::Grant && *f.key == *node_grant {
+                    f.max
+                } else {
+                    1
+                };
             }
         }
     }
@@ -565,7 +573,7 @@ impl Reporter {
         };
         let servers: Vec<&str> = self.servers.iter().map(String::as_str).collect();
         let known = snapshot.bundle.fleet_buckets(&servers, &self.node_grant);
-        self.counters.stand_by(&known, now);
+        self.counters.stand_by(&known, &self.node_grant, now);
         snapshot.version.parse().unwrap_or(0)
     }
 
@@ -608,6 +616,8 @@ impl Reporter {
         self.counters.stream_opened();
         self.metrics.quota_connected(true);
         let mut last_sent = Instant::now();
+        let mut policy = self.store.load();
+        let mut watch = tokio::time::interval(POLICY_WATCH);
         loop {
             let refresh = self.counters.refresh();
             let due = last_sent + refresh;
@@ -639,6 +649,24 @@ impl Reporter {
                         return "closed".into();
                     }
                     last_sent = Instant::now();
+                }
+                _ = watch.tick() => {
+                    // A new bundle may name new fleet buckets: ask for their
+                    // standing leases now rather than at the next interval.
+                    let now_in_force = self.store.load();
+                    let changed = match (&policy, &now_in_force) {
+                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                        (None, None) => false,
+                        _ => true,
+                    };
+                    if changed {
+                        policy = now_in_force;
+                        let report = self.next_report(false);
+                        if tx.send(report).await.is_err() {
+                            return "closed".into();
+                        }
+                        last_sent = Instant::now();
+                    }
                 }
                 () = self.counters.wake.notified() => {
                     // Early, but not more often than EARLY_REPORT_GAP.

@@ -253,25 +253,26 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
         max: 100,
         on_unavailable: OnUnavailable::Fallback,
     }];
-    fc.stand_by(&known, at(0));
+    fc.stand_by(&known, "pod-1", at(0));
     let report = fc.report(1, 3, at(0));
     assert_eq!(report.buckets.len(), 1);
-    assert_eq!(
-        report.buckets[0].demand, 10,
-        "a tenth of max, with no call yet"
-    );
-    fc.take(&answer(vec![lease(1, 10, at(10), 5)]), at(0));
+    assert_eq!(report.buckets[0].demand, 1, "one call, before any call");
+    fc.take(&answer(vec![lease(1, 1, at(10), 5)]), at(0));
     // The first call finds the lease there.
     let id = counter();
-    let g = [charge(
-        &id,
-        Scope::Global,
-        100,
-        OnUnavailable::Fallback,
-    )];
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
     assert!(admitted(&fc, &g, at(1)));
     // Still listed long after, while the bundle names it; dropped once it does not.
     assert_eq!(fc.report(2, 3, at(500)).buckets.len(), 1);
-    fc.stand_by(&[], at(500));
+    fc.stand_by(&[], "pod-1", at(500));
     assert!(fc.report(3, 3, at(600)).buckets.is_empty());
+
+    // The node's own grant bucket (a bundle without grants) asks for all of it.
+    let own = [FleetBucket {
+        scope: Scope::Grant,
+        key: Arc::from("pod-1"),
+        ..known[0].clone()
+    }];
+    fc.stand_by(&own, "pod-1", at(600));
+    assert_eq!(fc.report(4, 3, at(600)).buckets[0].demand, 100);
 }
