@@ -157,10 +157,13 @@ impl Admin for AdminService {
                     last = Some(nodes);
                 }
                 tokio::select! {
+                    // Draining first: the streams it ends change the table,
+                    // and a stopping control plane sends no more tables.
+                    biased;
+                    () = draining.set() => return,
                     r = changed.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(WATCH_REFRESH) => {}
                     () = tx.closed() => return,
-                    () = draining.set() => return,
                 }
             }
         });
