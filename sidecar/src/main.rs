@@ -161,7 +161,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             backoff: Default::default(),
         };
-        let counters = Arc::new(control::quota::FleetCounters::new(std::time::Instant::now()));
+        let counters = Arc::new(control::quota::FleetCounters::new(
+            std::time::Instant::now(),
+            Arc::clone(&metrics),
+        ));
         control::start_quota(
             &config,
             Arc::clone(&counters),

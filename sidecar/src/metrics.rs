@@ -94,6 +94,8 @@ pub struct Metrics {
     quota_connected: Gauge,
     quota_reports: Counter,
     quota_leases: Counter,
+    quota_unleased: Counter,
+    quota_capacity: Gauge,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -189,8 +191,22 @@ impl Metrics {
             "Fleet-wide limit leases received and taken (renewals included)",
             quota_leases.clone(),
         );
+        let quota_unleased = Counter::default();
+        registry.register(
+            "quota_unleased_admissions",
+            "Calls a fleet-wide limit admitted without a lease (control plane unreachable: on_unavailable fallback or allow)",
+            quota_unleased.clone(),
+        );
+        let quota_capacity = Gauge::default();
+        registry.register(
+            "quota_lease_capacity",
+            "Calls the fleet-wide leases held let this sidecar admit, summed over buckets, at the last report",
+            quota_capacity.clone(),
+        );
         Self {
             registry,
+            quota_unleased,
+            quota_capacity,
             quota_connected,
             quota_reports,
             quota_leases,
@@ -315,7 +331,18 @@ impl Metrics {
         self.quota_reports.inc();
     }
 
-    /// Counts leases taken.
+    /// Counts a call admitted without a lease.
+    pub fn quota_unleased(&self) {
+        self.quota_unleased.inc();
+    }
+
+    /// Sets the capacity left in the leases held.
+    pub fn quota_capacity(&self, calls: u64) {
+        self.quota_capacity
+            .set(i64::try_from(calls).unwrap_or(i64::MAX));
+    }
+
+    /// Counts leases taken (first leases and renewals).
     pub fn quota_leases(&self, n: usize) {
         self.quota_leases.inc_by(n as u64);
     }

@@ -188,6 +188,7 @@ struct FleetState {
 #[derive(Debug)]
 pub struct FleetCounters {
     local: LocalCounters,
+    metrics: Arc<Metrics>,
     state: Mutex<FleetState>,
     wake: Notify,
     origin: Instant,
@@ -196,9 +197,10 @@ pub struct FleetCounters {
 
 impl FleetCounters {
     /// Counters whose clock starts at `origin` (the sidecar's counter clock).
-    pub fn new(origin: Instant) -> Self {
+    pub fn new(origin: Instant, metrics: Arc<Metrics>) -> Self {
         Self {
             local: LocalCounters::new(),
+            metrics,
             state: Mutex::new(FleetState {
                 buckets: HashMap::new(),
                 connected: false,
@@ -259,8 +261,12 @@ impl FleetCounters {
         let mut state = self.lock();
         let refresh = state.refresh;
         let mut buckets = Vec::new();
+        let mut capacity = 0u64;
         state.buckets.retain(|k, b| {
             let held = b.valid_lease(now);
+            if let Some(l) = held {
+                capacity += l.granted_total.saturating_sub(b.admitted_total);
+            }
             let idle = now.saturating_sub(b.last_hit) > b.window.max(refresh * 2);
             if held.is_none() && b.hits == 0 && b.standing == 0 && idle {
                 return false;
@@ -300,6 +306,7 @@ impl FleetCounters {
             b.hits = 0;
             true
         });
+        self.metrics.quota_capacity(capacity);
         QuotaReport {
             node: None,
             epoch: self.epoch,
@@ -495,6 +502,7 @@ impl Counters for FleetCounters {
                     dry |= b.lease.is_some_and(|l| b.admitted_total >= l.granted_total);
                 }
                 Verdict::Unleased => {
+                    self.metrics.quota_unleased();
                     b.unleased_total += 1;
                     b.unleased_window.charge(now, b.window);
                 }

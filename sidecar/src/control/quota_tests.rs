@@ -61,7 +61,7 @@ fn at(s: u64) -> Duration {
 
 #[test]
 fn a_first_call_waits_for_a_lease_then_the_lease_bounds_admissions() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let id = counter();
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
@@ -82,7 +82,7 @@ fn a_first_call_waits_for_a_lease_then_the_lease_bounds_admissions() {
 
 #[test]
 fn a_lease_runs_out_at_ttl_from_the_report_it_answers() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let id = counter();
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Allow)];
@@ -96,7 +96,7 @@ fn a_lease_runs_out_at_ttl_from_the_report_it_answers() {
 
 #[test]
 fn stale_leases_on_one_stream_are_ignored_and_a_new_stream_starts_afresh() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let id = counter();
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
@@ -129,7 +129,7 @@ fn unreachable_control_plane_follows_on_unavailable() {
         (OnUnavailable::Deny, 0),
         (OnUnavailable::Allow, 10),
     ] {
-        let fc = FleetCounters::new(Instant::now());
+        let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
         fc.stream_opened();
         let g = [charge(&id, Scope::Global, 100, mode)];
         assert!(!admitted(&fc, &g, at(0)));
@@ -141,13 +141,16 @@ fn unreachable_control_plane_follows_on_unavailable() {
         let state = fc.lock();
         let b = state.buckets.values().next().unwrap();
         assert_eq!(b.unleased_total, expect_admitted as u64, "{mode:?}");
+        let metrics = fc.metrics.encode();
+        let line = format!("tollgate_quota_unleased_admissions_total {expect_admitted}");
+        assert!(metrics.contains(&line), "{mode:?}: {metrics}");
         assert_eq!(b.admitted_total, 0, "{mode:?}");
     }
 }
 
 #[test]
 fn fallback_before_any_lease_counts_like_a_standalone_sidecar() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     let id = counter();
     let g = [charge(&id, Scope::Global, 4, OnUnavailable::Fallback)];
     let n = (0..10).filter(|_| admitted(&fc, &g, at(1))).count();
@@ -158,7 +161,7 @@ fn fallback_before_any_lease_counts_like_a_standalone_sidecar() {
 
 #[test]
 fn pod_limits_stay_local_and_a_call_is_charged_all_or_nothing() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let id = counter();
     let pod_id: Arc<str> = Arc::from("s:pod");
@@ -190,7 +193,7 @@ fn fc_retry(fc: &FleetCounters, pod: &[Charge<'_>], now: Duration) -> Duration {
 
 #[test]
 fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let id = counter();
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
@@ -201,6 +204,11 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
         assert!(admitted(&fc, &g, now));
     }
     let report = fc.report(7, 42, now);
+    let metrics = fc.metrics.encode();
+    assert!(
+        metrics.contains("tollgate_quota_lease_capacity 2"),
+        "{metrics}"
+    );
     assert_eq!(report.report_seq, 7);
     assert_eq!(report.epoch, fc.epoch());
     let b = &report.buckets[0];
@@ -242,7 +250,7 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
 
 #[test]
 fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
-    let fc = FleetCounters::new(Instant::now());
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
     let known = [FleetBucket {
         server: "s".into(),
