@@ -11,6 +11,7 @@ pub mod cli;
 pub mod diff;
 pub mod metrics;
 pub mod push;
+pub mod quota;
 pub mod server;
 pub mod status;
 pub mod store;

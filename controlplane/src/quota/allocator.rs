@@ -1,0 +1,441 @@
+//! The allocator: buckets of holders, accounting on every report, and a
+//! max-min fair split of what is left of each window.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::consumed::Consumed;
+use super::holder::Holder;
+use super::{AllocatorConfig, BucketKey, HolderKey, Lease, LimitSpec, QuotaError, Report};
+
+/// Leases for every fleet-wide bucket. See the module docs for the contract
+/// and why the limits hold. Every method takes the current time, which must
+/// never go backwards between calls.
+#[derive(Debug)]
+pub struct Allocator {
+    config: AllocatorConfig,
+    started: Instant,
+    /// The seq of the next lease, whatever its bucket and holder.
+    next_seq: u64,
+    buckets: HashMap<BucketKey, Bucket>,
+}
+
+/// One bucket as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketView {
+    pub key: BucketKey,
+    pub policy_version: u64,
+    pub max: u64,
+    pub window: Duration,
+    /// Calls counted against the window ending now (leased and not).
+    pub consumed: u64,
+    /// Of which admitted without a lease.
+    pub unleased: u64,
+    /// Sum of the holders' reservations.
+    pub reserved: u64,
+    /// Still re-learning after a restart: nothing new is granted.
+    pub learning: bool,
+    /// Sorted by node id.
+    pub holders: Vec<HolderView>,
+}
+
+/// One sidecar process in a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderView {
+    pub node_id: String,
+    pub epoch: u64,
+    pub connected: bool,
+    /// Calls it may still admit (or has admitted) unreported.
+    pub reservation: u64,
+    /// The highest total any of its leases allows.
+    pub granted_total: u64,
+    pub admitted_total: u64,
+    pub unleased_total: u64,
+    pub demand: u64,
+    /// Denied calls summed over its reports.
+    pub denied: u64,
+    /// The allocator's expiry of its leases.
+    pub expires: Instant,
+    /// Its leases expired unreported.
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    spec: LimitSpec,
+    version: u64,
+    /// The longest window this bucket has had: consumption is kept that long.
+    horizon: Duration,
+    learning_until: Instant,
+    /// What the sum of consumption and reservations is held under: `max`,
+    /// or more while draining after `max` shrank or the window grew.
+    ceiling: u64,
+    consumed: Consumed,
+    /// Few per bucket: scanned linearly.
+    holders: Vec<Holder>,
+}
+
+impl Allocator {
+    /// An allocator started at `now`, learning until `now + lease_ttl + grace`.
+    pub fn new(now: Instant, config: AllocatorConfig) -> Self {
+        Self {
+            config,
+            started: now,
+            next_seq: 1,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Until when a bucket with this window is learning.
+    fn learning_until(&self, window: Duration) -> Instant {
+        let mut until = self.started + self.config.lease_ttl + self.config.grace;
+        if self.config.learn_whole_window {
+            until += window;
+        }
+        until
+    }
+
+    /// True while this allocator re-learns after its start (for the whole
+    /// window more per bucket with `learn_whole_window`).
+    pub fn is_learning(&self, now: Instant) -> bool {
+        now < self.started + self.config.lease_ttl + self.config.grace
+    }
+
+    /// Accounts one sidecar's report on one bucket, received at `now`, and
+    /// answers with its next lease. O(holders in the bucket).
+    pub fn report(
+        &mut self,
+        now: Instant,
+        holder: &HolderKey,
+        key: &BucketKey,
+        report: &Report,
+    ) -> Result<Lease, QuotaError> {
+        if report.spec.window.is_zero() {
+            return Err(QuotaError::ZeroWindow {
+                counter: key.counter.clone(),
+            });
+        }
+        let learning_until = self.learning_until(report.spec.window);
+        let config = self.config;
+        let next_seq = &mut self.next_seq;
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            return bucket.report(now, holder, report, &config, learning_until, next_seq);
+        }
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::new(now, report, learning_until))
+            .report(now, holder, report, &config, learning_until, next_seq)
+    }
+
+    /// The process's stream closed. Its reservations stay until their
+    /// accounting expiry; its demand no longer counts in fair shares.
+    pub fn disconnect(&mut self, holder: &HolderKey) {
+        for bucket in self.buckets.values_mut() {
+            for h in &mut bucket.holders {
+                if h.node_id == holder.node_id && h.epoch == holder.epoch {
+                    h.connected = false;
+                    h.demand = 0;
+                }
+            }
+        }
+    }
+
+    /// Expires leases past their accounting expiry, forgets consumption out
+    /// of every window, holders expired a horizon ago, and buckets left
+    /// with neither. Call it about every `refresh`.
+    pub fn tick(&mut self, now: Instant) {
+        self.buckets.retain(|_, bucket| {
+            bucket.expire(now);
+            bucket.settle(now);
+            let horizon = bucket.horizon;
+            bucket.holders.retain(|h| {
+                h.expired_at()
+                    .is_none_or(|at| super::consumed::within(at, horizon, now))
+            });
+            !(bucket.holders.is_empty() && bucket.consumed.is_empty())
+        });
+    }
+
+    /// Checks `leased consumption in window + Σ reservation ≤ ceiling` for
+    /// every bucket, where the ceiling is `max` except while draining after
+    /// `max` shrank. Meant for tests and self-checks.
+    pub fn check_invariant(&self, now: Instant) -> Result<(), String> {
+        for (key, bucket) in &self.buckets {
+            let leased = bucket.consumed.in_window(now, bucket.spec.window).leased;
+            let reserved = bucket.reserved();
+            if leased.saturating_add(reserved) > bucket.ceiling {
+                return Err(format!(
+                    "bucket {}/{}/{:?}: {leased} consumed + {reserved} reserved > {} (max {})",
+                    key.server, key.counter, key.scope_key, bucket.ceiling, bucket.spec.max
+                ));
+            }
+            if bucket.ceiling < bucket.spec.max {
+                return Err(format!(
+                    "bucket {}/{}/{:?}: ceiling {} under max {}",
+                    key.server, key.counter, key.scope_key, bucket.ceiling, bucket.spec.max
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every bucket, sorted by key, as it stands at `now`.
+    pub fn snapshot(&self, now: Instant) -> Vec<BucketView> {
+        let mut views: Vec<BucketView> = self
+            .buckets
+            .iter()
+            .map(|(key, b)| {
+                let used = b.consumed.in_window(now, b.spec.window);
+                let mut holders: Vec<HolderView> = b
+                    .holders
+                    .iter()
+                    .map(|h| HolderView {
+                        node_id: h.node_id.clone(),
+                        epoch: h.epoch,
+                        connected: h.connected,
+                        reservation: h.reservation(),
+                        granted_total: h.top(),
+                        admitted_total: h.admitted(),
+                        unleased_total: h.unleased(),
+                        demand: h.demand,
+                        denied: h.denied,
+                        expires: h.expires(),
+                        expired: h.expired_at().is_some() || now >= h.expires(),
+                    })
+                    .collect();
+                holders.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+                BucketView {
+                    key: key.clone(),
+                    policy_version: b.version,
+                    max: b.spec.max,
+                    window: b.spec.window,
+                    consumed: used.total(),
+                    unleased: used.unleased,
+                    reserved: b.reserved(),
+                    learning: now < b.learning_until,
+                    holders,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.key.cmp(&b.key));
+        views
+    }
+}
+
+impl Bucket {
+    fn new(now: Instant, report: &Report, learning_until: Instant) -> Self {
+        Self {
+            spec: report.spec,
+            version: report.policy_version,
+            horizon: report.spec.window,
+            learning_until,
+            ceiling: report.spec.max,
+            consumed: Consumed::new(now, report.spec.window),
+            holders: Vec::new(),
+        }
+    }
+
+    fn reserved(&self) -> u64 {
+        self.holders
+            .iter()
+            .fold(0u64, |sum, h| sum.saturating_add(h.reservation()))
+    }
+
+    /// The newest policy version sets the spec. After a smaller `max` or a
+    /// longer window the sum may stand above `max`: the ceiling starts from
+    /// wherever the next [`Bucket::settle`] finds it, and drains from there.
+    fn adopt_spec(&mut self, report: &Report, learning_until: Instant) {
+        if report.policy_version <= self.version || report.spec == self.spec {
+            self.version = self.version.max(report.policy_version);
+            return;
+        }
+        self.version = report.policy_version;
+        if report.spec.max < self.spec.max || report.spec.window > self.spec.window {
+            self.ceiling = u64::MAX;
+        }
+        if report.spec.window != self.spec.window {
+            self.consumed.set_window(report.spec.window);
+            self.horizon = self.horizon.max(report.spec.window);
+            self.learning_until = self.learning_until.max(learning_until);
+        }
+        self.spec = report.spec;
+    }
+
+    /// Charges every holder whose accounting expiry has passed, and drops
+    /// consumption older than the horizon.
+    fn expire(&mut self, now: Instant) {
+        for h in &mut self.holders {
+            h.expire(now, &mut self.consumed);
+        }
+        self.consumed.expire(now, self.horizon);
+    }
+
+    /// Lowers the ceiling toward `max` as the sum drains.
+    fn settle(&mut self, now: Instant) {
+        let sum = self
+            .consumed
+            .in_window(now, self.spec.window)
+            .leased
+            .saturating_add(self.reserved());
+        self.ceiling = self.spec.max.max(self.ceiling.min(sum));
+    }
+
+    fn report(
+        &mut self,
+        now: Instant,
+        key: &HolderKey,
+        report: &Report,
+        config: &AllocatorConfig,
+        learning_until: Instant,
+        next_seq: &mut u64,
+    ) -> Result<Lease, QuotaError> {
+        self.adopt_spec(report, learning_until);
+        self.expire(now);
+        let ttl = config.lease_ttl.min(self.spec.window);
+        let lifetime = ttl + config.grace;
+
+        let (i, holds_lease) = match self.holders.iter().position(|h| h.node_id == key.node_id) {
+            Some(i)
+                if self.holders[i].epoch == key.epoch
+                    && report.admitted_total >= self.holders[i].admitted()
+                    && report.unleased_total >= self.holders[i].unleased() =>
+            {
+                self.holders[i].order_after(*next_seq);
+                let holds =
+                    self.holders[i].account(now, self.spec.window, report, &mut self.consumed);
+                (i, holds)
+            }
+            Some(i) if self.holders[i].epoch == key.epoch => {
+                // Its counts went down: the sidecar forgot this bucket (idle,
+                // no live lease) and started it again. As for a new process,
+                // with no epoch to refuse.
+                let closed_epoch = self.holders[i].closed_epoch;
+                self.holders[i].close(now, &mut self.consumed);
+                let (mut holder, holds) = self.arrive(now, key, report, lifetime, *next_seq);
+                holder.closed_epoch = closed_epoch;
+                self.holders[i] = holder;
+                (i, holds)
+            }
+            Some(i) => {
+                if self.holders[i].closed_epoch == Some(key.epoch) {
+                    return Err(QuotaError::ClosedEpoch {
+                        node_id: key.node_id.clone(),
+                        epoch: key.epoch,
+                    });
+                }
+                let closed = self.holders[i].epoch;
+                self.holders[i].close(now, &mut self.consumed);
+                let (mut holder, holds) = self.arrive(now, key, report, lifetime, *next_seq);
+                holder.closed_epoch = Some(closed);
+                self.holders[i] = holder;
+                (i, holds)
+            }
+            None => {
+                let (holder, holds) = self.arrive(now, key, report, lifetime, *next_seq);
+                self.holders.push(holder);
+                (self.holders.len() - 1, holds)
+            }
+        };
+        self.settle(now);
+
+        let granted_total = if now < self.learning_until {
+            // Renew what it holds, nothing more.
+            let h = &self.holders[i];
+            if holds_lease {
+                h.top().max(h.admitted())
+            } else {
+                h.admitted()
+            }
+        } else {
+            self.grant(now, i)
+        };
+        let seq = self.holders[i].sent(now, granted_total, lifetime);
+        *next_seq = seq.saturating_add(1);
+        Ok(Lease {
+            seq,
+            granted_total,
+            ttl,
+            refresh: config.refresh,
+            fallback: self.spec.max / self.holders.len().max(1) as u64,
+        })
+    }
+
+    /// A process this bucket has not seen, and whether it holds a live
+    /// lease. While learning, its calls in the trailing window (made under
+    /// leases this allocator did not send) become consumption. After, every
+    /// lease-admitted call in the window was made under this allocator's
+    /// leases and is accounted already (see [`Holder::arrive`]).
+    fn arrive(
+        &mut self,
+        now: Instant,
+        key: &HolderKey,
+        report: &Report,
+        lifetime: Duration,
+        next_seq: u64,
+    ) -> (Holder, bool) {
+        let learning = now < self.learning_until;
+        let mut holder = Holder::arrive(now, key, report, lifetime, learning);
+        holder.order_after(next_seq);
+        if learning {
+            self.consumed
+                .push(now, super::consumed::Used::leased(report.window_admitted));
+            holder.denied = report.denied;
+            (holder, report.held.is_some())
+        } else {
+            let holds = holder.account(now, self.spec.window, report, &mut self.consumed);
+            (holder, holds)
+        }
+    }
+
+    /// The cumulative total for holder `i`'s next lease: its max-min fair
+    /// share of what the window has left, within what is free.
+    fn grant(&self, now: Instant, i: usize) -> u64 {
+        let max = self.spec.max;
+        let used = self.consumed.in_window(now, self.spec.window).total();
+        let own = self.holders[i].reservation();
+        let others = self.reserved() - own;
+        // The new reservation is max(old, additional): keeping additional
+        // within `room` keeps consumed + Σ reservation ≤ max (or, if the sum
+        // is already above after a shrink, lets this one only shrink).
+        let room = max.saturating_sub(used.saturating_add(others));
+        let share = self.fair_share(max.saturating_sub(used), self.holders[i].demand);
+        let additional = share.min(room);
+        self.holders[i].admitted().saturating_add(additional)
+    }
+
+    /// A holder's max-min fair share of `pool` given its `demand`: the
+    /// water level over the demands of active holders (each gets
+    /// `min(demand, level)`, the shares summing to at most `pool`). The few
+    /// units the integer level leaves over (fewer than the holders above
+    /// it) go one each to the next holders to renew, so a small window is
+    /// not left unused.
+    fn fair_share(&self, pool: u64, demand: u64) -> u64 {
+        let share = |level: u64| {
+            self.holders
+                .iter()
+                .filter(|h| h.is_active())
+                .fold(0u64, |sum, h| sum.saturating_add(h.demand.min(level)))
+        };
+        if share(u64::MAX) <= pool {
+            return demand;
+        }
+        // The largest level whose shares fit: share(lo) ≤ pool < share(hi).
+        let (mut lo, mut hi) = (0u64, pool.saturating_add(1));
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if share(mid) <= pool {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let spare = pool - share(lo);
+        demand.min(lo + u64::from(spare > 0))
+    }
+}
+
+#[cfg(test)]
+#[path = "allocator_tests.rs"]
+mod tests;
