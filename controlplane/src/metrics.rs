@@ -24,6 +24,16 @@ pub struct Metrics {
     pub stale_nonces: Counter,
     /// Streams refused by the admission limit.
     pub streams_refused: Counter,
+    /// Quota reports received (one per message, of any number of buckets).
+    pub quota_reports: Counter,
+    /// Leases sent to sidecars.
+    pub quota_leases: Counter,
+    /// Bucket reports refused (invalid, or not accepted by the allocator).
+    pub quota_bucket_errors: Counter,
+    /// Fleet-wide buckets tracked (set at scrape time).
+    pub quota_buckets: Gauge,
+    /// Quota streams open.
+    pub quota_streams: Gauge,
 }
 
 impl Metrics {
@@ -39,6 +49,11 @@ impl Metrics {
             nacks: Counter::default(),
             stale_nonces: Counter::default(),
             streams_refused: Counter::default(),
+            quota_reports: Counter::default(),
+            quota_leases: Counter::default(),
+            quota_bucket_errors: Counter::default(),
+            quota_buckets: Gauge::default(),
+            quota_streams: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -74,6 +89,31 @@ impl Metrics {
             "streams_refused",
             "Streams refused by the admission limit",
             m.streams_refused.clone(),
+        );
+        r.register(
+            "quota_reports",
+            "Quota reports received from sidecars",
+            m.quota_reports.clone(),
+        );
+        r.register(
+            "quota_leases",
+            "Fleet-wide rate-limit leases granted",
+            m.quota_leases.clone(),
+        );
+        r.register(
+            "quota_bucket_errors",
+            "Bucket reports refused (invalid or not accounted)",
+            m.quota_bucket_errors.clone(),
+        );
+        r.register(
+            "quota_buckets",
+            "Fleet-wide rate-limit buckets tracked",
+            m.quota_buckets.clone(),
+        );
+        r.register(
+            "quota_streams",
+            "Quota streams open",
+            m.quota_streams.clone(),
         );
         Self { registry, ..m }
     }

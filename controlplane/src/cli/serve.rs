@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio::sync::watch;
 
+use crate::quota::AllocatorConfig;
 use crate::server::{self, Config};
 
 #[derive(Debug, Args)]
@@ -52,6 +53,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stale_after: args.stale_after,
         max_opening_streams: args.max_opening_streams,
         max_waiting_streams: args.max_waiting_streams,
+        quota: AllocatorConfig::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

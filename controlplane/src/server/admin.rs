@@ -1,4 +1,5 @@
-//! `Admin`: what the `tollgate` CLI calls — push, versions, node status.
+//! `Admin`: what the `tollgate` CLI calls — push, versions, node status,
+//! fleet-wide limits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::{
-    FieldError, GetVersionRequest, ListVersionsRequest, ListVersionsResponse, NodeStatusRequest,
-    NodeStatusResponse, PolicyVersion, PushPolicyRequest, PushPolicyResponse,
+    FieldError, GetVersionRequest, ListLimitsRequest, ListLimitsResponse, ListVersionsRequest,
+    ListVersionsResponse, NodeStatusRequest, NodeStatusResponse, PolicyVersion, PushPolicyRequest,
+    PushPolicyResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -168,5 +170,14 @@ impl Admin for AdminService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_limits(
+        &self,
+        request: Request<ListLimitsRequest>,
+    ) -> Result<Response<ListLimitsResponse>, Status> {
+        let server = request.into_inner().server;
+        let buckets = self.cp.quota.list(&server)?;
+        Ok(Response::new(ListLimitsResponse { buckets }))
     }
 }

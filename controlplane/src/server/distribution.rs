@@ -118,7 +118,7 @@ impl PolicyDistribution for Distribution {
 }
 
 /// Refuses a stream opened while the control plane stops.
-fn shutting_down() -> Status {
+pub(super) fn shutting_down() -> Status {
     Status::unavailable("the control plane is shutting down; retry with backoff")
 }
 

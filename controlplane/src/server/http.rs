@@ -45,6 +45,7 @@ async fn answer(
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         "/metrics" => {
             cp.metrics.connected_nodes.set(cp.fleet.connected() as i64);
+            cp.metrics.quota_buckets.set(cp.quota.buckets() as i64);
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

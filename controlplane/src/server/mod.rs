@@ -1,5 +1,5 @@
-//! `tollgate serve`: the gRPC services (distribution and admin, one port)
-//! and the HTTP port (health, readiness, metrics) over one shared
+//! `tollgate serve`: the gRPC services (distribution, quota and admin, one
+//! port) and the HTTP port (health, readiness, metrics) over one shared
 //! [`ControlPlane`], and its clean stop ([`Running::shutdown`]).
 
 mod admin;
@@ -7,6 +7,7 @@ pub mod admission;
 mod distribution;
 pub mod drain;
 mod http;
+mod quota;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,12 +26,16 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
+use tollgate_proto::v1::quota_server::QuotaServer;
 
 use crate::metrics::Metrics;
+use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
 use admission::{Admission, Limits};
 use drain::Drain;
+pub use quota::MAX_BUCKETS_PER_REPORT;
+use quota::QuotaLedger;
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -47,6 +52,9 @@ pub struct Config {
     /// Streams that may wait for one of those places; more are refused with
     /// UNAVAILABLE at once.
     pub max_waiting_streams: usize,
+    /// Lease timing for fleet-wide limits; a start learns for
+    /// `lease_ttl + grace` before granting anything new.
+    pub quota: AllocatorConfig,
 }
 
 impl Config {
@@ -58,6 +66,7 @@ impl Config {
             stale_after: Duration::from_secs(10),
             max_opening_streams: 256,
             max_waiting_streams: 1024,
+            quota: AllocatorConfig::default(),
         }
     }
 }
@@ -113,6 +122,8 @@ pub struct ControlPlane {
     push_lock: tokio::sync::Mutex<()>,
     admission: Admission,
     drain: Drain,
+    /// Fleet-wide limits: one allocator, started with this process.
+    quota: QuotaLedger,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
 }
@@ -138,6 +149,7 @@ impl ControlPlane {
                 wait: ADMISSION_WAIT,
             }),
             drain: Drain::new(),
+            quota: QuotaLedger::new(config.quota),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -225,11 +237,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             .add_service(PolicyDistributionServer::new(
                 distribution::Distribution::new(cp.clone()),
             ))
+            .add_service(QuotaServer::new(quota::QuotaService::new(cp.clone())))
             .add_service(AdminServer::new(admin::AdminService::new(cp.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop.await;
             }),
     );
+    // Ends by itself when the control plane drains.
+    tokio::spawn(quota::tick(cp.clone()));
     let (http, http_addr) = match config.http {
         Some(addr) => {
             let listener = listen(addr).await?;
@@ -284,7 +299,7 @@ impl Running {
     }
 
     /// Stops cleanly, in this order: stop accepting connections; end every
-    /// open policy stream and status watch with status OK (sidecars see the
+    /// open policy stream, quota stream and status watch with status OK (sidecars see the
     /// stream end and reconnect with their backoff, to this control plane
     /// once it is back or to another replica); wait for the connections to
     /// close (up to [`SHUTDOWN_GRACE`], then drop them); flush the store.

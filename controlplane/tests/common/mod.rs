@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod quota;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,8 +24,14 @@ use tonic::transport::Channel;
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub async fn start(data: &Path) -> Running {
+    start_with(data, |_| {}).await
+}
+
+/// Starts a control plane with `config` changed by `change`.
+pub async fn start_with(data: &Path, change: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.to_path_buf());
     config.http = Some("127.0.0.1:0".parse().unwrap());
+    change(&mut config);
     server::start(config).await.unwrap()
 }
 

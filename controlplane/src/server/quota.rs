@@ -1,0 +1,501 @@
+//! `Quota.StreamQuota`: fleet-wide rate limits as leases, one stream per
+//! sidecar process, over the control plane's one [`Allocator`].
+//!
+//! Per stream: the first report names the node and the process's epoch (the
+//! allocator's [`HolderKey`]); every report is answered by one
+//! [`QuotaLeases`] echoing its `report_seq`, with a lease per bucket the
+//! allocator accepted and an error line per bucket it did not. When the
+//! stream ends, however it ends, the process is marked disconnected: its
+//! leases stay accounted until they expire, its demand stops counting.
+//!
+//! The allocator is created when the control plane starts, so every start
+//! begins in learning mode (see [`crate::quota`]); a background task expires
+//! leases every [`TICK`]. Streams are let in through the same
+//! [`Admission`](super::admission::Admission) as policy streams and end
+//! cleanly when the control plane drains.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::quota_server::Quota;
+use tollgate_proto::v1::{
+    BucketId, BucketReport, FleetBucket, FleetHolder, Lease as LeaseProto, QuotaLeases, QuotaReport,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ControlPlane;
+use super::distribution::shutting_down;
+use super::drain::{Latch, Tracked};
+use crate::metrics::Metrics;
+use crate::quota::{
+    Allocator, AllocatorConfig, BucketKey, BucketView, HeldLease, HolderKey, Lease, LimitSpec,
+    Report,
+};
+
+/// How often leases past their expiry are charged and old consumption is
+/// forgotten.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// The most buckets one report may name. A sidecar with more batches them
+/// over several reports; a larger report is answered with one error and
+/// nothing in it is accounted.
+pub const MAX_BUCKETS_PER_REPORT: usize = 10_000;
+
+/// Answers queued per stream. One answer per report, and the stream reads
+/// the next report only once the answer is queued, so a sidecar that stops
+/// reading stops being read.
+const ANSWER_BUFFER: usize = 4;
+
+/// How long a refused stream waits for room to send its status.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a new stream may take to send its first report.
+const FIRST_REPORT_WAIT: Duration = Duration::from_secs(10);
+
+/// The scopes counted across the fleet (`pod` is counted by each sidecar).
+const FLEET_SCOPES: [&str; 3] = ["grant", "session", "global"];
+
+/// The control plane's fleet-wide accounting: the allocator and which
+/// stream each sidecar process reports on.
+pub struct QuotaLedger {
+    state: Mutex<State>,
+}
+
+struct State {
+    allocator: Allocator,
+    /// The latest stream of each process, so a stream that ends after the
+    /// same process opened a new one does not mark it disconnected.
+    streams: HashMap<HolderKey, u64>,
+    next_stream: u64,
+    /// The latest time handed to the allocator.
+    last: Instant,
+}
+
+impl State {
+    /// Now, read under the lock: the allocator needs times that never go
+    /// backwards between calls, which times read before taking the lock
+    /// (by racing streams, or the tick's scheduled instants) do not ensure.
+    fn now(&mut self) -> Instant {
+        self.last = self.last.max(Instant::now());
+        self.last
+    }
+}
+
+impl QuotaLedger {
+    /// An allocator started now: learning until `lease_ttl + grace` from now.
+    pub fn new(config: AllocatorConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(State {
+                allocator: Allocator::new(now, config),
+                streams: HashMap::new(),
+                next_stream: 0,
+                last: now,
+            }),
+        }
+    }
+
+    /// The state, unless an allocator call panicked while holding it: then
+    /// its sums may be half-updated and no lease it computes can be trusted.
+    fn lock(&self) -> Result<MutexGuard<'_, State>, Status> {
+        self.state.lock().map_err(|_| {
+            tracing::error!("the quota allocator panicked earlier; refusing quota calls");
+            Status::internal(
+                "the control plane's quota allocator failed earlier and its accounting can no \
+                 longer be trusted; restart the control plane (sidecars apply their \
+                 on_unavailable setting meanwhile)",
+            )
+        })
+    }
+
+    /// Registers a new stream of `holder`; the id to end it with.
+    fn open(&self, holder: &HolderKey) -> Result<u64, Status> {
+        let mut state = self.lock()?;
+        state.next_stream += 1;
+        let id = state.next_stream;
+        state.streams.insert(holder.clone(), id);
+        Ok(id)
+    }
+
+    /// Stream `id` of `holder` ended: the process is disconnected unless it
+    /// has opened another stream since.
+    fn close(&self, holder: &HolderKey, id: u64) {
+        let Ok(mut state) = self.lock() else { return };
+        if state.streams.get(holder) == Some(&id) {
+            state.streams.remove(holder);
+            state.allocator.disconnect(holder);
+        }
+    }
+
+    /// Accounts every bucket of one report, received now, under one lock.
+    fn account(
+        &self,
+        holder: &HolderKey,
+        report: &QuotaReport,
+        metrics: &Metrics,
+    ) -> Result<QuotaLeases, Status> {
+        let mut answer = QuotaLeases {
+            leases: Vec::new(),
+            answers_report: report.report_seq,
+            errors: Vec::new(),
+        };
+        let n = report.buckets.len();
+        if n > MAX_BUCKETS_PER_REPORT {
+            metrics.quota_bucket_errors.inc_by(n as u64);
+            answer.errors.push(format!(
+                "the report names {n} buckets, more than the {MAX_BUCKETS_PER_REPORT} one report \
+                 may carry; nothing in it was accounted: send at most {MAX_BUCKETS_PER_REPORT} \
+                 buckets per report"
+            ));
+            return Ok(answer);
+        }
+        answer.leases.reserve(n);
+        let mut state = self.lock()?;
+        let now = state.now();
+        for b in &report.buckets {
+            let result = parse(b).and_then(|(id, key, r)| {
+                state
+                    .allocator
+                    .report(now, holder, &key, &r)
+                    .map(|lease| lease_proto(id, lease))
+                    .map_err(|e| format!("{}: {e}", name(id)))
+            });
+            match result {
+                Ok(lease) => answer.leases.push(lease),
+                Err(error) => answer.errors.push(error),
+            }
+        }
+        drop(state);
+        metrics.quota_leases.inc_by(answer.leases.len() as u64);
+        metrics
+            .quota_bucket_errors
+            .inc_by(answer.errors.len() as u64);
+        Ok(answer)
+    }
+
+    /// Charges expired leases and forgets what left every window.
+    pub fn tick(&self) {
+        if let Ok(mut state) = self.lock() {
+            let now = state.now();
+            state.allocator.tick(now);
+        }
+    }
+
+    /// Every bucket (of `server`, unless it is empty) as it stands now.
+    pub fn list(&self, server: &str) -> Result<Vec<FleetBucket>, Status> {
+        let (views, now) = {
+            let mut state = self.lock()?;
+            let now = state.now();
+            (state.allocator.snapshot(now), now)
+        };
+        Ok(views
+            .into_iter()
+            .filter(|v| server.is_empty() || v.key.server == server)
+            .map(|v| bucket_proto(v, now))
+            .collect())
+    }
+
+    /// Buckets tracked now.
+    pub fn buckets(&self) -> usize {
+        self.lock().map_or(0, |mut state| {
+            let now = state.now();
+            state.allocator.snapshot(now).len()
+        })
+    }
+}
+
+/// Expires leases every [`TICK`] until the control plane drains.
+pub async fn tick(cp: Arc<ControlPlane>) {
+    let mut draining = cp.drain.latch();
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => cp.quota.tick(),
+            () = draining.set() => return,
+        }
+    }
+}
+
+/// A bucket report as the allocator takes it, or why it cannot be.
+fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
+    let Some(id) = b.bucket.as_ref() else {
+        return Err("a bucket report without its bucket (server, counter, scope, key)".to_owned());
+    };
+    if id.server.is_empty() || id.counter.is_empty() {
+        return Err(format!(
+            "{}: a bucket needs its server and counter; both must be non-empty",
+            name(id)
+        ));
+    }
+    if !FLEET_SCOPES.contains(&id.scope.as_str()) {
+        return Err(format!(
+            "{}: scope {:?} is not counted across the fleet; expected grant, session or global",
+            name(id),
+            id.scope
+        ));
+    }
+    if id.scope == "global" && !id.key.is_empty() {
+        return Err(format!(
+            "{}: a global bucket has no key, but {:?} was given; send key \"\"",
+            name(id),
+            id.key
+        ));
+    }
+    if b.window_ms == 0 {
+        return Err(format!(
+            "{}: window_ms is 0; a fleet limit needs a window above zero",
+            name(id)
+        ));
+    }
+    let key = BucketKey {
+        server: id.server.clone(),
+        counter: id.counter.clone(),
+        scope_key: id.key.clone(),
+    };
+    let report = Report {
+        policy_version: b.policy_version,
+        spec: LimitSpec {
+            max: b.max,
+            window: Duration::from_millis(b.window_ms),
+        },
+        admitted_total: b.admitted_total,
+        unleased_total: b.unleased_total,
+        denied: b.denied,
+        held: b.held.as_ref().map(|h| HeldLease {
+            seq: h.seq,
+            granted_total: h.granted_total,
+        }),
+        demand: b.demand,
+        window_admitted: b.window_admitted,
+    };
+    Ok((id, key, report))
+}
+
+/// `server/counter` with its scope and key, for error lines.
+fn name(id: &BucketId) -> String {
+    if id.key.is_empty() {
+        format!("bucket {}/{} ({})", id.server, id.counter, id.scope)
+    } else {
+        format!(
+            "bucket {}/{} ({} {:?})",
+            id.server, id.counter, id.scope, id.key
+        )
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn lease_proto(id: &BucketId, lease: Lease) -> LeaseProto {
+    LeaseProto {
+        bucket: Some(id.clone()),
+        seq: lease.seq,
+        granted_total: lease.granted_total,
+        ttl_ms: millis(lease.ttl),
+        refresh_ms: millis(lease.refresh),
+        fallback: lease.fallback,
+    }
+}
+
+fn bucket_proto(v: BucketView, now: Instant) -> FleetBucket {
+    FleetBucket {
+        server: v.key.server,
+        counter: v.key.counter,
+        key: v.key.scope_key,
+        policy_version: v.policy_version,
+        max: v.max,
+        window_ms: millis(v.window),
+        consumed: v.consumed,
+        unleased: v.unleased,
+        reserved: v.reserved,
+        learning: v.learning,
+        holders: v
+            .holders
+            .into_iter()
+            .map(|h| FleetHolder {
+                node_id: h.node_id,
+                epoch: h.epoch,
+                connected: h.connected,
+                reservation: h.reservation,
+                granted_total: h.granted_total,
+                admitted_total: h.admitted_total,
+                demand: h.demand,
+                expires_in_ms: if h.expired {
+                    0
+                } else {
+                    millis(h.expires.saturating_duration_since(now))
+                },
+                expired: h.expired,
+                unleased_total: h.unleased_total,
+                denied: h.denied,
+            })
+            .collect(),
+    }
+}
+
+pub struct QuotaService {
+    cp: Arc<ControlPlane>,
+}
+
+impl QuotaService {
+    pub fn new(cp: Arc<ControlPlane>) -> Self {
+        Self { cp }
+    }
+}
+
+#[tonic::async_trait]
+impl Quota for QuotaService {
+    type StreamQuotaStream = ReceiverStream<Result<QuotaLeases, Status>>;
+
+    async fn stream_quota(
+        &self,
+        request: Request<Streaming<QuotaReport>>,
+    ) -> Result<Response<Self::StreamQuotaStream>, Status> {
+        let cp = self.cp.clone();
+        let Some(tracked) = cp.drain.track() else {
+            return Err(shutting_down());
+        };
+        let permit = match cp.admission.admit().await {
+            Ok(permit) => permit,
+            Err(refused) => {
+                cp.metrics.streams_refused.inc();
+                return Err(Status::unavailable(refused.to_string()));
+            }
+        };
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REPORT_WAIT, inbound.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the quota stream closed before its first report",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no first quota report within 10s of opening the stream",
+                ));
+            }
+        };
+        let node_id = first
+            .node
+            .as_ref()
+            .map(|n| n.id.clone())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "the first quota report must carry node, with a non-empty node.id (the \
+                     sidecar's node id)",
+                )
+            })?;
+        if first.epoch == 0 {
+            return Err(Status::invalid_argument(format!(
+                "node {node_id}: the first quota report must carry a non-zero epoch, random per \
+                 sidecar process, so a restarted sidecar's counts are not taken for its \
+                 predecessor's"
+            )));
+        }
+        let holder = HolderKey {
+            node_id,
+            epoch: first.epoch,
+        };
+        let id = cp.quota.open(&holder)?;
+        let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
+        tokio::spawn(run(cp, holder, id, inbound, first, tx, permit, tracked));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Why a stream stopped.
+enum End {
+    /// The sidecar closed it, or went away.
+    Closed,
+    /// The control plane is stopping.
+    Drained,
+    /// The sidecar broke the protocol: the stream ends with this status.
+    Refused(Status),
+}
+
+/// Serves one stream until it ends, then marks the process disconnected.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    cp: Arc<ControlPlane>,
+    holder: HolderKey,
+    id: u64,
+    mut inbound: Streaming<QuotaReport>,
+    first: QuotaReport,
+    tx: mpsc::Sender<Result<QuotaLeases, Status>>,
+    permit: OwnedSemaphorePermit,
+    tracked: Tracked,
+) {
+    cp.metrics.quota_streams.inc();
+    tracing::info!(node = %holder.node_id, epoch = holder.epoch, "quota stream opened");
+    let mut draining = cp.drain.latch();
+    let mut end = on_report(&cp, &holder, first, &tx, &mut draining).await;
+    // The opening handshake is over once the first answer is queued.
+    drop(permit);
+    while end.is_none() {
+        end = tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(report)) => on_report(&cp, &holder, report, &tx, &mut draining).await,
+                Ok(None) => Some(End::Closed),
+                Err(status) => {
+                    tracing::debug!(node = %holder.node_id, %status, "quota stream failed");
+                    Some(End::Closed)
+                }
+            },
+            () = tx.closed() => Some(End::Closed),
+            () = draining.set() => Some(End::Drained),
+        };
+    }
+    cp.quota.close(&holder, id);
+    cp.metrics.quota_streams.dec();
+    match end {
+        Some(End::Refused(status)) => {
+            tracing::warn!(node = %holder.node_id, error = status.message(), "quota stream refused");
+            // Ends the response stream with that status, unless the sidecar
+            // has stopped reading (or is gone).
+            let _ = tokio::time::timeout(REFUSAL_WAIT, tx.send(Err(status))).await;
+        }
+        Some(End::Drained) => {
+            tracing::debug!(node = %holder.node_id, "quota stream ended: the control plane is stopping");
+        }
+        _ => tracing::info!(node = %holder.node_id, "quota stream closed"),
+    }
+    // Dropping `tx` ends the response stream (with status OK unless a
+    // status was queued); only then is the stream no longer counted open.
+    drop(tx);
+    drop(tracked);
+}
+
+/// Accounts one report and queues its answer; `Some` when the stream ends.
+async fn on_report(
+    cp: &ControlPlane,
+    holder: &HolderKey,
+    report: QuotaReport,
+    tx: &mpsc::Sender<Result<QuotaLeases, Status>>,
+    draining: &mut Latch,
+) -> Option<End> {
+    if report.epoch != 0 && report.epoch != holder.epoch {
+        return Some(End::Refused(Status::invalid_argument(format!(
+            "node {}: a quota stream belongs to one sidecar process, opened with epoch {}, but \
+             this report carries epoch {}; open a new stream for the new process",
+            holder.node_id, holder.epoch, report.epoch
+        ))));
+    }
+    cp.metrics.quota_reports.inc();
+    let answer = match cp.quota.account(holder, &report, &cp.metrics) {
+        Ok(answer) => answer,
+        Err(status) => return Some(End::Refused(status)),
+    };
+    tokio::select! {
+        sent = tx.send(Ok(answer)) => sent.err().map(|_| End::Closed),
+        () = draining.set() => Some(End::Drained),
+    }
+}

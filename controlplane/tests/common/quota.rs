@@ -1,0 +1,171 @@
+//! A fake sidecar's quota stream: a real tonic `QuotaClient` reporting
+//! buckets and reading leases.
+
+use std::net::SocketAddr;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::admin_client::AdminClient;
+use tollgate_proto::v1::quota_client::QuotaClient;
+use tollgate_proto::v1::{
+    BucketId, BucketReport, FleetBucket, ListLimitsRequest, Node, QuotaLeases, QuotaReport,
+};
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use super::{WAIT, url};
+
+/// The server every test bucket is on.
+pub const SERVER: &str = "files";
+
+/// A report on `counter` (scope `scope`, key `key`) of `max` calls per
+/// `window_ms`, with nothing admitted and nothing held yet.
+pub fn bucket(counter: &str, scope: &str, key: &str, max: u64, window_ms: u64) -> BucketReport {
+    BucketReport {
+        bucket: Some(BucketId {
+            server: SERVER.to_owned(),
+            counter: counter.to_owned(),
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+        }),
+        policy_version: 1,
+        max,
+        window_ms,
+        ..Default::default()
+    }
+}
+
+/// One sidecar process's end of a quota stream.
+pub struct QuotaSidecar {
+    pub node: String,
+    pub epoch: u64,
+    tx: mpsc::Sender<QuotaReport>,
+    rx: Streaming<QuotaLeases>,
+    seq: u64,
+}
+
+impl QuotaSidecar {
+    /// Opens a stream whose first report (naming the node) carries
+    /// `buckets`; the stream and the answer to that report.
+    pub async fn connect(
+        addr: SocketAddr,
+        node: &str,
+        epoch: u64,
+        buckets: Vec<BucketReport>,
+    ) -> (Self, QuotaLeases) {
+        let first = QuotaReport {
+            node: Some(Node {
+                id: node.to_owned(),
+                ..Default::default()
+            }),
+            epoch,
+            buckets,
+            report_seq: 1,
+        };
+        let mut sidecar = Self::open(addr, first).await.unwrap();
+        sidecar.node = node.to_owned();
+        sidecar.epoch = epoch;
+        let answer = sidecar.answer().await;
+        (sidecar, answer)
+    }
+
+    /// Opens a stream with `first` as its first report; the call's error
+    /// when the control plane refuses the stream.
+    pub async fn open(addr: SocketAddr, first: QuotaReport) -> Result<Self, Status> {
+        let mut client = QuotaClient::connect(url(addr)).await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let seq = first.report_seq;
+        let epoch = first.epoch;
+        tx.send(first).await.unwrap();
+        let rx = client
+            .stream_quota(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self {
+            node: String::new(),
+            epoch,
+            tx,
+            rx,
+            seq,
+        })
+    }
+
+    /// Sends the next report (no node, this process's epoch).
+    pub async fn send(&mut self, buckets: Vec<BucketReport>) {
+        self.send_as(self.epoch, buckets).await;
+    }
+
+    /// Sends the next report with `epoch`.
+    pub async fn send_as(&mut self, epoch: u64, buckets: Vec<BucketReport>) {
+        self.seq += 1;
+        self.tx
+            .send(QuotaReport {
+                node: None,
+                epoch,
+                buckets,
+                report_seq: self.seq,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Reports `buckets` and returns the answer.
+    pub async fn report(&mut self, buckets: Vec<BucketReport>) -> QuotaLeases {
+        self.send(buckets).await;
+        self.answer().await
+    }
+
+    /// The answer to the last report sent.
+    pub async fn answer(&mut self) -> QuotaLeases {
+        let answer = self
+            .next()
+            .await
+            .unwrap()
+            .expect("the quota stream is open");
+        assert_eq!(answer.answers_report, self.seq, "{answer:?}");
+        answer
+    }
+
+    /// The next message, or the end of the stream (`Ok(None)`: status OK).
+    pub async fn next(&mut self) -> Result<Option<QuotaLeases>, Status> {
+        tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("an answer or the end of the quota stream in time")
+    }
+}
+
+/// Every bucket the control plane lists (of `server`, unless empty).
+pub async fn limits(admin: &mut AdminClient<Channel>, server: &str) -> Vec<FleetBucket> {
+    admin
+        .list_limits(ListLimitsRequest {
+            server: server.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .buckets
+}
+
+/// Polls `ListLimits` until the bucket of `counter` satisfies `ok`.
+pub async fn wait_for_bucket(
+    admin: &mut AdminClient<Channel>,
+    counter: &str,
+    ok: impl Fn(&FleetBucket) -> bool,
+) -> FleetBucket {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = limits(admin, "")
+            .await
+            .into_iter()
+            .find(|b| b.counter == counter && ok(b));
+        if let Some(b) = found {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bucket {counter} never reached the expected state: {:?}",
+            limits(admin, "").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
