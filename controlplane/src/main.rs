@@ -11,7 +11,7 @@ use tollgate_controlplane::cli;
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, propagate_version = true)]
 struct Cli {
-    /// The control plane's gRPC address (for push, versions, status…).
+    /// The control plane's gRPC address (for push, versions, status, limits…).
     #[arg(
         long,
         global = true,
@@ -32,6 +32,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Show every sidecar's policy status.
     Status(cli::fleet::StatusArgs),
+    /// Show fleet-wide rate limits: each bucket and the leases its nodes hold.
+    Limits(cli::limits::LimitsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cli::policy::run(cmd, &cli.addr),
         Command::Serve(args) => cli::serve::run(args),
         Command::Status(args) => cli::fleet::status(&cli.addr, &args),
+        Command::Limits(args) => cli::limits::limits(&cli.addr, &args),
     };
     match result {
         Ok(code) => code,

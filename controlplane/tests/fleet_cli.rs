@@ -1,5 +1,5 @@
 //! `tollgate serve` and the fleet commands (`policy push | versions | show |
-//! diff`, `status`), run as the real binary.
+//! diff`, `status`, `limits`), run as the real binary.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,8 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use common::FakeSidecar;
+use common::quota::{QuotaSidecar, bucket};
+use tollgate_proto::v1::LeaseHeld;
 
 /// A `tollgate serve` child, killed on drop.
 struct Served {
@@ -159,6 +163,119 @@ fn fleet_commands_say_when_no_control_plane_answers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot reach the control plane at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limits_shows_the_buckets_sidecars_report_and_their_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let addr = served.addr;
+    let out = tollgate(addr, &["limits"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).starts_with("no fleet-wide limits reported"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A sidecar process reports a global bucket, holding a lease of 12
+    // calls (4 used) from before the control plane started: it is learning,
+    // so that lease is renewed as it is.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _sidecar = rt.block_on(async {
+        let mut b = bucket("writes", "global", "", 30, 60_000);
+        b.admitted_total = 4;
+        b.window_admitted = 4;
+        b.demand = 10;
+        b.held = Some(LeaseHeld {
+            seq: 2,
+            granted_total: 12,
+        });
+        let (sidecar, answer) = QuotaSidecar::connect(addr, "pod-1", 42, vec![b]).await;
+        assert_eq!(answer.leases[0].granted_total, 12, "{answer:?}");
+        sidecar
+    });
+
+    let out = tollgate(addr, &["limits"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert_eq!(rows[0][0], "SERVER", "{text}");
+    assert_eq!(
+        rows[1],
+        ["files", "writes", "-", "30/1m", "4", "8", "yes"],
+        "{text}"
+    );
+    assert_eq!(rows[2][0], "NODE", "{text}");
+    assert_eq!(rows[3][..5], ["pod-1", "yes", "8", "12", "4"], "{text}");
+    assert!(rows[3][5].ends_with('s'), "{text}");
+
+    let out = tollgate(addr, &["limits", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let b = &v["buckets"][0];
+    assert_eq!(
+        (b["server"].as_str(), b["max"].as_u64()),
+        (Some("files"), Some(30))
+    );
+    assert_eq!(b["learning"], true);
+    assert_eq!(b["holders"][0]["node_id"], "pod-1");
+    assert_eq!(b["holders"][0]["epoch"], 42);
+    assert_eq!(b["holders"][0]["granted_total"], 12);
+
+    let out = tollgate(addr, &["limits", "--server", "other"]);
+    assert_eq!(
+        stdout(&out).lines().next(),
+        Some(
+            "no fleet-wide limits reported for server other (sidecars report a bucket once a \
+             call hits it)"
+        )
+    );
+
+    // --watch prints the table again every second until stopped.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .env("TOLLGATE_ADDR", common::url(addr))
+        .args(["limits", "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut tables = 0;
+    while tables < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("--watch prints the table again within 5 s");
+        tables += usize::from(line.starts_with("files "));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn limits_says_which_address_did_not_answer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--addr", "http://127.0.0.1:9", "limits"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "cannot reach the control plane at http://127.0.0.1:9 (set --addr or TOLLGATE_ADDR)"
+        ),
         "{err}"
     );
 }

@@ -39,14 +39,14 @@ pub struct StatusArgs {
     watch: bool,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+pub(crate) async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
     AdminClient::connect(addr.to_owned())
         .await
         .with_context(|| {
