@@ -138,10 +138,14 @@ struct LeaseBucket {
     /// Demand asked for even without calls: the bundle names this bucket, so
     /// its first call should find a lease already there.
     standing: u64,
+    /// The last report sent before this bucket was created. A lease answering
+    /// that report or an earlier one was for a bucket of the same name this
+    /// sidecar forgot (its counts started again at zero): it is ignored.
+    born_after: u64,
 }
 
 impl LeaseBucket {
-    fn new(c: &Charge<'_>, now: Duration) -> Self {
+    fn new(c: &Charge<'_>, now: Duration, born_after: u64) -> Self {
         Self {
             max: c.max,
             window: c.window,
@@ -158,6 +162,7 @@ impl LeaseBucket {
             last_hit: now,
             starved: false,
             standing: 0,
+            born_after,
         }
     }
 
@@ -182,6 +187,8 @@ struct FleetState {
     connected: bool,
     /// The refresh interval the control plane asked for.
     refresh: Duration,
+    /// The last report built.
+    report_seq: u64,
 }
 
 /// The sidecar's counters in fleet mode (see the module doc).
@@ -205,6 +212,7 @@ impl FleetCounters {
                 buckets: HashMap::new(),
                 connected: false,
                 refresh: DEFAULT_REFRESH,
+                report_seq: 0,
             }),
             wake: Notify::new(),
             origin,
@@ -259,6 +267,7 @@ impl FleetCounters {
     /// Builds the report of every live bucket and forgets idle ones.
     fn report(&self, report_seq: u64, version: u64, now: Duration) -> QuotaReport {
         let mut state = self.lock();
+        state.report_seq = state.report_seq.max(report_seq);
         let refresh = state.refresh;
         let mut buckets = Vec::new();
         let mut capacity = 0u64;
@@ -340,7 +349,10 @@ impl FleetCounters {
                     scope: f.scope,
                     key: f.key.as_ref().into(),
                 };
-                state.buckets.insert(key, LeaseBucket::new(&charge, now));
+                let born_after = state.report_seq;
+                state
+                    .buckets
+                    .insert(key, LeaseBucket::new(&charge, now, born_after));
             }
             if let Some(b) = state.buckets.get_mut(&ChargeKey(&charge)) {
                 // A bucket of this node's own grant (a bundle without grants)
@@ -375,7 +387,8 @@ impl FleetCounters {
             let Some(b) = state.buckets.get_mut(&probe) else {
                 continue;
             };
-            if b.taken_seq.is_some_and(|s| lease.seq <= s) {
+            if answer.answers_report <= b.born_after || b.taken_seq.is_some_and(|s| lease.seq <= s)
+            {
                 continue;
             }
             b.taken_seq = Some(lease.seq);
@@ -446,7 +459,10 @@ impl Counters for FleetCounters {
                     scope: c.scope,
                     key: c.key.into(),
                 };
-                state.buckets.insert(key, LeaseBucket::new(c, now));
+                let born_after = state.report_seq;
+                state
+                    .buckets
+                    .insert(key, LeaseBucket::new(c, now, born_after));
             }
             let Some(b) = state.buckets.get_mut(&ChargeKey(c)) else {
                 continue;

@@ -284,3 +284,28 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
     fc.stand_by(&own, "pod-1", at(600));
     assert_eq!(fc.report(4, 3, at(600)).buckets[0].demand, 100);
 }
+
+#[test]
+fn a_lease_for_a_forgotten_bucket_is_not_applied_to_its_successor() {
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
+    assert!(!admitted(&fc, &g, at(0)));
+    // Report 1 names the bucket; then the bucket goes idle and is forgotten.
+    let _ = fc.report(1, 3, at(0));
+    let _ = fc.report(2, 3, at(200));
+    assert!(fc.lock().buckets.is_empty());
+    // A call creates it again (its counts start from zero) …
+    assert!(!admitted(&fc, &g, at(201)));
+    // … and a lease answering report 1 (sized for the old counts) arrives late.
+    let mut late = answer(vec![lease(9, 50, at(600), 5)]);
+    late.answers_report = 1;
+    assert_eq!(fc.take(&late, at(0)), 0, "a lease for the forgotten bucket");
+    // A lease answering a report sent since is taken.
+    let _ = fc.report(3, 3, at(201));
+    let mut fresh = answer(vec![lease(10, 5, at(10), 5)]);
+    fresh.answers_report = 3;
+    assert_eq!(fc.take(&fresh, at(201)), 1);
+    assert!(admitted(&fc, &g, at(202)));
+}
