@@ -34,6 +34,22 @@ pub struct ServeArgs {
     /// refused with UNAVAILABLE at once and retry with their backoff.
     #[arg(long, default_value_t = 1024)]
     max_waiting_streams: usize,
+    /// Fleet-wide limits: how long a lease lets a sidecar admit calls without
+    /// hearing back (capped at each limit's window). After a start the control
+    /// plane grants nothing new for this long plus --lease-grace (it re-learns
+    /// what the sidecars hold).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// How often sidecars report on their fleet-wide buckets.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    lease_refresh: Duration,
+    /// The longest a lease may take to reach a sidecar.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    lease_grace: Duration,
+    /// After a start, also grant nothing new for one window of each limit:
+    /// exact even for a sidecar that stays silent through re-learning.
+    #[arg(long)]
+    learn_whole_window: bool,
 }
 
 /// On SIGTERM or SIGINT: stop accepting, end every policy stream cleanly
@@ -46,6 +62,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if args.lease_ttl.is_zero() || args.lease_refresh.is_zero() {
+        bail!(
+            "--lease-ttl and --lease-refresh must be above zero (got {:?} and {:?}); the defaults are 10s and 1s",
+            args.lease_ttl,
+            args.lease_refresh
+        );
+    }
     let config = Config {
         grpc: args.grpc,
         http: args.http,
@@ -53,7 +76,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stale_after: args.stale_after,
         max_opening_streams: args.max_opening_streams,
         max_waiting_streams: args.max_waiting_streams,
-        quota: AllocatorConfig::default(),
+        quota: AllocatorConfig {
+            lease_ttl: args.lease_ttl,
+            refresh: args.lease_refresh,
+            grace: args.lease_grace,
+            learn_whole_window: args.learn_whole_window,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
