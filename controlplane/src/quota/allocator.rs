@@ -363,10 +363,9 @@ impl Bucket {
     }
 
     /// A process this bucket has not seen, and whether it holds a live
-    /// lease. While learning, its calls in the trailing window (made under
-    /// leases this allocator did not send) become consumption. After, every
-    /// lease-admitted call in the window was made under this allocator's
-    /// leases and is accounted already (see [`Holder::arrive`]).
+    /// lease. Its calls in the trailing window (`window_admitted`: made under
+    /// leases this allocator did not send, or without a lease) become
+    /// consumption, while learning and after.
     fn arrive(
         &mut self,
         now: Instant,
@@ -384,6 +383,14 @@ impl Bucket {
             holder.denied = report.denied;
             (holder, report.held.is_some())
         } else {
+            // Its calls in the trailing window may have been made under leases
+            // of a control plane that ran before this one (a sidecar that came
+            // back only after learning ended) or without a lease: counted, so
+            // nothing is granted against them. Calls this allocator already
+            // counted (a holder forgotten less than a window after its last
+            // call) are counted twice, which errs on the safe side.
+            self.consumed
+                .push(now, super::consumed::Used::leased(report.window_admitted));
             let holds = holder.account(now, self.spec.window, report, &mut self.consumed);
             (holder, holds)
         }

@@ -604,3 +604,22 @@ fn fair_shares_fill_small_demands_first() {
     nodes[1].sync(&mut alloc, now + ms(3), 60);
     assert_eq!(nodes[2].sync(&mut alloc, now + ms(4), 60).granted_total, 45);
 }
+
+#[test]
+fn a_holder_first_seen_after_learning_brings_its_windows_calls() {
+    // A sidecar that came back only after learning ended: the 70 calls it made
+    // in the window (under an earlier control plane's leases, or on fallback)
+    // count, so nothing is granted against them.
+    let (mut alloc, now) = ready();
+    let a = Sidecar::new("a", 1);
+    let mut report = a.report(now, 100);
+    report.admitted_total = 40;
+    report.unleased_total = 30;
+    report.window_admitted = 70;
+    let lease = alloc
+        .report(now, &a.key, &bucket(), &report)
+        .expect("accepted");
+    alloc.check_invariant(now).expect("invariant");
+    assert_eq!(lease.granted_total - report.admitted_total, 30);
+    assert_eq!(view(&alloc, now).consumed, 70);
+}

@@ -309,7 +309,10 @@ impl FleetCounters {
                     granted_total: l.granted_total,
                 }),
                 demand,
-                window_admitted: b.leased_window.count(now, b.window),
+                // Every call it admitted in the window, leased or not: what a
+                // control plane that has not seen this process must count.
+                window_admitted: b.leased_window.count(now, b.window)
+                    + b.unleased_window.count(now, b.window),
             });
             b.denied = 0;
             b.hits = 0;
