@@ -1,0 +1,307 @@
+//! Fleet-wide limits as whole binaries (issue 5): `tollgate serve` and many
+//! `tollgate-sidecar --control-plane …` in front of one recording upstream.
+//! Every sidecar decides each call from its lease, and the limit holds across
+//! the fleet:
+//!
+//! - twenty sidecars share a `global` limit of 100 per minute; 1,000 calls
+//!   spread unevenly over them inside one window: at most 100 reach the
+//!   upstream, and at least 95 (the leases follow the demand);
+//! - a `grant` limit shared by three pods that carry the same grant holds
+//!   across them;
+//! - the control plane killed mid-window: the sidecars keep serving, within
+//!   the fallback bound (`max` + the fallback capacity of each node, `max` ÷
+//!   nodes); after its restart the re-learning grants nothing more than what
+//!   is left of `max`.
+//!
+//! The control plane runs with short leases (`--lease-ttl 2s --lease-grace
+//! 500ms`) so that its re-learning after a start takes 2.5 s, not 11 s.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate_e2e::controlplane::ControlPlane;
+use tollgate_e2e::net;
+use tollgate_e2e::recorder::Recorder;
+use tollgate_e2e::{Scratch, Sidecar, sidecar};
+
+/// How long a new control plane re-learns before it grants anything new:
+/// its lease ttl plus its grace (see [`CP_ARGS`]), and a margin.
+const LEARNING: Duration = Duration::from_millis(3500);
+/// Short leases, so tests wait seconds, not tens of seconds.
+const CP_ARGS: [&str; 4] = ["--lease-ttl", "2s", "--lease-grace", "500ms"];
+
+struct Fleet {
+    // Sidecars first: they stop before the control plane.
+    sidecars: Vec<Sidecar>,
+    cp: ControlPlane,
+    recorder: Recorder,
+    _state: Vec<Scratch>,
+    started: Instant,
+}
+
+impl Fleet {
+    fn start(nodes: usize, policy: &Value) -> Fleet {
+        let cp = ControlPlane::start_with_args(&CP_ARGS);
+        // Its learning period began before this.
+        let started = Instant::now();
+        let recorder = Recorder::start();
+        let state: Vec<Scratch> = (0..nodes)
+            .map(|i| Scratch::new(&format!("lim-{i}")))
+            .collect();
+        let sidecars = (0..nodes)
+            .map(|i| {
+                sidecar::builder()
+                    .upstream(recorder.url())
+                    .node_id(format!("lim-{i:02}"))
+                    .control_plane(cp.url(), state[i].path())
+                    .start()
+            })
+            .collect();
+        let fleet = Fleet {
+            sidecars,
+            cp,
+            recorder,
+            _state: state,
+            started,
+        };
+        let version = fleet.cp.push(policy);
+        let want = format!("ready: policy v{version}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for sc in &fleet.sidecars {
+            while sc.readiness().trim() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "a sidecar is not enforcing v{version}: {}",
+                    sc.readiness()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        fleet
+    }
+
+    /// Waits out the control plane's learning period, then one refresh so
+    /// every sidecar holds its standing lease.
+    fn wait_learning(&self) {
+        wait_until(self.started + LEARNING + Duration::from_millis(1500));
+    }
+
+    /// `n` calls, round robin over the sidecars, `gap` apart; how many were admitted.
+    fn calls(&self, n: u64, gap: Duration, first_id: u64) -> usize {
+        (0..n)
+            .filter(|i| {
+                let sc = &self.sidecars[*i as usize % self.sidecars.len()];
+                let ok = call(sc.listen, first_id + i, None);
+                std::thread::sleep(gap);
+                ok
+            })
+            .count()
+    }
+
+    /// `tollgate limits --json`.
+    fn limits(&self) -> Value {
+        let out = self.cp.cli(&["limits", "--json"]);
+        assert!(out.status.success(), "tollgate limits: {}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+}
+
+fn wait_until(t: Instant) {
+    if let Some(left) = t.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
+    }
+}
+
+/// One `tools/call echo` through `addr`; whether it was admitted.
+fn call(addr: SocketAddr, id: u64, token: Option<&str>) -> bool {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let reply = net::request(
+        addr,
+        "POST",
+        "/mcp",
+        &headers,
+        Some(body.to_string().as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("POST to {addr}: {e}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let msg: Value = serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{e}"));
+    let result = &msg["result"];
+    if result["isError"] == json!(true) {
+        let decision = &result["_meta"]["tollgate/decision"]["decision"];
+        assert_eq!(decision, "rate_limited", "an unexpected refusal: {msg}");
+        false
+    } else {
+        true
+    }
+}
+
+fn echo_calls(recorder: &Recorder) -> usize {
+    recorder
+        .requests()
+        .iter()
+        .flat_map(|r| r.tool_calls())
+        .filter(|name| name == "echo")
+        .count()
+}
+
+#[test]
+fn twenty_sidecars_hold_a_global_limit_of_100_exactly() {
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": "minute", "max": 100, "scope": "global"}
+    ]}}});
+    let fleet = Fleet::start(20, &policy);
+    fleet.wait_learning();
+    // Uneven: three hot sidecars take 20 shares each, seventeen take 1.
+    let weights: Vec<usize> = (0..20).map(|i| if i < 3 { 20 } else { 1 }).collect();
+    let schedule: Vec<usize> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| std::iter::repeat_n(i, *w))
+        .collect();
+    let started = Instant::now();
+    let mut admitted = 0;
+    let mut per_node = [0usize; 20];
+    for n in 0..1000u64 {
+        // Interleave the nodes (31 is prime to the schedule's 77 slots, so
+        // every slot comes round); spread the calls over a few refresh intervals.
+        let node = schedule[(n as usize * 31) % schedule.len()];
+        if call(fleet.sidecars[node].listen, n, None) {
+            admitted += 1;
+            per_node[node] += 1;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let took = started.elapsed();
+    let reached = echo_calls(&fleet.recorder);
+    eprintln!("admitted {admitted} of 1000 in {took:?}; per node {per_node:?}");
+    assert!(
+        took < Duration::from_secs(50),
+        "the calls must fall in one window"
+    );
+    assert_eq!(
+        reached, admitted,
+        "what reached the upstream is what was admitted"
+    );
+    assert!(admitted <= 100, "the fleet admitted {admitted} > 100");
+    assert!(
+        admitted >= 95,
+        "the fleet admitted only {admitted} of a budget of 100"
+    );
+    let limits = fleet.cp.cli(&["limits", "--json"]);
+    assert!(limits.status.success(), "{}", limits.stderr);
+    eprintln!("tollgate limits --json: {}", limits.stdout);
+}
+
+#[test]
+fn a_grant_limit_holds_across_pods_with_the_same_grant() {
+    use sha2::{Digest, Sha256};
+    let token = "tok-agent-7";
+    let sha = format!("{:x}", Sha256::digest(token.as_bytes()));
+    let policy = json!({
+        "servers": {"default": {"version": "1", "default": "allow", "tools": {"echo": {
+            "rate_limit": {"max": 12, "window": "minute"}
+        }}}},
+        "grants": {"agent-7": {"token_sha256": sha}}
+    });
+    let fleet = Fleet::start(3, &policy);
+    fleet.wait_learning();
+    let mut admitted = 0;
+    for n in 0..90u64 {
+        if call(fleet.sidecars[n as usize % 3].listen, n, Some(token)) {
+            admitted += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(echo_calls(&fleet.recorder), admitted);
+    assert!(
+        admitted <= 12,
+        "three pods admitted {admitted} > 12 for one grant"
+    );
+    assert!(admitted >= 11, "only {admitted} of 12 admitted");
+}
+
+#[test]
+fn a_control_plane_lost_mid_window_keeps_the_fallback_bound_and_relearns_without_over_granting() {
+    const MAX: usize = 50;
+    const NODES: usize = 5;
+    // A five-minute window: the whole scenario falls inside one.
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": 300, "max": MAX, "scope": "global"}
+    ]}}});
+    let mut fleet = Fleet::start(NODES, &policy);
+    fleet.wait_learning();
+    let window_start = Instant::now();
+
+    let before = fleet.calls(30, Duration::from_millis(20), 0);
+    // Every sidecar has held a lease, so each knows its fallback: MAX / NODES.
+    let holders = fleet.limits()["buckets"][0]["holders"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(holders, NODES);
+
+    fleet.cp.kill();
+    // Past every lease's end (2 s from its report): on_unavailable decides.
+    std::thread::sleep(Duration::from_millis(3000));
+    let during = fleet.calls(100, Duration::from_millis(5), 1000);
+    for sc in &mut fleet.sidecars {
+        sc.process().assert_running();
+    }
+    let fallback = MAX / NODES;
+    assert!(
+        during > 0,
+        "with the control plane gone, fallback admits some calls"
+    );
+    assert!(
+        during <= NODES * fallback,
+        "{during} calls admitted on fallback, over {NODES} × {fallback}"
+    );
+    assert!(before + during <= MAX + NODES * fallback);
+
+    fleet.cp.restart();
+    let restarted = Instant::now();
+    // Until every sidecar is back, then while it re-learns and after: nothing
+    // beyond what is left of MAX once every call admitted so far is counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = fleet.limits();
+        let connected = l["buckets"][0]["holders"]
+            .as_array()
+            .map_or(0, |h| h.iter().filter(|h| h["connected"] == true).count());
+        if connected == NODES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecars did not come back: {l}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let relearning = fleet.calls(20, Duration::from_millis(5), 2000);
+    wait_until(restarted + LEARNING + Duration::from_millis(1500));
+    let after = fleet.calls(50, Duration::from_millis(20), 3000);
+    assert!(
+        window_start.elapsed() < Duration::from_secs(250),
+        "still one window"
+    );
+    let reached = echo_calls(&fleet.recorder);
+    eprintln!(
+        "admitted: before the loss {before}, on fallback {during}, while re-learning {relearning}, after {after}; upstream saw {reached}"
+    );
+    assert_eq!(reached, before + during + relearning + after);
+    assert!(
+        relearning + after <= MAX.saturating_sub(before + during),
+        "after the restart {} more were admitted, though the window had already admitted {} of {MAX}",
+        relearning + after,
+        before + during
+    );
+}
