@@ -170,7 +170,21 @@ fn fleet_commands_say_when_no_control_plane_answers() {
 #[test]
 fn limits_shows_the_buckets_sidecars_report_and_their_leases() {
     let dir = tempfile::tempdir().unwrap();
-    let served = serve(&dir.path().join("data"));
+    // An earlier control plane on this data dir sent leases that may be in
+    // use for 30 s more: this one starts by re-learning.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    let ms = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::fs::write(
+        data.join(tollgate_controlplane::server::QUOTA_MARKER),
+        format!("{ms}\n"),
+    )
+    .unwrap();
+    let served = serve(&data);
     let addr = served.addr;
     let out = tollgate(addr, &["limits"]);
     assert!(out.status.success(), "{out:?}");
@@ -181,8 +195,8 @@ fn limits_shows_the_buckets_sidecars_report_and_their_leases() {
     );
 
     // A sidecar process reports a global bucket, holding a lease of 12
-    // calls (4 used) from before the control plane started: it is learning,
-    // so that lease is renewed as it is.
+    // calls (4 used) from before the control plane started: it is
+    // re-learning, so that lease is renewed as it is.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _sidecar = rt.block_on(async {
         let mut b = bucket("writes", "global", "", 30, 60_000);

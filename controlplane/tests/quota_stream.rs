@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::quota::{QuotaSidecar, SERVER, bucket, limits, wait_for_bucket};
-use common::{WAIT, admin, start, start_with};
+use common::{WAIT, admin, earlier_leases, start, start_with};
 use tokio::time::Instant;
 use tollgate_controlplane::quota::AllocatorConfig;
 use tollgate_controlplane::server::MAX_BUCKETS_PER_REPORT;
@@ -120,7 +120,10 @@ fn committed(fleet: &[Process]) -> u64 {
 #[tokio::test]
 async fn two_sidecars_share_a_global_limit_exactly_after_learning() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = start_with(dir.path(), |c| c.quota = short_leases()).await;
+    // Leases of an earlier control plane may be in use for one short lease.
+    let q = short_leases();
+    earlier_leases(dir.path(), q.lease_ttl + q.grace);
+    let cp = start_with(dir.path(), |c| c.quota = q).await;
     let mut admin = admin(cp.grpc_addr).await;
 
     let mut fleet = Vec::new();
@@ -271,7 +274,9 @@ async fn invalid_buckets_come_back_as_errors_and_the_rest_get_leases() {
 #[tokio::test]
 async fn list_limits_shows_each_bucket_and_its_holders() {
     let dir = tempfile::tempdir().unwrap();
-    // Default timing: learning lasts 11 s, through the whole test.
+    // Leases of an earlier control plane may be in use for 11 s: learning
+    // lasts through the whole test.
+    earlier_leases(dir.path(), Duration::from_secs(11));
     let cp = start(dir.path()).await;
     let mut admin = admin(cp.grpc_addr).await;
 

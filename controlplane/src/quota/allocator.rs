@@ -16,7 +16,9 @@ use super::{AllocatorConfig, BucketKey, HolderKey, Lease, LimitSpec, QuotaError,
 #[derive(Debug)]
 pub struct Allocator {
     config: AllocatorConfig,
-    started: Instant,
+    /// Until when leases an earlier control plane sent may be in use
+    /// (`None`: none can be, nothing to re-learn).
+    prior_leases_end: Option<Instant>,
     /// The seq of the next lease, whatever its bucket and holder.
     next_seq: u64,
     buckets: HashMap<BucketKey, Bucket>,
@@ -80,27 +82,40 @@ struct Bucket {
 impl Allocator {
     /// An allocator started at `now`, learning until `now + lease_ttl + grace`.
     pub fn new(now: Instant, config: AllocatorConfig) -> Self {
+        Self::resume(now, config, Some(now + config.lease_ttl + config.grace))
+    }
+
+    /// An allocator started at `now` after a control plane whose leases all
+    /// end by `prior_leases_end` (`None`: it sent none that can still be in
+    /// use, as with a new data dir): it learns until then, and not at all
+    /// without one.
+    pub fn resume(
+        now: Instant,
+        config: AllocatorConfig,
+        prior_leases_end: Option<Instant>,
+    ) -> Self {
         Self {
             config,
-            started: now,
+            prior_leases_end: prior_leases_end.filter(|end| *end > now),
             next_seq: 1,
             buckets: HashMap::new(),
         }
     }
 
     /// Until when a bucket with this window is learning.
-    fn learning_until(&self, window: Duration) -> Instant {
-        let mut until = self.started + self.config.lease_ttl + self.config.grace;
-        if self.config.learn_whole_window {
-            until += window;
+    /// (`now` when it has nothing to re-learn.)
+    fn learning_until(&self, now: Instant, window: Duration) -> Instant {
+        match self.prior_leases_end {
+            None => now,
+            Some(until) if self.config.learn_whole_window => until + window,
+            Some(until) => until,
         }
-        until
     }
 
     /// True while this allocator re-learns after its start (for the whole
     /// window more per bucket with `learn_whole_window`).
     pub fn is_learning(&self, now: Instant) -> bool {
-        now < self.started + self.config.lease_ttl + self.config.grace
+        self.prior_leases_end.is_some_and(|end| now < end)
     }
 
     /// Accounts one sidecar's report on one bucket, received at `now`, and
@@ -117,7 +132,7 @@ impl Allocator {
                 counter: key.counter.clone(),
             });
         }
-        let learning_until = self.learning_until(report.spec.window);
+        let learning_until = self.learning_until(now, report.spec.window);
         let config = self.config;
         let next_seq = &mut self.next_seq;
         if let Some(bucket) = self.buckets.get_mut(key) {

@@ -623,3 +623,20 @@ fn a_holder_first_seen_after_learning_brings_its_windows_calls() {
     assert_eq!(lease.granted_total - report.admitted_total, 30);
     assert_eq!(view(&alloc, now).consumed, 70);
 }
+
+#[test]
+fn without_leases_from_an_earlier_control_plane_nothing_is_relearned() {
+    let now = Instant::now();
+    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    assert!(!alloc.is_learning(now));
+    let mut a = Sidecar::new("a", 1);
+    assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 30);
+
+    // Leases that end in 3 s: learning lasts exactly that long.
+    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), Some(now + secs(3)));
+    let mut b = Sidecar::new("b", 1);
+    assert!(alloc.is_learning(now + ms(2999)));
+    assert_eq!(b.sync(&mut alloc, now, 30).granted_total, 0);
+    assert!(!alloc.is_learning(now + secs(3)));
+    assert_eq!(b.sync(&mut alloc, now + secs(3), 30).granted_total, 30);
+}

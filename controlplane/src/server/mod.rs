@@ -35,6 +35,9 @@ use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
 use admission::{Admission, Limits};
 use drain::Drain;
 pub use quota::MAX_BUCKETS_PER_REPORT;
+
+/// The file in the data dir that says until when sent leases may be in use.
+pub const QUOTA_MARKER: &str = "quota-leases-until";
 use quota::QuotaLedger;
 
 /// How to run the control plane.
@@ -149,7 +152,7 @@ impl ControlPlane {
                 wait: ADMISSION_WAIT,
             }),
             drain: Drain::new(),
-            quota: QuotaLedger::new(config.quota),
+            quota: QuotaLedger::new(config.quota, config.data.join(QUOTA_MARKER)),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),

@@ -15,8 +15,9 @@
 //! cleanly when the control plane drains.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
@@ -67,6 +68,8 @@ pub struct QuotaLedger {
 
 struct State {
     allocator: Allocator,
+    marker: LeaseMarker,
+    config: AllocatorConfig,
     /// The latest stream of each process, so a stream that ends after the
     /// same process opened a new one does not mark it disconnected.
     streams: HashMap<HolderKey, u64>,
@@ -86,12 +89,25 @@ impl State {
 }
 
 impl QuotaLedger {
-    /// An allocator started now: learning until `lease_ttl + grace` from now.
-    pub fn new(config: AllocatorConfig) -> Self {
+    /// An allocator started now. It re-learns until the leases an earlier
+    /// control plane on this data dir sent have all ended (`marker` says
+    /// when); with none that can still be in use (a new data dir, or a
+    /// control plane stopped longer than a lease ago), it grants at once.
+    pub fn new(config: AllocatorConfig, marker: PathBuf) -> Self {
         let now = Instant::now();
+        let marker = LeaseMarker::open(marker);
+        let prior_end = marker.prior_end(now);
+        if let Some(end) = prior_end {
+            tracing::info!(
+                "leases an earlier control plane sent may be in use for {:?} more: re-learning what the sidecars hold until then",
+                end - now
+            );
+        }
         Self {
             state: Mutex::new(State {
-                allocator: Allocator::new(now, config),
+                allocator: Allocator::resume(now, config, prior_end),
+                marker,
+                config,
                 streams: HashMap::new(),
                 next_stream: 0,
                 last: now,
@@ -156,6 +172,14 @@ impl QuotaLedger {
         answer.leases.reserve(n);
         let mut state = self.lock()?;
         let now = state.now();
+        // Before any lease goes out: note until when it may be used, so a
+        // control plane started after this one re-learns that long.
+        let longest = state.config.lease_ttl + state.config.grace;
+        if let Err(e) = state.marker.cover(SystemTime::now() + longest) {
+            tracing::error!(
+                "cannot note until when leases are in use ({e}); a control plane restarted on this data dir may grant too early"
+            );
+        }
         for b in &report.buckets {
             let result = parse(b).and_then(|(id, key, r)| {
                 state
@@ -497,5 +521,98 @@ async fn on_report(
     tokio::select! {
         sent = tx.send(Ok(answer)) => sent.err().map(|_| End::Closed),
         () = draining.set() => Some(End::Drained),
+    }
+}
+
+/// A file in the data dir naming (in Unix milliseconds) a time by which every
+/// lease this control plane sent has ended. It is written before the leases
+/// it covers are sent, a few seconds ahead so that it is rewritten at most
+/// every couple of seconds.
+struct LeaseMarker {
+    path: PathBuf,
+    /// What the file says (or the Unix epoch).
+    until: SystemTime,
+}
+
+/// How far past the latest lease's end the marker is set.
+const MARKER_SLACK: Duration = Duration::from_secs(2);
+/// A marker further ahead than this is not believed (a clock set back).
+const MARKER_HORIZON: Duration = Duration::from_secs(3600);
+
+impl LeaseMarker {
+    fn open(path: PathBuf) -> Self {
+        let until = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(UNIX_EPOCH, |ms| UNIX_EPOCH + Duration::from_millis(ms));
+        Self { path, until }
+    }
+
+    /// When the earlier control plane's leases end, on this process's clock.
+    fn prior_end(&self, now: Instant) -> Option<Instant> {
+        let left = self.until.duration_since(SystemTime::now()).ok()?;
+        Some(now + left.min(MARKER_HORIZON))
+    }
+
+    /// Makes the file say at least `until`.
+    fn cover(&mut self, until: SystemTime) -> std::io::Result<()> {
+        if until <= self.until {
+            return Ok(());
+        }
+        let target = until + MARKER_SLACK;
+        let ms = target
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let tmp = self.path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{ms}")?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        self.until = target;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_written_ahead_and_read_back_as_a_learning_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(super::super::QUOTA_MARKER);
+        let now = Instant::now();
+        // No file: nothing to re-learn.
+        let mut m = LeaseMarker::open(path.clone());
+        assert_eq!(m.prior_end(now), None);
+        m.cover(SystemTime::now() + Duration::from_secs(10))
+            .expect("write");
+        let written = std::fs::read_to_string(&path).expect("read");
+        assert!(written.trim().parse::<u64>().is_ok(), "{written:?}");
+        // A later process reads it: about 12 s (10 s + the slack) to re-learn.
+        let end = LeaseMarker::open(path.clone())
+            .prior_end(now)
+            .expect("leases in use");
+        let left = end - now;
+        assert!(
+            left > Duration::from_secs(11) && left <= Duration::from_secs(12),
+            "{left:?}"
+        );
+        // Covered already: no rewrite.
+        let before = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        m.cover(SystemTime::now() + Duration::from_secs(5))
+            .expect("no-op");
+        let after = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert_eq!(before, after);
+        // A marker in the past: nothing to re-learn.
+        std::fs::write(&path, "1000\n").expect("write");
+        assert_eq!(LeaseMarker::open(path).prior_end(now), None);
     }
 }

@@ -35,6 +35,20 @@ pub async fn start_with(data: &Path, change: impl FnOnce(&mut Config)) -> Runnin
     server::start(config).await.unwrap()
 }
 
+/// Leaves in `data` the note an earlier control plane writes before sending
+/// leases: they may be in use for `left` more, so the next start re-learns
+/// that long.
+#[allow(dead_code)]
+pub fn earlier_leases(data: &Path, left: std::time::Duration) {
+    std::fs::create_dir_all(data).unwrap();
+    let until = std::time::SystemTime::now() + left;
+    let ms = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::fs::write(data.join(server::QUOTA_MARKER), format!("{ms}\n")).unwrap();
+}
+
 pub fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
