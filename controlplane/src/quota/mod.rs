@@ -96,7 +96,11 @@
 //!
 //! A new [`Allocator`] knows nothing of its predecessor's leases and starts
 //! in **learning** mode for `lease_ttl + grace`, by which time every lease the
-//! predecessor sent has run out. While learning, a holder is re-created from
+//! predecessor sent has run out ([`Allocator::resume`] learns only until the
+//! predecessor's leases end, which the control plane notes in its data dir
+//! before sending them, and not at all when none can be in use; a holder first
+//! seen after learning brings its trailing-window count as consumption too).
+//! While learning, a holder is re-created from
 //! its first report (`a_rep = admitted_total`, its trailing-window count
 //! `window_admitted` pushed as consumption) and renewed at the total it says
 //! it holds, never more; one holding nothing gets nothing. Every call made
