@@ -245,7 +245,11 @@ impl FleetCounters {
             return if b.admitted_total < l.granted_total {
                 Verdict::Leased
             } else {
-                Verdict::Refused(refresh)
+                // When this sidecar alone has spent the window (a bucket of
+                // its own grant), its own count says when room comes back;
+                // otherwise the fleet's does, learned at the next renewal.
+                let own = b.leased_window.check(now, b.window, b.max);
+                Verdict::Refused(own.unwrap_or(refresh).max(refresh))
             };
         }
         if connected {

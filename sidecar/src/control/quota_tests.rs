@@ -70,8 +70,14 @@ fn a_first_call_waits_for_a_lease_then_the_lease_bounds_admissions() {
     assert_eq!(fc.take(&answer(vec![lease(1, 2, at(10), 5)]), at(1)), 1);
     assert!(admitted(&fc, &g, at(2)));
     assert!(admitted(&fc, &g, at(2)));
-    // Two granted, two used: the third waits for a larger lease.
-    assert!(!admitted(&fc, &g, at(2)));
+    // Two granted, two used: the third waits for a larger lease (a renewal away).
+    assert_eq!(
+        fc.acquire(&g, at(2)),
+        Admission::Refused {
+            index: 0,
+            retry_after: Duration::from_secs(1)
+        }
+    );
     assert_eq!(fc.take(&answer(vec![lease(2, 3, at(10), 5)]), at(2)), 1);
     assert!(admitted(&fc, &g, at(3)));
     let state = fc.lock();
@@ -315,4 +321,26 @@ fn a_lease_for_a_forgotten_bucket_is_not_applied_to_its_successor() {
     fresh.answers_report = 3;
     assert_eq!(fc.take(&fresh, at(201)), 1);
     assert!(admitted(&fc, &g, at(202)));
+}
+
+#[test]
+fn a_sidecar_that_spent_the_whole_window_itself_says_when_room_comes_back() {
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 3, OnUnavailable::Fallback)];
+    assert!(!admitted(&fc, &g, at(0)));
+    fc.take(&answer(vec![lease(1, 3, at(30), 3)]), at(0));
+    for s in [1, 2, 3] {
+        assert!(admitted(&fc, &g, at(s)));
+    }
+    match fc.acquire(&g, at(4)) {
+        Admission::Refused { retry_after, .. } => {
+            assert!(
+                retry_after > at(50) && retry_after <= at(57),
+                "{retry_after:?}"
+            )
+        }
+        Admission::Admitted => panic!("over the lease"),
+    }
 }
