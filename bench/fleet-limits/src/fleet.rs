@@ -1,0 +1,240 @@
+//! Simulated sidecars: each is what `tollgate-sidecar --control-plane` runs
+//! for fleet-wide limits — its own [`FleetCounters`], [`Metrics`] and quota
+//! stream ([`Reporter`], a real tonic client on its own connection) over a
+//! [`PolicyStore`] holding a compiled bundle — without the HTTP proxy around
+//! them. Calls go straight to `FleetCounters::acquire` with the limit's
+//! [`Charge`], as the sidecar's decision would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tollgate_policy::{Admission, Charge, Counters, FleetBucket};
+use tollgate_proto::v1::Node;
+use tollgate_sidecar::control::backoff::BackoffConfig;
+use tollgate_sidecar::control::client::version_label;
+use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
+use tollgate_sidecar::metrics::Metrics;
+use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
+use tonic::transport::Endpoint;
+
+use crate::analysis::Call;
+
+/// The server every simulated sidecar fronts.
+pub const SERVER: &str = "bench";
+
+/// A policy in force with one fleet-wide limit, and that limit's bucket.
+pub struct Limit {
+    store: Arc<PolicyStore>,
+    bucket: FleetBucket,
+}
+
+impl Limit {
+    /// Compiles a policy whose one tool has a limit of `max` calls per
+    /// `window_s` seconds on `counter`, with `scope` (`global` or `grant`),
+    /// as control-plane version 1. The bundle has no grants, so a `grant`
+    /// limit is keyed by `node_grant`, the sidecar's node id.
+    pub fn new(
+        counter: &str,
+        scope: &str,
+        max: u64,
+        window_s: u64,
+        node_grant: &str,
+    ) -> anyhow::Result<Self> {
+        let text = format!(
+            r#"{{"version": "1", "default": "allow", "tools": {{"call": {{"limits": [
+                {{"counter": "{counter}", "window": {window_s}, "max": {max}, "scope": "{scope}"}}
+            ]}}}}}}"#
+        );
+        let bundle = tollgate_policy::load(&text)
+            .map_err(|e| anyhow!("the benchmark's policy does not compile: {e}"))?;
+        let mut buckets = bundle.fleet_buckets(&[SERVER], &Arc::from(node_grant));
+        let Some(bucket) = buckets.pop().filter(|_| buckets.is_empty()) else {
+            bail!("the benchmark's policy should define exactly one fleet bucket");
+        };
+        let store = PolicyStore::default();
+        store.store(Snapshot {
+            bundle,
+            version: version_label(1),
+        });
+        Ok(Self {
+            store: Arc::new(store),
+            bucket,
+        })
+    }
+
+    /// What one call to the tool charges: the sidecar's own `Charge`.
+    pub fn charge(&self) -> Charge<'_> {
+        let b = &self.bucket;
+        Charge {
+            counter: &b.counter,
+            server: &b.server,
+            scope: b.scope,
+            key: &b.key,
+            window: b.window,
+            max: b.max,
+            on_unavailable: b.on_unavailable,
+        }
+    }
+}
+
+/// What a sidecar's quota stream did, from its `/metrics` counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuotaCounts {
+    pub connected: bool,
+    pub reports: u64,
+    pub leases: u64,
+    pub unleased: u64,
+}
+
+impl std::ops::AddAssign for QuotaCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.connected &= o.connected;
+        self.reports += o.reports;
+        self.leases += o.leases;
+        self.unleased += o.unleased;
+    }
+}
+
+/// One simulated sidecar process; its quota stream ends when it is dropped.
+pub struct Sidecar {
+    pub counters: Arc<FleetCounters>,
+    metrics: Arc<Metrics>,
+    reporter: JoinHandle<()>,
+}
+
+impl Sidecar {
+    /// Starts node `id`'s quota stream to `endpoint`. Every sidecar of the
+    /// run shares `origin`, so their `now`s are on one clock.
+    pub fn start(id: &str, endpoint: &Endpoint, origin: Instant, limit: &Limit) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let counters = Arc::new(FleetCounters::new(origin, Arc::clone(&metrics)));
+        let node = Node {
+            id: id.to_owned(),
+            pod: id.to_owned(),
+            namespace: "bench".to_owned(),
+            build: "fleet-limits".to_owned(),
+            ..Default::default()
+        };
+        let reporter = Reporter::new(
+            endpoint.clone(),
+            node,
+            Arc::clone(&counters),
+            Arc::clone(&limit.store),
+            Arc::clone(&metrics),
+            BackoffConfig::default(),
+            vec![SERVER.to_owned()],
+        );
+        Self {
+            counters,
+            metrics,
+            reporter: tokio::spawn(reporter.run()),
+        }
+    }
+
+    pub fn quota(&self) -> QuotaCounts {
+        let text = self.metrics.encode();
+        let get = |name| sample(&text, name).unwrap_or(0.0) as u64;
+        QuotaCounts {
+            connected: get("tollgate_quota_stream_connected") == 1,
+            reports: get("tollgate_quota_reports_total"),
+            leases: get("tollgate_quota_leases_total"),
+            unleased: get("tollgate_quota_unleased_admissions_total"),
+        }
+    }
+
+    /// One call now: admitted or not.
+    pub fn call(&self, limit: &Limit) -> Call {
+        let at = self.counters.origin().elapsed();
+        let admitted = self.counters.acquire(&[limit.charge()], at) == Admission::Admitted;
+        Call { at, admitted }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.reporter.abort();
+    }
+}
+
+/// Waits until every sidecar's quota stream is up and has taken a lease.
+pub async fn wait_connected(sidecars: &[Arc<Sidecar>], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let waiting = sidecars
+            .iter()
+            .filter(|s| {
+                let q = s.quota();
+                !q.connected || q.leases == 0
+            })
+            .count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{waiting} of {} simulated sidecars have no quota stream with a lease after {timeout:?}",
+                sidecars.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls at `rate` per second from `first` until `end`, on a fixed schedule
+/// (a tick missed under load is skipped, not made up in a burst).
+pub async fn drive(
+    sidecar: Arc<Sidecar>,
+    limit: Arc<Limit>,
+    rate: f64,
+    first: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> Vec<Call> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let expected = (end - first).as_secs_f64() * rate;
+    let mut calls = Vec::with_capacity(expected as usize + 16);
+    let mut tick = tokio::time::interval_at(first, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        if tick.tick().await >= end {
+            return calls;
+        }
+        calls.push(sidecar.call(&limit));
+    }
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `GET path` over HTTP/1.1 on loopback; the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let Some((head, body)) = out.split_once("\r\n\r\n") else {
+        bail!("{addr}{path}: not an HTTP response");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{addr}{path}: {}",
+            head.lines().next().unwrap_or("no status line")
+        );
+    }
+    Ok(body.to_owned())
+}
