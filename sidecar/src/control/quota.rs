@@ -138,6 +138,8 @@ struct LeaseBucket {
     /// Demand asked for even without calls: the bundle names this bucket, so
     /// its first call should find a lease already there.
     standing: u64,
+    /// A bucket of this node's own grant (a bundle without grants).
+    own: bool,
     /// The last report sent before this bucket was created. A lease answering
     /// that report or an earlier one was for a bucket of the same name this
     /// sidecar forgot (its counts started again at zero): it is ignored.
@@ -162,6 +164,7 @@ impl LeaseBucket {
             last_hit: now,
             starved: false,
             standing: 0,
+            own: false,
             born_after,
         }
     }
@@ -293,7 +296,7 @@ impl FleetCounters {
                 (hits, true) => hits.saturating_mul(10).max(b.max),
                 (hits, false) => hits.saturating_mul(10),
             }
-            .max(b.standing);
+            .max(standing_demand(b, now));
             b.starved = false;
             buckets.push(BucketReport {
                 bucket: Some(BucketId {
@@ -366,11 +369,8 @@ impl FleetCounters {
                 // is this sidecar's alone: all of it. A shared one: one call,
                 // so the first is admitted at once and a fleet of idle sidecars
                 // holds back no more than one call each from the busy ones.
-                b.standing = if f.scope == Scope::Grant && *f.key == *node_grant {
-                    f.max
-                } else {
-                    1
-                };
+                b.own = f.scope == Scope::Grant && *f.key == *node_grant;
+                b.standing = if b.own { f.max } else { 1 };
             }
         }
     }
@@ -431,6 +431,29 @@ impl FleetCounters {
     }
 }
 
+/// What a bucket asks for with no calls. A shared bucket asks for its one
+/// standing call only while it was created or called within its window: a
+/// sidecar that stopped calling gives that call back to the busy ones (its
+/// next call waits a renewal). A bucket of the node's own grant keeps asking
+/// for all of it: no other sidecar can use it.
+fn standing_demand(b: &LeaseBucket, now: Duration) -> u64 {
+    if b.own || now.saturating_sub(b.last_hit) < b.window {
+        b.standing
+    } else {
+        0
+    }
+}
+
+/// The control plane's version number of a bundle in force (`v7` → 7); 0 for
+/// a policy that did not come from it.
+fn policy_version(label: &str) -> u64 {
+    label
+        .strip_prefix('v')
+        .unwrap_or(label)
+        .parse()
+        .unwrap_or(0)
+}
+
 fn same_bucket(a: &Charge<'_>, b: &Charge<'_>) -> bool {
     a.scope == b.scope && a.key == b.key && a.server == b.server && **a.counter == **b.counter
 }
@@ -444,10 +467,70 @@ fn scope_of(s: &str) -> Option<Scope> {
     }
 }
 
+impl FleetCounters {
+    /// One fleet charge (the usual case): one look-up, decided and charged in place.
+    fn acquire_one(&self, c: &Charge<'_>, now: Duration) -> Admission {
+        let mut state = self.lock();
+        let (connected, refresh, report_seq) = (state.connected, state.refresh, state.report_seq);
+        let b = match state.buckets.get_mut(&ChargeKey(c)) {
+            Some(b) => b,
+            None => {
+                // A first call: the reporter asks for a lease at once.
+                self.wake.notify_one();
+                let key = LeaseKey {
+                    server: c.server.into(),
+                    counter: Arc::clone(c.counter),
+                    scope: c.scope,
+                    key: c.key.into(),
+                };
+                state
+                    .buckets
+                    .entry(key)
+                    .or_insert_with(|| LeaseBucket::new(c, now, report_seq))
+            }
+        };
+        b.max = c.max;
+        b.window = c.window;
+        b.on_unavailable = c.on_unavailable;
+        b.last_hit = now;
+        b.hits += 1;
+        match Self::verdict(b, now, connected, refresh) {
+            Verdict::Leased => {
+                b.admitted_total += 1;
+                b.leased_window.charge(now, b.window);
+                if connected && b.lease.is_some_and(|l| b.admitted_total >= l.granted_total) {
+                    self.wake.notify_one();
+                }
+                Admission::Admitted
+            }
+            Verdict::Unleased => {
+                self.metrics.quota_unleased();
+                b.unleased_total += 1;
+                b.unleased_window.charge(now, b.window);
+                Admission::Admitted
+            }
+            Verdict::Refused(retry_after) => {
+                b.denied += 1;
+                if connected {
+                    b.starved = true;
+                    self.wake.notify_one();
+                }
+                Admission::Refused {
+                    index: 0,
+                    retry_after,
+                }
+            }
+        }
+    }
+}
+
 impl Counters for FleetCounters {
     fn acquire(&self, charges: &[Charge<'_>], now: Duration) -> Admission {
         if charges.iter().all(|c| c.scope == Scope::Pod) {
             return self.local.acquire(charges, now);
+        }
+        if let [c] = charges {
+            return self.acquire_one(c, now);
         }
         let mut state = self.lock();
         let (connected, refresh) = (state.connected, state.refresh);
@@ -605,7 +688,7 @@ impl Reporter {
         let servers: Vec<&str> = self.servers.iter().map(String::as_str).collect();
         let known = snapshot.bundle.fleet_buckets(&servers, &self.node_grant);
         self.counters.stand_by(&known, &self.node_grant, now);
-        snapshot.version.parse().unwrap_or(0)
+        policy_version(&snapshot.version)
     }
 
     fn next_report(&mut self, first: bool) -> QuotaReport {

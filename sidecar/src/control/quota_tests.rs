@@ -344,3 +344,47 @@ fn a_sidecar_that_spent_the_whole_window_itself_says_when_room_comes_back() {
         Admission::Admitted => panic!("over the lease"),
     }
 }
+
+#[test]
+fn the_policy_version_sent_is_the_control_planes_number() {
+    assert_eq!(policy_version("v7"), 7);
+    assert_eq!(
+        policy_version(&crate::control::client::version_label(42)),
+        42
+    );
+    assert_eq!(policy_version("sha256:0123abcd"), 0);
+}
+
+#[test]
+fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
+    fc.stream_opened();
+    let known = [FleetBucket {
+        server: "s".into(),
+        counter: counter(),
+        scope: Scope::Global,
+        key: Arc::from(""),
+        window: MIN,
+        max: 100,
+        on_unavailable: OnUnavailable::Fallback,
+    }];
+    fc.stand_by(&known, "pod-1", at(0));
+    assert_eq!(fc.report(1, 3, at(30)).buckets[0].demand, 1);
+    // A window without a call: no standing demand.
+    fc.stand_by(&known, "pod-1", at(61));
+    assert_eq!(fc.report(2, 3, at(61)).buckets[0].demand, 0);
+    // Its own grant's bucket keeps asking for all of it.
+    let own = [FleetBucket {
+        scope: Scope::Grant,
+        key: Arc::from("pod-1"),
+        ..known[0].clone()
+    }];
+    fc.stand_by(&own, "pod-1", at(61));
+    let report = fc.report(3, 3, at(500));
+    let own_demand = report
+        .buckets
+        .iter()
+        .find(|b| b.bucket.as_ref().is_some_and(|id| id.scope == "grant"))
+        .map(|b| b.demand);
+    assert_eq!(own_demand, Some(100));
+}
