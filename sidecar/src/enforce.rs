@@ -609,12 +609,21 @@ pub async fn forward(
     let strip = snapshot
         .filter(|s| s.bundle.has_grants())
         .map(|_| &sc.grant_header);
+    // The body may differ from the client's (a batch without refused calls, a
+    // GET's body dropped): a Content-Length that does not state the length of
+    // what is sent is removed, and hyper writes the right one.
+    let length_stands = {
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+        let first = lengths.next().and_then(|v| v.to_str().ok());
+        lengths.next().is_none() && first.and_then(|v| v.parse::<usize>().ok()) == Some(body.len())
+    };
     let mut req = Request::new(full(body));
     *req.method_mut() = method;
     *req.uri_mut() = target;
     *req.headers_mut() = forwarded_headers(headers, up.host(), strip);
-    // The body may differ from the client's (a batch without refused calls).
-    req.headers_mut().remove(header::CONTENT_LENGTH);
+    if !length_stands {
+        req.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     match up.send(req).await {
         Ok(r) => {
             if r.status().is_server_error() {

@@ -142,7 +142,7 @@ pub async fn stream(
             }
         }
     });
-    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+    Response::from_parts(parts, Body::boxed(StreamBody::new(stream)))
 }
 
 struct Relay {

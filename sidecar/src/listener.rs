@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let sc = Arc::clone(&sc);
-                async move { Ok::<_, Infallible>(handle_owned(sc, req, peer).await) }
+                async move { Ok::<_, Infallible>(handle(&sc, req, peer).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
@@ -55,20 +55,16 @@ pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<(
     }
 }
 
-type Handling = std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
-
-fn handle_owned(sc: Arc<Sidecar>, req: Request<Incoming>, peer: SocketAddr) -> Handling {
-    Box::pin(async move { handle(&sc, req, peer).await })
-}
-
 /// Routes one request.
 pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let started = std::time::Instant::now();
-    let path = req.uri().path().to_owned();
+    // A clone shares the URI's bytes: the path stays readable after `req` moves on.
+    let uri = req.uri().clone();
+    let path = uri.path();
     if path.starts_with("/.well-known/oauth-") {
         return well_known(sc, req).await;
     }
-    let Some((route, rest)) = find_route(sc, &path) else {
+    let Some((route, rest)) = find_route(sc, path) else {
         return rpc_error(
             StatusCode::NOT_FOUND,
             None,

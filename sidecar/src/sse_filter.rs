@@ -62,7 +62,7 @@ where
         let item = st.next().await?;
         Some((item, st))
     });
-    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+    Response::from_parts(parts, Body::boxed(StreamBody::new(stream)))
 }
 
 impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {

@@ -6,11 +6,15 @@
 //! on, and the grant header when grants are configured (a caller's token is
 //! never forwarded upstream).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
+use http_body::{Frame, SizeHint};
+use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,16 +23,65 @@ use hyper_util::rt::TokioExecutor;
 /// Any error from a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type the sidecar sends and returns.
-pub type Body = BoxBody<Bytes, BoxError>;
+/// The body the sidecar sends and returns. The two shapes of the request
+/// path — bytes in hand, and an upstream response relayed as it streams —
+/// are held as they are; only bodies the sidecar builds as streams (SSE
+/// filters, stdio bridges) are boxed.
+#[derive(Debug)]
+pub enum Body {
+    /// Bytes in hand.
+    Full(Full<Bytes>),
+    /// An upstream response's body, relayed frame by frame.
+    Upstream(Incoming),
+    /// Any other body.
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    /// Boxes a body the sidecar builds.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Body::Boxed(BoxBody::new(body))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(box_error),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A body of these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(never).boxed()
-}
-
-fn never(e: std::convert::Infallible) -> BoxError {
-    match e {}
+    Body::Full(Full::new(bytes.into()))
 }
 
 /// Boxes a body error.
@@ -181,7 +234,7 @@ pub fn strip_hop_by_hop(out: &mut HeaderMap) {
 pub fn relay(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(box_error).boxed())
+    Response::from_parts(parts, Body::Upstream(body))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -7,13 +7,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use http_body::Frame;
-use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use crate::upstream::http::{Body, BoxError};
 
 pub(super) fn event_stream(events: Events) -> Response<Body> {
-    let mut resp = Response::new(events.boxed());
+    let mut resp = Response::new(Body::boxed(events));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
