@@ -502,6 +502,11 @@ pub async fn read_body(
                         rest.extend_from_slice(&data);
                     }
                 }
+                // The declared length is in: done, without waiting for the
+                // connection to report the body's end (one more wake-up).
+                if http_body::Body::is_end_stream(&*body) {
+                    break Ok(());
+                }
             }
         }
     };
