@@ -83,7 +83,9 @@ pub async fn post(
     }
     let listing = snapshot.clone();
     let server = Arc::clone(&route.server);
-    finish(
+    // Boxed: only lists and batches with refusals come here, and the common
+    // path's future stays small.
+    Box::pin(finish(
         sc,
         route,
         resp,
@@ -93,7 +95,7 @@ pub async fn post(
             Some(s) => s.bundle.listing(&server, &grant, name, annotations),
             None => tollgate_policy::Listing::Denied,
         },
-    )
+    ))
     .await
 }
 

@@ -62,7 +62,7 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
     let uri = req.uri().clone();
     let path = uri.path();
     if path.starts_with("/.well-known/oauth-") {
-        return well_known(sc, req).await;
+        return Box::pin(well_known(sc, req)).await;
     }
     let Some((route, rest)) = find_route(sc, path) else {
         return rpc_error(
@@ -75,13 +75,16 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
             ),
         );
     };
+    // Only the Streamable HTTP POST runs unboxed: a request's future is moved
+    // whole at each hand-off, so the rarer paths (legacy SSE, GET streams,
+    // discovery documents) live behind a pointer and keep it small.
     let resp = match (&route.upstream, rest) {
         (Upstream::Http(_), "") => streamable(sc, route, req).await,
         (Upstream::LegacySse(up), "/sse") if req.method() == Method::GET => {
-            legacy::stream(sc, route, up, req).await
+            Box::pin(legacy::stream(sc, route, up, req)).await
         }
         (Upstream::LegacySse(up), "/message") if req.method() == Method::POST => {
-            legacy::message(sc, route, up, req).await
+            Box::pin(legacy::message(sc, route, up, req)).await
         }
         _ => rpc_error(
             StatusCode::NOT_FOUND,
@@ -124,7 +127,10 @@ async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) ->
                 );
             }
             drop(body);
-            enforce::pass_through(sc, route, up, target, parts, snapshot).await
+            Box::pin(enforce::pass_through(
+                sc, route, up, target, parts, snapshot,
+            ))
+            .await
         }
         _ => {
             let mut resp = rpc_error(

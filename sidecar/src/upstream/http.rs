@@ -165,13 +165,12 @@ impl HttpUpstream {
     /// Sends a request (method, URI and headers already set by the caller
     /// through [`forwarded_headers`]).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = req.uri().clone();
         self.client
             .request(req)
             .await
             .map_err(|e| UpstreamError::Unreachable {
                 server: self.server.clone(),
-                url: uri.to_string(),
+                url: self.url.to_string(),
                 reason: error_chain(&e),
             })
     }
