@@ -71,7 +71,9 @@ pub async fn post(
         headers,
         snapshot.as_deref(),
         forward_body,
-        judged_id.as_deref(),
+        judged_id
+            .as_deref()
+            .and_then(|raw| serde_json::from_slice(raw).ok()),
     )
     .await
     {
@@ -116,8 +118,8 @@ pub struct Judged {
     pub list_ids: Vec<Value>,
     /// Whether the body was a batch.
     pub batch: bool,
-    /// A single message's id, for error replies.
-    pub id: Option<Box<serde_json::value::RawValue>>,
+    /// A single message's raw id (a slice of the body), for error replies.
+    pub id: Option<Bytes>,
 }
 
 /// Reads a POSTed body and judges it, or returns the error reply: 413 for a
@@ -143,7 +145,7 @@ pub async fn inspect(
         (answers.len() < messages.len()).then(|| allowed_body(&bytes, messages, &answers));
     let list_ids = list_request_ids(messages, &answers);
     let (batch, id) = match &peeked {
-        Peeked::Single(m) => (false, m.id.map(ToOwned::to_owned)),
+        Peeked::Single(m) => (false, m.id.map(|raw| bytes.slice_ref(raw.get().as_bytes()))),
         Peeked::Batch(_) => (true, None),
     };
     Ok(Judged {

@@ -109,8 +109,9 @@ impl PeekError {
 struct Wire<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+    // Not `Option<Cow<str>>`, which serde always copies: borrowed unless escaped.
     #[serde(borrow, default)]
-    method: Option<Cow<'a, str>>,
+    method: Option<MaybeStr<'a>>,
     #[serde(borrow, default)]
     params: Option<Params<'a>>,
     #[serde(default)]
@@ -300,8 +301,15 @@ pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
 
 fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
     let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| classify(e, "method"))?;
+    let method = match wire.method {
+        Some(MaybeStr(Ok(m))) => Some(m),
+        Some(MaybeStr(Err(()))) => {
+            return Err(PeekError::Invalid("`method` must be a string".into()));
+        }
+        None => None,
+    };
     let id = wire.id.filter(|raw| raw.get() != "null");
-    let kind = match (&wire.method, wire.result.is_some() || wire.error.is_some()) {
+    let kind = match (&method, wire.result.is_some() || wire.error.is_some()) {
         (Some(_), false) if id.is_some() => Kind::Request,
         (Some(_), false) => Kind::Notification,
         (None, true) if wire.id.is_some() => Kind::Response,
@@ -316,7 +324,7 @@ fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
             ));
         }
     };
-    let call = match &wire.method {
+    let call = match &method {
         // A method that is `tools/call` but for case is judged as one too.
         Some(m) if m.eq_ignore_ascii_case(TOOLS_CALL) => {
             let need =
@@ -343,7 +351,7 @@ fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
     };
     Ok(Message {
         id,
-        method: wire.method,
+        method,
         kind,
         call,
         raw: bytes,

@@ -16,6 +16,7 @@ fn a_tool_call_is_read_borrowed() {
     let m = single(body);
     assert_eq!(m.kind, Kind::Request);
     assert_eq!(m.id.map(RawValue::get), Some("7"));
+    assert!(matches!(m.method, Some(Cow::Borrowed("tools/call"))));
     let call = m.call.expect("a tools/call");
     assert!(matches!(call.name, Cow::Borrowed("echo")));
     assert_eq!(
