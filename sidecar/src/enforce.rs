@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -26,7 +26,11 @@ use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
 
 /// The `Mcp-Session-Id` header.
-pub const SESSION: &str = "mcp-session-id";
+pub const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The `Mcp-Method` header (2026-07-28): must name the body's method.
+static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+/// The `Mcp-Name` header (2026-07-28): must name the body's tool.
+static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// Handles a POST to an MCP endpoint (Streamable HTTP, or the legacy
 /// transport's message endpoint when `target` names it).
@@ -190,7 +194,7 @@ fn judge(
     snapshot: Option<&Snapshot>,
     grant: &Arc<str>,
 ) -> Vec<(usize, Bytes)> {
-    let session = headers.get(SESSION).and_then(|v| v.to_str().ok());
+    let session = headers.get(&SESSION).and_then(|v| v.to_str().ok());
     let mut answers: Vec<(usize, Bytes)> = Vec::new();
     let catalog = route.catalog.load();
     for (i, m) in messages.iter().enumerate() {
@@ -430,8 +434,8 @@ fn no_policy() -> Decision {
 /// `Mcp-Method` and `Mcp-Name` must agree with the body, or a router that
 /// trusts the headers could be told one thing while the server does another.
 fn check_headers(headers: &HeaderMap, m: &Message<'_>) -> Result<(), Response<Body>> {
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if let Some(method) = header("mcp-method")
+    let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Some(method) = header(&MCP_METHOD)
         && m.kind != Kind::Response
         && method != m.method()
     {
@@ -445,7 +449,7 @@ fn check_headers(headers: &HeaderMap, m: &Message<'_>) -> Result<(), Response<Bo
             ),
         ));
     }
-    if let (Some(name), Some(call)) = (header("mcp-name"), &m.call)
+    if let (Some(name), Some(call)) = (header(&MCP_NAME), &m.call)
         && name != call.name
     {
         return Err(rpc_error(
