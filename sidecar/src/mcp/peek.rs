@@ -265,10 +265,12 @@ pub const MAX_DEPTH: usize = 64;
 /// Reads a body: one message or a batch.
 pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
     // JSON is UTF-8 (RFC 8259 §8.1); peers repair invalid bytes differently,
-    // and the parse below only checks the strings it reads.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(PeekError::Syntax(format!("the body is not UTF-8 ({e})")));
-    }
+    // and a parse of bytes only checks the strings it reads. Checked once here,
+    // the parse below reads text and checks nothing twice.
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return Err(PeekError::Syntax(format!("the body is not UTF-8 ({e})"))),
+    };
     if nests_deeper_than(body, MAX_DEPTH) {
         return Err(PeekError::Invalid(format!(
             "the body nests arrays or objects more than {MAX_DEPTH} levels deep"
@@ -277,20 +279,20 @@ pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(syntax)?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(syntax)?;
             if items.is_empty() {
                 return Err(PeekError::Invalid("an empty batch".into()));
             }
             items
                 .into_iter()
-                .map(|raw| message(raw.get().as_bytes()))
+                .map(|raw| message(raw.get()))
                 .collect::<Result<_, _>>()
                 .map(Peeked::Batch)
         }
-        Some(b'{') => message(body).map(Peeked::Single),
+        Some(b'{') => message(text).map(Peeked::Single),
         Some(_) => {
             // Still tell bad JSON apart from JSON that is not a message.
-            serde_json::from_slice::<IgnoredAny>(body).map_err(syntax)?;
+            serde_json::from_str::<IgnoredAny>(text).map_err(syntax)?;
             Err(PeekError::Invalid(
                 "expected a JSON object or a batch (array)".into(),
             ))
@@ -299,8 +301,8 @@ pub fn peek(body: &[u8]) -> Result<Peeked<'_>, PeekError> {
     }
 }
 
-fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
-    let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| classify(e, "method"))?;
+fn message(text: &str) -> Result<Message<'_>, PeekError> {
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| classify(e, "method"))?;
     let method = match wire.method {
         Some(MaybeStr(Ok(m))) => Some(m),
         Some(MaybeStr(Err(()))) => {
@@ -354,7 +356,7 @@ fn message(bytes: &[u8]) -> Result<Message<'_>, PeekError> {
         method,
         kind,
         call,
-        raw: bytes,
+        raw: text.as_bytes(),
     })
 }
 
