@@ -58,9 +58,7 @@ pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<(
 /// Routes one request.
 pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let started = std::time::Instant::now();
-    // A clone shares the URI's bytes: the path stays readable after `req` moves on.
-    let uri = req.uri().clone();
-    let path = uri.path();
+    let path = req.uri().path();
     if path.starts_with("/.well-known/oauth-") {
         return Box::pin(well_known(sc, req)).await;
     }
@@ -78,12 +76,18 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
     // Only the Streamable HTTP POST runs unboxed: a request's future is moved
     // whole at each hand-off, so the rarer paths (legacy SSE, GET streams,
     // discovery documents) live behind a pointer and keep it small.
-    let resp = match (&route.upstream, rest) {
-        (Upstream::Http(_), "") => streamable(sc, route, req).await,
-        (Upstream::LegacySse(up), "/sse") if req.method() == Method::GET => {
+    let endpoint = match (&route.upstream, rest, req.method()) {
+        (Upstream::Http(_), "", _) => Endpoint::Streamable,
+        (Upstream::LegacySse(_), "/sse", &Method::GET) => Endpoint::LegacyStream,
+        (Upstream::LegacySse(_), "/message", &Method::POST) => Endpoint::LegacyMessage,
+        _ => Endpoint::None,
+    };
+    let resp = match (&route.upstream, endpoint) {
+        (_, Endpoint::Streamable) => streamable(sc, route, req).await,
+        (Upstream::LegacySse(up), Endpoint::LegacyStream) => {
             Box::pin(legacy::stream(sc, route, up, req)).await
         }
-        (Upstream::LegacySse(up), "/message") if req.method() == Method::POST => {
+        (Upstream::LegacySse(up), Endpoint::LegacyMessage) => {
             Box::pin(legacy::message(sc, route, up, req)).await
         }
         _ => rpc_error(
@@ -91,13 +95,23 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
             None,
             code::INVALID_REQUEST,
             &format!(
-                "no MCP endpoint at {path}; this sidecar serves {}",
+                "no MCP endpoint at {}; this sidecar serves {}",
+                req.uri().path(),
                 served(sc)
             ),
         ),
     };
     sc.metrics.request(&route.metrics, started.elapsed());
     resp
+}
+
+/// Which endpoint of a route a request is for.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Streamable,
+    LegacyStream,
+    LegacyMessage,
+    None,
 }
 
 /// The Streamable HTTP endpoint: POST, GET, DELETE.
