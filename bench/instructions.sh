@@ -42,30 +42,12 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instructions.XXXXXX")"
 "$bin/tollgate" policy check "$work/policy.json" >/dev/null || fail "the generated policy is invalid"
 
 up_port=$((BASE_PORT + 1)) px_port=$((BASE_PORT + 2)) admin_port=$((BASE_PORT + 3))
-for p in $up_port $px_port $admin_port; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then fail "127.0.0.1:$p is already in use (set BASE_PORT)"; fi
-done
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+ports_free BASE_PORT $up_port $px_port $admin_port
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() { # NAME PORT PID
-  for _ in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || fail "$1 exited at start: $(tail -5 "$work/$1.log")"
-    sleep 0.1
-  done
-  fail "$1 is not listening on 127.0.0.1:$2 after 30 s: $(tail -5 "$work/$1.log")"
-}
-
-"$bin/upstream" --listen "127.0.0.1:$up_port" >"$work/upstream.log" 2>&1 &
-up_pid=$!
-pids+=("$up_pid")
-wait_port upstream $up_port "$up_pid"
+start upstream "$bin/upstream" --listen "127.0.0.1:$up_port"
+wait_port upstream $up_port "$upstream_pid"
 
 gen() { # LABEL SECONDS: prints the generator's RESULT line
   "$bin/loadgen" --url "http://127.0.0.1:$px_port/mcp" --label "$1" --tool jira_search_users \
@@ -80,7 +62,7 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$work/$name.cg" "$@" >"$work/$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
-  wait_port "$name" $px_port "$pid"
+  wait_port "$name" $px_port "$pid" 30  # valgrind starts slowly
   gen warmup 2 >/dev/null || fail "$name: the warm-up load failed"
   callgrind_control -z "$pid" >/dev/null 2>&1
   local line

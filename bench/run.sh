@@ -89,34 +89,9 @@ else
 fi
 
 up_port=$((BASE_PORT + 1)) pt_port=$((BASE_PORT + 2)) sc_port=$((BASE_PORT + 3)) admin_port=$((BASE_PORT + 4))
-for p in $up_port $pt_port $sc_port $admin_port; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then fail "127.0.0.1:$p is already in use (set BASE_PORT)"; fi
-done
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# start NAME COMMAND…: runs it in the background, logs in $work/NAME.log; sets NAME_pid.
-start() {
-  local name="$1"
-  shift
-  "$@" >"$work/$name.log" 2>&1 &
-  pids+=("$!")
-  printf -v "${name}_pid" '%s' "$!"
-}
-
-wait_port() { # NAME PORT PID
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || fail "$1 exited at start: $(tail -5 "$work/$1.log")"
-    sleep 0.1
-  done
-  fail "$1 is not listening on 127.0.0.1:$2 after 10 s: $(tail -5 "$work/$1.log")"
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+ports_free BASE_PORT $up_port $pt_port $sc_port $admin_port
 
 # taskset execs the program, so $! is the program's own pid.
 start upstream "${load_pin[@]}" "$bin/upstream" --listen "127.0.0.1:$up_port"

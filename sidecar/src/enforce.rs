@@ -75,9 +75,7 @@ pub async fn post(
         headers,
         snapshot.as_deref(),
         forward_body,
-        judged_id
-            .as_deref()
-            .and_then(|raw| serde_json::from_slice(raw).ok()),
+        judged_id.as_deref(),
     )
     .await
     {
@@ -606,7 +604,7 @@ pub async fn pass_through(
 /// Sends a request upstream with the client's headers, less hop-by-hop ones
 /// and the grant header when the bundle has grants. Upstream failures are
 /// counted; an unreachable upstream is answered 502 naming the server
-/// (with `id`, the request's JSON-RPC id, when there is one).
+/// (with `id`, the request's raw JSON-RPC id, when there is one).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     sc: &Sidecar,
@@ -617,7 +615,7 @@ pub async fn forward(
     headers: HeaderMap,
     snapshot: Option<&Snapshot>,
     body: Bytes,
-    id: Option<&serde_json::value::RawValue>,
+    id: Option<&[u8]>,
 ) -> Result<Response<Body>, Response<Body>> {
     let strip = snapshot
         .filter(|s| s.bundle.has_grants())
@@ -646,6 +644,8 @@ pub async fn forward(
         }
         Err(e) => {
             sc.metrics.upstream_error(&route.server);
+            // The id was read by the peek: parsed again only for this reply.
+            let id = id.and_then(|raw| serde_json::from_slice(raw).ok());
             Err(rpc_error(
                 StatusCode::BAD_GATEWAY,
                 id,

@@ -23,7 +23,7 @@ use crate::identity::identify;
 use crate::legacy;
 use crate::mcp::answer::code;
 use crate::state::{Route, Sidecar, Upstream};
-use crate::upstream::http::Body;
+use crate::upstream::http::{Body, HttpUpstream};
 
 /// Serves MCP on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<()> {
@@ -78,19 +78,15 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
     // discovery documents) live behind a pointer and keep it small.
     let endpoint = match (&route.upstream, rest, req.method()) {
         (Upstream::Http(_), "", _) => Endpoint::Streamable,
-        (Upstream::LegacySse(_), "/sse", &Method::GET) => Endpoint::LegacyStream,
-        (Upstream::LegacySse(_), "/message", &Method::POST) => Endpoint::LegacyMessage,
+        (Upstream::LegacySse(up), "/sse", &Method::GET) => Endpoint::LegacyStream(up),
+        (Upstream::LegacySse(up), "/message", &Method::POST) => Endpoint::LegacyMessage(up),
         _ => Endpoint::None,
     };
-    let resp = match (&route.upstream, endpoint) {
-        (_, Endpoint::Streamable) => streamable(sc, route, req).await,
-        (Upstream::LegacySse(up), Endpoint::LegacyStream) => {
-            Box::pin(legacy::stream(sc, route, up, req)).await
-        }
-        (Upstream::LegacySse(up), Endpoint::LegacyMessage) => {
-            Box::pin(legacy::message(sc, route, up, req)).await
-        }
-        _ => rpc_error(
+    let resp = match endpoint {
+        Endpoint::Streamable => streamable(sc, route, req).await,
+        Endpoint::LegacyStream(up) => Box::pin(legacy::stream(sc, route, up, req)).await,
+        Endpoint::LegacyMessage(up) => Box::pin(legacy::message(sc, route, up, req)).await,
+        Endpoint::None => rpc_error(
             StatusCode::NOT_FOUND,
             None,
             code::INVALID_REQUEST,
@@ -105,12 +101,13 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
     resp
 }
 
-/// Which endpoint of a route a request is for.
+/// Which endpoint of a route a request is for, settled while its path is
+/// still borrowed.
 #[derive(Debug, Clone, Copy)]
-enum Endpoint {
+enum Endpoint<'r> {
     Streamable,
-    LegacyStream,
-    LegacyMessage,
+    LegacyStream(&'r HttpUpstream),
+    LegacyMessage(&'r HttpUpstream),
     None,
 }
 
