@@ -1,7 +1,7 @@
 //! The allocator: buckets of holders, accounting on every report, and a
 //! max-min fair split of what is left of each window.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,6 +19,11 @@ pub struct Allocator {
     /// Until when leases an earlier control plane sent may be in use
     /// (`None`: none can be, nothing to re-learn).
     prior_leases_end: Option<Instant>,
+    /// Nodes an earlier control plane served that have not reported to this
+    /// one: until each has (or `awaiting_until` passes), nothing new is
+    /// granted, since they may have admitted calls on fallback.
+    awaiting: HashSet<String>,
+    awaiting_until: Instant,
     /// The seq of the next lease, whatever its bucket and holder.
     next_seq: u64,
     buckets: HashMap<BucketKey, Bucket>,
@@ -64,6 +69,14 @@ pub struct HolderView {
     pub expired: bool,
 }
 
+/// What a report's bucket needs to know of the allocator.
+struct Grants {
+    /// Nothing new is granted: a node an earlier control plane served has
+    /// not reported yet.
+    awaiting: bool,
+    config: AllocatorConfig,
+}
+
 #[derive(Debug, Clone)]
 struct Bucket {
     spec: LimitSpec,
@@ -97,9 +110,38 @@ impl Allocator {
         Self {
             config,
             prior_leases_end: prior_leases_end.filter(|end| *end > now),
+            awaiting: HashSet::new(),
+            awaiting_until: now,
             next_seq: 1,
             buckets: HashMap::new(),
         }
+    }
+
+    /// Grants nothing new until every node of `nodes` (those an earlier
+    /// control plane served) has reported, or until `until`: a node cut off
+    /// from that control plane may have admitted calls on fallback that only
+    /// its report tells. A node's report counts once it is accounted, so the
+    /// last one's calls are in before anything is granted. Nodes still silent
+    /// at `until` are given up on ([`Allocator::give_up_waiting`]).
+    pub fn await_nodes(&mut self, nodes: impl IntoIterator<Item = String>, until: Instant) {
+        self.awaiting.extend(nodes);
+        self.awaiting_until = self.awaiting_until.max(until);
+    }
+
+    /// Still waiting for a node an earlier control plane served.
+    fn is_awaiting(&self, now: Instant) -> bool {
+        !self.awaiting.is_empty() && now < self.awaiting_until
+    }
+
+    /// Once the wait for nodes has run out: the nodes that never reported,
+    /// sorted (each is given up on once; an empty list otherwise).
+    pub fn give_up_waiting(&mut self, now: Instant) -> Vec<String> {
+        if self.awaiting.is_empty() || now < self.awaiting_until {
+            return Vec::new();
+        }
+        let mut silent: Vec<String> = self.awaiting.drain().collect();
+        silent.sort();
+        silent
     }
 
     /// Until when a bucket with this window is learning.
@@ -115,7 +157,7 @@ impl Allocator {
     /// True while this allocator re-learns after its start (for the whole
     /// window more per bucket with `learn_whole_window`).
     pub fn is_learning(&self, now: Instant) -> bool {
-        self.prior_leases_end.is_some_and(|end| now < end)
+        self.prior_leases_end.is_some_and(|end| now < end) || self.is_awaiting(now)
     }
 
     /// Accounts one sidecar's report on one bucket, received at `now`, and
@@ -133,15 +175,21 @@ impl Allocator {
             });
         }
         let learning_until = self.learning_until(now, report.spec.window);
-        let config = self.config;
+        // This report is accounted before the lease is computed: when it is
+        // the last awaited node's, its calls are in and granting may resume.
+        self.awaiting.remove(&holder.node_id);
+        let grants = Grants {
+            awaiting: self.is_awaiting(now),
+            config: self.config,
+        };
         let next_seq = &mut self.next_seq;
         if let Some(bucket) = self.buckets.get_mut(key) {
-            return bucket.report(now, holder, report, &config, learning_until, next_seq);
+            return bucket.report(now, holder, report, &grants, learning_until, next_seq);
         }
         self.buckets
             .entry(key.clone())
             .or_insert_with(|| Bucket::new(now, report, learning_until))
-            .report(now, holder, report, &config, learning_until, next_seq)
+            .report(now, holder, report, &grants, learning_until, next_seq)
     }
 
     /// The process's stream closed. Its reservations stay until their
@@ -198,6 +246,7 @@ impl Allocator {
 
     /// Every bucket, sorted by key, as it stands at `now`.
     pub fn snapshot(&self, now: Instant) -> Vec<BucketView> {
+        let awaiting = self.is_awaiting(now);
         let mut views: Vec<BucketView> = self
             .buckets
             .iter()
@@ -229,7 +278,7 @@ impl Allocator {
                     consumed: used.total(),
                     unleased: used.unleased,
                     reserved: b.reserved(),
-                    learning: now < b.learning_until,
+                    learning: awaiting || now < b.learning_until,
                     holders,
                 }
             })
@@ -302,10 +351,11 @@ impl Bucket {
         now: Instant,
         key: &HolderKey,
         report: &Report,
-        config: &AllocatorConfig,
+        grants: &Grants,
         learning_until: Instant,
         next_seq: &mut u64,
     ) -> Result<Lease, QuotaError> {
+        let config = &grants.config;
         self.adopt_spec(report, learning_until);
         self.expire(now);
         let ttl = config.lease_ttl.min(self.spec.window);
@@ -355,7 +405,7 @@ impl Bucket {
         };
         self.settle(now);
 
-        let granted_total = if now < self.learning_until {
+        let granted_total = if grants.awaiting || now < self.learning_until {
             // Renew what it holds, nothing more.
             let h = &self.holders[i];
             if holds_lease {

@@ -640,3 +640,80 @@ fn without_leases_from_an_earlier_control_plane_nothing_is_relearned() {
     assert!(!alloc.is_learning(now + secs(3)));
     assert_eq!(b.sync(&mut alloc, now + secs(3), 30).granted_total, 30);
 }
+
+/// A report of `n` calls admitted on fallback within the window.
+fn on_fallback(s: &Sidecar, now: Instant, n: u64) -> Report {
+    let mut report = s.report(now, 10);
+    report.unleased_total = n;
+    report.window_admitted = n;
+    report
+}
+
+#[test]
+fn after_a_restart_nothing_is_granted_until_every_node_served_before_has_reported() {
+    // The earlier control plane's leases have ended, but its five nodes were
+    // cut off from it and admitted 16 calls each on fallback: 80 of 50.
+    let spec = LimitSpec {
+        max: 50,
+        window: secs(300),
+    };
+    let now = Instant::now();
+    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    let names = ["a", "b", "c", "d", "e"];
+    alloc.await_nodes(names.map(str::to_owned), now + secs(35));
+    assert!(alloc.is_learning(now));
+    let mut fleet: Vec<Sidecar> = names.iter().map(|n| Sidecar::new(n, 7)).collect();
+    for s in &mut fleet {
+        s.spec = spec;
+    }
+    for (i, s) in fleet.iter().enumerate() {
+        let at = now + ms(100 * i as u64);
+        let lease = alloc
+            .report(at, &s.key, &bucket(), &on_fallback(s, at, 16))
+            .expect("accepted");
+        // (The invariant does not hold here: the fallback calls alone pass
+        // `max`. What the allocator adds must be nothing.)
+        assert_eq!(view(&alloc, at).reserved, 0);
+        // Before the last one reported, the first ones would have been
+        // granted from a window that looked 34 calls short of full.
+        assert_eq!(
+            lease.granted_total, 0,
+            "{} was granted while others were silent",
+            s.key.node_id
+        );
+    }
+    assert!(!alloc.is_learning(now + secs(1)));
+    assert_eq!(view(&alloc, now + secs(1)).consumed, 80);
+    // Every node heard from, the window is over-full: still nothing.
+    let at = now + secs(2);
+    let lease = alloc
+        .report(
+            at,
+            &fleet[0].key,
+            &bucket(),
+            &on_fallback(&fleet[0], at, 16),
+        )
+        .expect("accepted");
+    assert_eq!(lease.granted_total, 0);
+    assert!(alloc.give_up_waiting(at).is_empty());
+}
+
+#[test]
+fn nodes_that_never_come_back_are_waited_for_until_the_deadline_only() {
+    let now = Instant::now();
+    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    alloc.await_nodes(["gone".to_owned(), "also-gone".to_owned()], now + secs(35));
+    let mut a = Sidecar::new("a", 1);
+    assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 0);
+    assert!(alloc.give_up_waiting(now + ms(34_999)).is_empty());
+    assert!(view(&alloc, now + ms(34_999)).learning);
+    assert_eq!(a.sync(&mut alloc, now + ms(34_999), 30).granted_total, 0);
+    // At the deadline granting resumes, and the silent nodes are named once.
+    assert_eq!(
+        alloc.give_up_waiting(now + secs(35)),
+        ["also-gone".to_owned(), "gone".to_owned()]
+    );
+    assert!(alloc.give_up_waiting(now + secs(36)).is_empty());
+    assert!(!view(&alloc, now + secs(35)).learning);
+    assert_eq!(a.sync(&mut alloc, now + secs(35), 30).granted_total, 30);
+}

@@ -112,6 +112,14 @@
 //! [`AllocatorConfig::learn_whole_window`] extends learning by one window, so
 //! that such calls are out of every window before anything new is granted,
 //! at the cost of one window without new capacity.
+//!
+//! **Fallback calls.** Once the predecessor's leases have ended, its nodes
+//! may still have admitted calls on fallback that only their reports tell.
+//! [`Allocator::await_nodes`] names the nodes the predecessor served (the
+//! control plane keeps them in its data dir): nothing new is granted until
+//! each has reported, or until a deadline for nodes that never come back,
+//! so the first node back is not granted from a window that looks emptier
+//! than it is.
 
 mod allocator;
 mod consumed;

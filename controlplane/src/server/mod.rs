@@ -8,6 +8,7 @@ mod distribution;
 pub mod drain;
 mod http;
 mod quota;
+mod served_nodes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub use quota::MAX_BUCKETS_PER_REPORT;
 
 /// The file in the data dir that says until when sent leases may be in use.
 pub const QUOTA_MARKER: &str = "quota-leases-until";
+/// The file in the data dir naming the nodes served quota (see `served_nodes`).
+pub const QUOTA_NODES: &str = "quota-nodes";
 use quota::QuotaLedger;
 
 /// How to run the control plane.
@@ -152,7 +155,11 @@ impl ControlPlane {
                 wait: ADMISSION_WAIT,
             }),
             drain: Drain::new(),
-            quota: QuotaLedger::new(config.quota, config.data.join(QUOTA_MARKER)),
+            quota: QuotaLedger::new(
+                config.quota,
+                config.data.join(QUOTA_MARKER),
+                config.data.join(QUOTA_NODES),
+            ),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),

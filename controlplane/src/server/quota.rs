@@ -8,9 +8,10 @@
 //! stream ends, however it ends, the process is marked disconnected: its
 //! leases stay accounted until they expire, its demand stops counting.
 //!
-//! The allocator is created when the control plane starts, so every start
-//! begins in learning mode (see [`crate::quota`]); a background task expires
-//! leases every [`TICK`]. Streams are let in through the same
+//! The allocator is created when the control plane starts; it re-learns
+//! while an earlier control plane's leases may be in use, and waits for the
+//! nodes that one served (see [`crate::quota`] and `served_nodes`); a
+//! background task expires leases every [`TICK`]. Streams are let in through the same
 //! [`Admission`](super::admission::Admission) as policy streams and end
 //! cleanly when the control plane drains.
 
@@ -31,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::ControlPlane;
 use super::distribution::shutting_down;
 use super::drain::{Latch, Tracked};
+use super::served_nodes::{AWAIT_SERVED, ServedNodes};
 use crate::metrics::Metrics;
 use crate::quota::{
     Allocator, AllocatorConfig, BucketKey, BucketView, HeldLease, HolderKey, Lease, LimitSpec,
@@ -69,6 +71,7 @@ pub struct QuotaLedger {
 struct State {
     allocator: Allocator,
     marker: LeaseMarker,
+    served: ServedNodes,
     config: AllocatorConfig,
     /// The latest stream of each process, so a stream that ends after the
     /// same process opened a new one does not mark it disconnected.
@@ -91,9 +94,10 @@ impl State {
 impl QuotaLedger {
     /// An allocator started now. It re-learns until the leases an earlier
     /// control plane on this data dir sent have all ended (`marker` says
-    /// when); with none that can still be in use (a new data dir, or a
-    /// control plane stopped longer than a lease ago), it grants at once.
-    pub fn new(config: AllocatorConfig, marker: PathBuf) -> Self {
+    /// when), and grants nothing new until every node that one served
+    /// (`served` lists them) has reported, for at most [`AWAIT_SERVED`].
+    /// With neither (a new data dir), it grants at once.
+    pub fn new(config: AllocatorConfig, marker: PathBuf, served: PathBuf) -> Self {
         let now = Instant::now();
         let marker = LeaseMarker::open(marker);
         let prior_end = marker.prior_end(now);
@@ -103,10 +107,20 @@ impl QuotaLedger {
                 end - now
             );
         }
+        let mut allocator = Allocator::resume(now, config, prior_end);
+        let (served, prior_nodes) = ServedNodes::open(served, now);
+        if !prior_nodes.is_empty() {
+            tracing::info!(
+                nodes = prior_nodes.len(),
+                "an earlier control plane served quota to these nodes: granting nothing new until each has reported what it admitted on fallback (at most {AWAIT_SERVED:?})"
+            );
+            allocator.await_nodes(prior_nodes, now + AWAIT_SERVED);
+        }
         Self {
             state: Mutex::new(State {
-                allocator: Allocator::resume(now, config, prior_end),
+                allocator,
                 marker,
+                served,
                 config,
                 streams: HashMap::new(),
                 next_stream: 0,
@@ -134,6 +148,8 @@ impl QuotaLedger {
         state.next_stream += 1;
         let id = state.next_stream;
         state.streams.insert(holder.clone(), id);
+        // Written down before its first lease (and fallback) is sent.
+        state.served.connected(&holder.node_id);
         Ok(id)
     }
 
@@ -141,6 +157,8 @@ impl QuotaLedger {
     /// has opened another stream since.
     fn close(&self, holder: &HolderKey, id: u64) {
         let Ok(mut state) = self.lock() else { return };
+        let now = state.now();
+        state.served.disconnected(&holder.node_id, now);
         if state.streams.get(holder) == Some(&id) {
             state.streams.remove(holder);
             state.allocator.disconnect(holder);
@@ -201,11 +219,22 @@ impl QuotaLedger {
         Ok(answer)
     }
 
-    /// Charges expired leases and forgets what left every window.
+    /// Charges expired leases and forgets what left every window; stops
+    /// waiting for nodes an earlier control plane served once
+    /// [`AWAIT_SERVED`] has passed.
     pub fn tick(&self) {
         if let Ok(mut state) = self.lock() {
             let now = state.now();
             state.allocator.tick(now);
+            state.served.prune(now);
+            let silent = state.allocator.give_up_waiting(now);
+            if !silent.is_empty() {
+                tracing::warn!(
+                    nodes = ?silent,
+                    "granting again without a report from {} node(s) an earlier control plane served (waited {AWAIT_SERVED:?}): calls they admitted on fallback are counted only once they report",
+                    silent.len()
+                );
+            }
         }
     }
 
