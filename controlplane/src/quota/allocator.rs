@@ -442,6 +442,14 @@ impl Bucket {
         let learning = now < self.learning_until;
         let mut holder = Holder::arrive(now, key, report, lifetime, learning);
         holder.order_after(next_seq);
+        if report.window_admitted > 0 {
+            // Calls no grant of this allocator accounted for (or accounted
+            // for already, and now twice) may lift the sum above `max`. As
+            // after a shrink, the ceiling starts from wherever the caller's
+            // `settle` finds the sum and drains from there; nothing new is
+            // granted meanwhile, since grants leave room only under `max`.
+            self.ceiling = u64::MAX;
+        }
         if learning {
             self.consumed
                 .push(now, super::consumed::Used::leased(report.window_admitted));

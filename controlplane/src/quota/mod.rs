@@ -81,6 +81,13 @@
 //! granted until the sum is back under the new `max`; a window spanning the
 //! change is bounded by the larger of the two limits.
 //!
+//! **Calls from outside the grants.** A holder first seen brings its
+//! trailing-window count as consumption: calls made under a predecessor's
+//! leases, or on fallback, or — when its report arrives after the allocator
+//! forgot it, a horizon past its expiry — calls already counted once. They
+//! may lift the sum above `max`; as after a shrink, nothing new is granted
+//! until it has drained back under.
+//!
 //! # Sharing
 //!
 //! On every report the holder's next lease is its max-min fair share of
