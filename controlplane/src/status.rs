@@ -244,6 +244,18 @@ impl Fleet {
     /// A stream for `node` opened: the row is created or refreshed, with the
     /// refusals `stored` read from the store if given.
     pub fn connect(&self, node: Node, stored: Option<Vec<Nack>>) -> Session {
+        self.connect_with(node, stored, |_| {})
+    }
+
+    /// As [`connect`](Self::connect), and `first` applied to the row in the
+    /// same change (what the node says it runs as it connects), so nobody
+    /// reads it connected with what its previous stream left.
+    pub fn connect_with(
+        &self,
+        node: Node,
+        stored: Option<Vec<Nack>>,
+        first: impl FnOnce(&mut NodeStatus),
+    ) -> Session {
         let session = {
             let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             let row = nodes
@@ -255,6 +267,7 @@ impl Fleet {
             row.node = node;
             row.connected = true;
             row.session += 1;
+            first(row);
             row.session
         };
         self.changed.send_modify(|n| *n += 1);

@@ -164,3 +164,27 @@ async fn refusals_seen_here_and_remembered_ones_merge_and_stay_bounded() {
     assert_eq!(kept, NACKS_KEPT_PER_NODE);
     assert_eq!(fleet.read("a", |n| n.accepts(30, &hash(30))), Some(false));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnecting_node_is_never_seen_connected_before_its_report() {
+    // A node that refused v2 before a restart reconnects, saying it runs v1:
+    // whoever reads the table sees it disconnected, then connected and
+    // ERROR in one change — never connected and NOT_SENT in between.
+    let fleet = Fleet::new(STALE);
+    let mut changes = fleet.subscribe();
+    changes.borrow_and_update();
+    fleet.connect_with(node("picky"), Some(vec![nack(2, "too new", 50)]), |n| {
+        n.still_refuses(2, Some(1));
+    });
+    assert!(changes.has_changed().expect("open"));
+    assert_eq!(*changes.borrow_and_update(), 1, "one change");
+    let row = fleet
+        .snapshot()
+        .into_iter()
+        .find(|r| r.node.as_ref().is_some_and(|n| n.id == "picky"))
+        .expect("row");
+    assert!(row.connected);
+    assert_eq!(row.state, State::Error as i32);
+    assert_eq!((row.applied_version, row.sent_version), (1, 2));
+    assert_eq!(row.nack_error, "too new");
+}

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::drain::{Latch, Tracked};
 use super::{ControlPlane, Latest};
-use crate::status::{Session, unix_now};
+use crate::status::{NodeStatus, Session, unix_now};
 use crate::store::Nack;
 
 /// Responses queued per stream. The stream sends at most one bundle per
@@ -111,7 +111,7 @@ impl PolicyDistribution for Distribution {
             None
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let stream = NodeStream::open(cp, node, stored, tx);
+        let stream = NodeStream::open(cp, node, stored, tx, &first);
         tokio::spawn(stream.run(inbound, first, permit, tracked));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -141,15 +141,32 @@ struct NodeStream {
 /// The stream can no longer send: the node went away.
 struct Closed;
 
+/// What a node's report of what it runs (a request without a nonce) says
+/// about its row, given the latest version.
+fn apply_report(row: &mut NodeStatus, latest: Option<&Latest>, req: &PolicyRequest) {
+    let Some(latest) = latest else { return };
+    if latest.content_hash == req.content_hash {
+        row.runs(latest.version);
+    } else {
+        row.still_refuses(latest.version, req.version_info.parse().ok());
+    }
+}
+
 impl NodeStream {
     fn open(
         cp: Arc<ControlPlane>,
         node: Node,
         stored: Option<Vec<Nack>>,
         tx: mpsc::Sender<Result<PolicyResponse, Status>>,
+        first: &PolicyRequest,
     ) -> Self {
         let id = node.id.clone();
-        let session = cp.fleet.connect(node, stored);
+        let current = cp.latest.borrow().clone();
+        let session = cp.fleet.connect_with(node, stored, |row| {
+            if first.response_nonce.is_empty() {
+                apply_report(row, current.as_deref(), first);
+            }
+        });
         let latest = cp.latest.subscribe();
         let draining = cp.drain.latch();
         tracing::info!(node = %id, "policy stream opened");
@@ -217,18 +234,11 @@ impl NodeStream {
         if req.response_nonce.is_empty() {
             // Not an answer: the node says what it runs (on connect, or
             // after reconnecting).
-            self.reported_hash = req.content_hash;
             let latest = self.latest.borrow().clone();
-            if let Some(latest) = latest {
-                if latest.content_hash == self.reported_hash {
-                    self.cp.fleet.update(&self.id, |n| n.runs(latest.version));
-                } else {
-                    let running = req.version_info.parse().ok();
-                    self.cp
-                        .fleet
-                        .update(&self.id, |n| n.still_refuses(latest.version, running));
-                }
-            }
+            self.cp
+                .fleet
+                .update(&self.id, |n| apply_report(n, latest.as_deref(), &req));
+            self.reported_hash = req.content_hash;
         } else {
             let Some((nonce, version, content_hash)) = self.last_sent.clone() else {
                 self.cp.metrics.stale_nonces.inc();
