@@ -161,13 +161,15 @@ impl NodeStream {
         first: &PolicyRequest,
     ) -> Self {
         let id = node.id.clone();
-        let current = cp.latest.borrow().clone();
+        let latest = cp.latest.subscribe();
+        // The node's first report (what it runs) is applied as it connects.
+        let report = first.response_nonce.is_empty();
+        let current = latest.borrow().clone();
         let session = cp.fleet.connect_with(node, stored, |row| {
-            if first.response_nonce.is_empty() {
+            if report {
                 apply_report(row, current.as_deref(), first);
             }
         });
-        let latest = cp.latest.subscribe();
         let draining = cp.drain.latch();
         tracing::info!(node = %id, "policy stream opened");
         Self {
@@ -178,7 +180,11 @@ impl NodeStream {
             latest,
             draining,
             last_sent: None,
-            reported_hash: String::new(),
+            reported_hash: if report {
+                first.content_hash.clone()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -189,7 +195,12 @@ impl NodeStream {
         permit: OwnedSemaphorePermit,
         tracked: Tracked,
     ) {
-        let opened = self.on_request(first).await;
+        let opened = if first.response_nonce.is_empty() {
+            // Its report was applied when the stream opened.
+            self.send_latest().await
+        } else {
+            self.on_request(first).await
+        };
         drop(permit);
         let mut drained = false;
         if opened.is_ok() {
