@@ -19,8 +19,8 @@ use tollgate_policy::{Arguments, Call, Decision, Outcome};
 use crate::decision_log::{DecisionRecord, now_rfc3339};
 use crate::identity::identify;
 use crate::mcp::answer::{self, code};
-use crate::mcp::list_filter;
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
+use crate::mcp::{encoding, list_filter};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
@@ -124,15 +124,24 @@ pub struct Judged {
     pub id: Option<Bytes>,
 }
 
-/// Reads a POSTed body and judges it, or returns the error reply: 413 for a
-/// body over `--max-body`, 400 for what the peek cannot read or headers that
-/// disagree with it, 401 for an unidentified caller where grants are set.
+/// Reads a POSTed body and judges it, or returns the error reply: 415 for a
+/// body not declared as uncompressed UTF-8 (unread), 413 for a body over
+/// `--max-body`, 400 for what the peek cannot read or headers that disagree
+/// with it, 401 for an unidentified caller where grants are set.
 pub async fn inspect(
     sc: &Sidecar,
     route: &Route,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Judged, Response<Body>> {
+    encoding::check(headers).map_err(|e| {
+        rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            code::INVALID_REQUEST,
+            &e.to_string(),
+        )
+    })?;
     let bytes = read_body(body, headers, sc.max_body).await?;
     let peeked = peek(&bytes)
         .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;

@@ -2,6 +2,7 @@
 //! answers, and `tools/list` filtering.
 
 pub mod answer;
+pub mod encoding;
 pub mod list_filter;
 pub mod peek;
 pub mod sse;

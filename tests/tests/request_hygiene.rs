@@ -1,0 +1,191 @@
+//! What reaches an upstream is what policy judged: a body the upstream would
+//! decode differently (another charset, a content coding) is refused unread,
+//! on every transport.
+//!
+//! The charset attack runs against the real Node peer: server-everything's
+//! legacy HTTP+SSE transport decodes a POST by its `Content-Type` charset, so
+//! `+AGU-cho` sent as UTF-7 is the tool `echo` there while it reads as
+//! another name to anyone decoding UTF-8.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tollgate_e2e::legacy_sse::SseClient;
+use tollgate_e2e::net::{self, Reply};
+use tollgate_e2e::recorder::Recorder;
+use tollgate_e2e::{Peers, Transport, sidecar};
+
+/// Default allow, `echo` denied.
+fn policy() -> Value {
+    json!({
+        "version": "1",
+        "default": "allow",
+        "tools": { "echo": { "action": "deny", "reason": "Echo is off." } }
+    })
+}
+
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut headers = vec![
+        ("Content-Type", content_type),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    headers.extend_from_slice(extra);
+    net::request(addr, "POST", path, &headers, Some(body.as_bytes()))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// A `tools/call` of `name` (raw text inside the JSON string) with this id.
+fn call(id: i64, name: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{"message":"smuggled"}}}}}}"#
+    )
+}
+
+fn assert_refused_415(label: &str, reply: &Reply) {
+    assert_eq!(reply.status, 415, "{label}: {}", reply.text());
+    let body: Value = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("{label}: the 415 is not JSON-RPC ({e}): {}", reply.text()));
+    assert_eq!(body["error"]["code"], json!(-32600), "{label}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Content-")),
+        "{label}: the error does not say which header to fix: {body}"
+    );
+}
+
+#[test]
+fn a_utf7_body_never_reaches_the_node_legacy_sse_server() {
+    let Some(peers) = Peers::require() else {
+        return;
+    };
+    let everything = peers.everything(Transport::Sse);
+    let sidecar = sidecar::builder()
+        .upstream(format!(
+            "ev={}",
+            everything.url().replacen("http", "sse:http", 1)
+        ))
+        .policy(&policy())
+        .start();
+    let mut sse = SseClient::open(sidecar.listen, "/mcp/ev/sse", &[]);
+    let endpoint = sse.endpoint.clone();
+    let json = "application/json";
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hygiene","version":"1"}}}"#;
+    assert_eq!(post(sidecar.listen, &endpoint, json, &[], init).status, 202);
+    sse.answer("initialize", 1);
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(
+        post(sidecar.listen, &endpoint, json, &[], initialized).status,
+        202
+    );
+
+    // UTF-7 for `echo`: the upstream would run the denied tool.
+    for (id, content_type) in [
+        (2, "application/json; charset=utf-7"),
+        (3, "application/json;charset=UTF-7"),
+        (4, "application/json; charset=\"utf-7\""),
+        (5, "application/json; charset=utf-8; charset=utf-7"),
+    ] {
+        let reply = post(
+            sidecar.listen,
+            &endpoint,
+            content_type,
+            &[],
+            &call(id, "+AGU-cho"),
+        );
+        assert_refused_415(content_type, &reply);
+    }
+    // A call the policy allows still works on the same session, and its
+    // answer comes after any the refused ones would have had.
+    let sum = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":2,"b":3}}}"#;
+    assert_eq!(post(sidecar.listen, &endpoint, json, &[], sum).status, 202);
+    let answer = sse.answer("get-sum", 9);
+    assert!(answer.to_string().contains('5'), "get-sum: {answer}");
+    let smuggled: Vec<Value> = sse
+        .received()
+        .into_iter()
+        .filter(|m| m.to_string().contains("smuggled"))
+        .collect();
+    assert!(
+        smuggled.is_empty(),
+        "the upstream ran the UTF-7 `echo` the policy denies: {smuggled:?}"
+    );
+    // `echo` sent as UTF-8 is judged as `echo`: denied, answered on the stream.
+    let denied = post(sidecar.listen, &endpoint, json, &[], &call(10, "echo"));
+    assert_eq!(denied.status, 202, "{}", denied.text());
+    let answer = sse.answer("echo", 10);
+    assert_eq!(answer["result"]["isError"], json!(true), "{answer}");
+}
+
+#[test]
+fn other_charsets_and_content_codings_are_refused_unread_on_every_transport() {
+    let recorder = Recorder::start();
+    let streamable = sidecar::builder()
+        .upstream(recorder.url())
+        .policy(&policy())
+        .start();
+    let legacy = sidecar::builder()
+        .upstream(format!("rec=sse:{}", recorder.sse_url()))
+        .policy(&policy())
+        .start();
+    let sse = SseClient::open(legacy.listen, "/mcp/rec/sse", &[]);
+    let endpoints = [
+        (streamable.listen, "/mcp".to_owned()),
+        (legacy.listen, sse.endpoint.clone()),
+    ];
+    let attempts: [(&str, &[(&str, &str)]); 6] = [
+        ("application/json; charset=utf-16le", &[]),
+        ("application/json; charset=iso-8859-1", &[]),
+        ("application/json; charset=", &[]),
+        ("application/json", &[("Content-Encoding", "gzip")]),
+        (
+            "application/json",
+            &[("Content-Encoding", "identity, deflate")],
+        ),
+        ("application/json", &[("Content-Encoding", "")]),
+    ];
+    for (addr, path) in &endpoints {
+        for (content_type, extra) in attempts {
+            let label = format!("POST {path} {content_type} {extra:?}");
+            let mark = recorder.count();
+            let reply = post(*addr, path, content_type, extra, &call(7, "get-sum"));
+            assert_refused_415(&label, &reply);
+            let reached = recorder.since(mark);
+            assert!(
+                reached.iter().all(|r| r.method != "POST"),
+                "{label}: reached the upstream: {:?}",
+                reached.iter().map(|r| r.text()).collect::<Vec<_>>()
+            );
+        }
+        // UTF-8 said either way is read and forwarded.
+        for content_type in ["application/json", "application/json; charset=UTF-8"] {
+            let mark = recorder.count();
+            let reply = post(
+                *addr,
+                path,
+                content_type,
+                &[("Content-Encoding", "identity")],
+                &call(8, "get-sum"),
+            );
+            assert!(
+                matches!(reply.status, 200 | 202),
+                "{content_type}: {} {}",
+                reply.status,
+                reply.text()
+            );
+            assert!(
+                recorder
+                    .since(mark)
+                    .iter()
+                    .any(|r| r.text().contains("get-sum")),
+                "{content_type}: the allowed call did not reach the upstream"
+            );
+        }
+    }
+}
