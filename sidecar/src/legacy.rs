@@ -85,7 +85,7 @@ pub async fn stream(
         },
         None => Arc::clone(&sc.node_id),
     };
-    let target = up.target(None, parts.uri.query());
+    let target = up.target();
     let resp = match enforce::forward(
         sc,
         route,
@@ -298,11 +298,17 @@ pub async fn message(
         return enforce::accepted();
     };
     let snapshot = judged.snapshot;
-    let (path, query) = match endpoint.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (endpoint.clone(), None),
+    let Some(target) = up.at(&endpoint) else {
+        return rpc_error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            code::UPSTREAM_UNAVAILABLE,
+            &format!(
+                "upstream server `{}` named a message endpoint that is not a valid path ({endpoint:?}); check the server",
+                route.server
+            ),
+        );
     };
-    let target = up.target(Some(&path), query.as_deref());
     match enforce::forward(
         sc,
         route,

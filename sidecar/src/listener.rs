@@ -121,7 +121,7 @@ async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) ->
             "not a Streamable HTTP server",
         );
     };
-    let target = up.target(None, req.uri().query());
+    let target = up.target();
     let (parts, body) = req.into_parts();
     match parts.method {
         Method::POST => enforce::post(sc, route, up, target, parts, body).await,
@@ -228,7 +228,14 @@ async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
         _ => return not_found(&path),
     };
     let (Upstream::Http(up) | Upstream::LegacySse(up)) = &route.upstream;
-    let target = up.target(Some(&upstream_path), req.uri().query());
+    let Some(target) = up.at(&upstream_path) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            &format!("{path} is not a path this sidecar forwards"),
+        );
+    };
     let route: &Route = route;
     let (parts, _) = req.into_parts();
     enforce::pass_through(sc, route, up, target, parts, sc.policy.load()).await

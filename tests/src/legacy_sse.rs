@@ -23,8 +23,10 @@ impl SseClient {
     /// `GET path` on the sidecar; waits for the `endpoint` event.
     pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
         let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let mut head =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut head = format!("GET {path} HTTP/1.1\r\nAccept: text/event-stream\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (n, v) in headers {
             head.push_str(&format!("{n}: {v}\r\n"));
         }

@@ -189,3 +189,125 @@ fn other_charsets_and_content_codings_are_refused_unread_on_every_transport() {
         }
     }
 }
+
+/// What reached the recorder since `mark`, as (method, target, Host,
+/// X-Forwarded-Host).
+fn reached(recorder: &Recorder, mark: usize) -> Vec<(String, String, String, String)> {
+    recorder
+        .since(mark)
+        .into_iter()
+        .map(|r| {
+            let h = |n| r.header(n).unwrap_or("-").to_owned();
+            (
+                r.method.clone(),
+                r.target.clone(),
+                h("host"),
+                h("x-forwarded-host"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_upstream_gets_its_own_authority_and_path_never_the_clients() {
+    let recorder = Recorder::start();
+    let authority = recorder.addr().to_string();
+    let streamable = sidecar::builder()
+        .upstream(recorder.url())
+        .policy(&policy())
+        .start();
+    let forged: &[(&str, &str)] = &[
+        ("Host", "billing.internal:8080"),
+        ("X-Forwarded-Host", "admin.internal"),
+        ("Forwarded", "host=admin.internal"),
+    ];
+    let upstream_saw = |recorder: &Recorder, mark: usize, method: &str, target: &str| {
+        let all = reached(recorder, mark);
+        assert!(
+            all.contains(&(
+                method.to_owned(),
+                target.to_owned(),
+                authority.clone(),
+                "billing.internal:8080".to_owned()
+            )),
+            "{method} {target} with Host {authority} (the client's as X-Forwarded-Host) did not reach the upstream; it got {all:?}"
+        );
+        for r in recorder.since(mark) {
+            assert!(
+                r.header("forwarded").is_none(),
+                "Forwarded reached the upstream: {r:?}"
+            );
+        }
+    };
+
+    // Streamable HTTP: POST, GET and DELETE, with a query the upstream must not see.
+    let mark = recorder.count();
+    let reply = post(
+        streamable.listen,
+        "/mcp?server=billing&tg=1",
+        "application/json",
+        forged,
+        &call(1, "get-sum"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    upstream_saw(&recorder, mark, "POST", "/mcp");
+    for method in ["GET", "DELETE"] {
+        let mark = recorder.count();
+        let mut headers = forged.to_vec();
+        headers.push(("Accept", "text/event-stream"));
+        // The recorder answers a GET with a stream it closes at once.
+        let _ = net::request(
+            streamable.listen,
+            method,
+            "/mcp?server=billing",
+            &headers,
+            None,
+        );
+        upstream_saw(&recorder, mark, method, "/mcp");
+    }
+    // Discovery documents: the path is the upstream's, the query is dropped.
+    let mark = recorder.count();
+    let _ = net::request(
+        streamable.listen,
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp?resource=billing",
+        forged,
+        None,
+    );
+    upstream_saw(
+        &recorder,
+        mark,
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp",
+    );
+
+    // Legacy SSE: the stream and the message endpoint the upstream named.
+    let legacy = sidecar::builder()
+        .upstream(format!("rec=sse:{}", recorder.sse_url()))
+        .policy(&policy())
+        .start();
+    let mark = recorder.count();
+    let sse = SseClient::open(legacy.listen, "/mcp/rec/sse?server=billing", forged);
+    upstream_saw(&recorder, mark, "GET", "/sse");
+    let mark = recorder.count();
+    let message = format!("{}&server=billing", sse.endpoint);
+    let reply = post(
+        legacy.listen,
+        &message,
+        "application/json",
+        forged,
+        &call(2, "get-sum"),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let posted: Vec<_> = reached(&recorder, mark)
+        .into_iter()
+        .filter(|r| r.0 == "POST")
+        .collect();
+    assert!(
+        posted.len() == 1
+            && posted[0].1.starts_with("/message?sessionId=")
+            && !posted[0].1.contains("billing")
+            && posted[0].2 == authority,
+        "the message went to {posted:?}, not to the endpoint the upstream named on {authority}"
+    );
+}

@@ -1,10 +1,15 @@
 //! An upstream reached over HTTP (Streamable HTTP, or the legacy SSE transport).
 //!
-//! Requests are forwarded with their bytes and headers unchanged — `Host` and
-//! `Origin` included, so the upstream's own DNS-rebinding checks still see
-//! what the client sent — except the hop-by-hop headers a proxy must not pass
-//! on, and the grant header when grants are configured (a caller's token is
-//! never forwarded upstream).
+//! Requests go to the configured upstream and nowhere else: to its URL's
+//! path and query (the client's query string is not forwarded: MCP defines
+//! none), with `Host` set to its authority. A Host-routing hop behind the
+//! sidecar therefore runs a call on the server whose policy judged it. The
+//! client's `Host` travels as `X-Forwarded-Host` (replacing any the client
+//! sent, and `Forwarded` is dropped), for an upstream that builds public URLs.
+//! Other headers pass unchanged — `Origin` included, so the upstream's own
+//! DNS-rebinding checks still see what the client sent — except the
+//! hop-by-hop headers a proxy must not pass on, and the grant header when
+//! grants are configured (a caller's token is never forwarded upstream).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -145,21 +150,18 @@ impl HttpUpstream {
         }
     }
 
-    /// The URI a request for `path_and_query` goes to: the upstream's
-    /// endpoint with the request's query string, or, for an absolute path
-    /// (the legacy transport's message endpoint), that path on the upstream.
-    pub fn target(&self, path: Option<&str>, query: Option<&str>) -> Uri {
-        if path.is_none() && query.is_none() {
-            return self.url.clone();
-        }
-        let path = path.unwrap_or_else(|| self.url.path());
-        let pq = match query.or(self.url.query()) {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
+    /// The upstream's endpoint, as configured (path and query).
+    pub fn target(&self) -> Uri {
+        self.url.clone()
+    }
+
+    /// `path_and_query` (absolute: the legacy transport's message endpoint,
+    /// a discovery document) on the upstream, or `None` if it is not a valid
+    /// request target.
+    pub fn at(&self, path_and_query: &str) -> Option<Uri> {
         let mut parts = self.url.clone().into_parts();
-        parts.path_and_query = pq.parse().ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| self.url.clone())
+        parts.path_and_query = Some(path_and_query.parse().ok()?);
+        Uri::from_parts(parts).ok()
     }
 
     /// Sends a request (method, URI and headers already set by the caller
@@ -181,20 +183,28 @@ impl HttpUpstream {
     }
 }
 
+/// `X-Forwarded-Host`: the `Host` the client sent.
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// A request's headers made ready for the upstream, in place: without
-/// hop-by-hop headers, with the client's `Host` (or `host` when it sent none,
-/// as over HTTP/2), and without `strip` (the grant header).
+/// hop-by-hop headers, `Host` set to `host` (the upstream's authority) with
+/// the client's as `X-Forwarded-Host`, and without `strip` (the grant header).
 pub fn forwarded_headers(
     mut out: HeaderMap,
     host: Option<&HeaderValue>,
     strip: Option<&HeaderName>,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut out);
-    // The client's Host goes through unchanged, so an upstream that checks it
-    // (DNS-rebinding protection) judges what the client sent, not the sidecar.
-    if !out.contains_key(header::HOST)
-        && let Some(h) = host
-    {
+    // Only the sidecar's word on where the request was sent goes upstream.
+    out.remove(header::FORWARDED);
+    out.remove(&X_FORWARDED_HOST);
+    let client_host = out.remove(header::HOST);
+    // An http:// upstream always has an authority; without one the client's
+    // Host is not forwarded in its place.
+    if let Some(h) = host {
+        if let Some(c) = client_host {
+            out.insert(X_FORWARDED_HOST.clone(), c);
+        }
         out.insert(header::HOST, h.clone());
     }
     if let Some(name) = strip {
