@@ -7,7 +7,6 @@
 //! are injected into that stream and `tools/list` results in it are filtered.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use crate::enforce::{self, rpc_error};
 use crate::mcp::answer::{self, code};
 use crate::mcp::list_filter;
 use crate::mcp::sse::{SseParser, write_event};
+use crate::session_ids::SessionIds;
 use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, BoxError, HttpUpstream};
 
@@ -31,16 +31,19 @@ const INJECT_QUEUE: usize = 256;
 /// The largest SSE event parsed on a legacy stream.
 const MAX_EVENT: usize = 16 << 20;
 
-/// The legacy sessions of one route.
+/// The legacy sessions of one route. A session's key is 128 random bits,
+/// and only the grant that opened its stream may post to it.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
-    next: AtomicU64,
+    keys: SessionIds,
 }
 
 /// One client's SSE stream.
 #[derive(Debug)]
 struct Session {
+    /// The grant that opened the stream: the only one that may post to it.
+    grant: Arc<str>,
     /// Where the upstream wants this session's messages (path and query).
     upstream_endpoint: Mutex<Option<String>>,
     inject: mpsc::Sender<Bytes>,
@@ -66,24 +69,9 @@ pub async fn stream(
 ) -> Response<Body> {
     let snapshot = sc.policy.load();
     let (parts, _) = req.into_parts();
-    let grant = match &snapshot {
-        Some(s) => match crate::identity::identify(
-            &parts.headers,
-            &sc.grant_header,
-            &s.bundle,
-            &sc.node_id,
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                return rpc_error(
-                    StatusCode::UNAUTHORIZED,
-                    None,
-                    code::UNAUTHENTICATED,
-                    &e.to_string(),
-                );
-            }
-        },
-        None => Arc::clone(&sc.node_id),
+    let grant = match caller(sc, &parts.headers, snapshot.as_deref()) {
+        Ok(g) => g,
+        Err(resp) => return resp,
     };
     let target = up.target();
     let resp = match enforce::forward(
@@ -105,13 +93,10 @@ pub async fn stream(
     if !resp.status().is_success() {
         return resp;
     }
-    let key = format!(
-        "{:x}{:x}",
-        std::process::id(),
-        route.legacy.next.fetch_add(1, Ordering::Relaxed) + 1
-    );
+    let key = route.legacy.keys.next();
     let (tx, rx) = mpsc::channel(INJECT_QUEUE);
     let session = Arc::new(Session {
+        grant: Arc::clone(&grant),
         upstream_endpoint: Mutex::new(None),
         inject: tx,
         pending_lists: Mutex::new(Vec::new()),
@@ -225,6 +210,26 @@ impl Relay {
     }
 }
 
+/// The grant of the caller, or the 401 to answer.
+fn caller(
+    sc: &Sidecar,
+    headers: &http::HeaderMap,
+    snapshot: Option<&crate::snapshot::Snapshot>,
+) -> Result<Arc<str>, Response<Body>> {
+    match snapshot {
+        Some(s) => crate::identity::identify(headers, &sc.grant_header, &s.bundle, &sc.node_id)
+            .map_err(|e| {
+                rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    code::UNAUTHENTICATED,
+                    &e.to_string(),
+                )
+            }),
+        None => Ok(Arc::clone(&sc.node_id)),
+    }
+}
+
 /// A lock whose holder cannot leave its data half-changed (each critical
 /// section is one insert, remove or clone), so poisoning is ignored.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -262,14 +267,24 @@ pub async fn message(
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tg=")))
         .unwrap_or_default()
         .to_owned();
-    let Some(session) = route.legacy.get(&key) else {
-        return rpc_error(
+    let unknown = || {
+        rpc_error(
             StatusCode::NOT_FOUND,
             None,
             code::INVALID_REQUEST,
             "unknown or closed SSE session; open the SSE stream again and POST to the endpoint it names",
-        );
+        )
     };
+    let Some(session) = route.legacy.get(&key) else {
+        return unknown();
+    };
+    // Posting to another caller's session is answered as if it did not
+    // exist: nothing is read, judged or forwarded.
+    match caller(sc, req.headers(), sc.policy.load().as_deref()) {
+        Ok(grant) if grant == session.grant => {}
+        Ok(_) => return unknown(),
+        Err(resp) => return resp,
+    }
     let Some(endpoint) = lock(&session.upstream_endpoint).clone() else {
         return rpc_error(
             StatusCode::CONFLICT,

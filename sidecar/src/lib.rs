@@ -25,6 +25,7 @@ pub mod legacy;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod session_ids;
 pub mod snapshot;
 pub mod sse_filter;
 pub mod state;

@@ -311,3 +311,90 @@ fn the_upstream_gets_its_own_authority_and_path_never_the_clients() {
         "the message went to {posted:?}, not to the endpoint the upstream named on {authority}"
     );
 }
+
+/// SHA-256 of `test` and of `other`: the tokens of two grants.
+const TEST_TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const OTHER_TOKEN_SHA256: &str = "d9298a10d1b0735837dc4bd85dac641b0f3cef27a47e5d53a54f2f3f5b2fcffa";
+
+#[test]
+fn a_legacy_session_has_an_unguessable_key_and_takes_posts_only_from_its_grant() {
+    let recorder = Recorder::start();
+    let bundle = json!({
+        "servers": { "rec": policy() },
+        "grants": {
+            "alice": { "token_sha256": TEST_TOKEN_SHA256 },
+            "mallory": { "token_sha256": OTHER_TOKEN_SHA256 }
+        }
+    });
+    let sidecar = sidecar::builder()
+        .upstream(format!("rec=sse:{}", recorder.sse_url()))
+        .policy(&bundle)
+        .start();
+    let alice: &[(&str, &str)] = &[("Authorization", "Bearer test")];
+    let mallory: &[(&str, &str)] = &[("Authorization", "Bearer other")];
+    let keys: Vec<String> = (0..3)
+        .map(|_| {
+            let sse = SseClient::open(sidecar.listen, "/mcp/rec/sse", alice);
+            let key = sse
+                .endpoint
+                .split_once("tg=")
+                .map(|(_, k)| k.to_owned())
+                .unwrap_or_else(|| panic!("no session key in {:?}", sse.endpoint));
+            assert!(
+                key.len() >= 32 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+                "a session key must be 128 random bits (32 hex digits), not {key:?}"
+            );
+            key
+        })
+        .collect();
+    assert!(keys[0] != keys[1] && keys[1] != keys[2], "{keys:?}");
+
+    let mut sse = SseClient::open(sidecar.listen, "/mcp/rec/sse", alice);
+    let endpoint = sse.endpoint.clone();
+    // Another grant, knowing the key, is told there is no such session.
+    let mark = recorder.count();
+    let reply = post(
+        sidecar.listen,
+        &endpoint,
+        "application/json",
+        mallory,
+        &call(1, "get-sum"),
+    );
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let body: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    assert_eq!(body["error"]["code"], json!(-32600), "{}", reply.text());
+    assert!(
+        recorder.since(mark).iter().all(|r| r.method != "POST"),
+        "another grant's POST reached the upstream"
+    );
+    // No token at all: 401, as on every endpoint.
+    let reply = post(
+        sidecar.listen,
+        &endpoint,
+        "application/json",
+        &[],
+        &call(2, "get-sum"),
+    );
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    // The grant that opened the stream posts as before.
+    let mark = recorder.count();
+    let reply = post(
+        sidecar.listen,
+        &endpoint,
+        "application/json",
+        alice,
+        &call(3, "get-sum"),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    sse.answer("get-sum", 3);
+    let posted: Vec<String> = recorder
+        .since(mark)
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.text())
+        .collect();
+    assert!(
+        posted.len() == 1 && posted[0].contains(r#""id":3"#),
+        "only alice's call may reach the upstream: {posted:?}"
+    );
+}

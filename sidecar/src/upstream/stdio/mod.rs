@@ -21,13 +21,12 @@
 //!
 //! By file: this one serves HTTP and starts sessions; `session` routes the
 //! child's messages to the streams; `child` runs the process; `events` is the
-//! SSE body; `lines` reads bounded lines; `ids` makes session ids; `error`
+//! SSE body; `lines` reads bounded lines; `error`
 //! turns refusals into responses.
 
 mod child;
 mod error;
 mod events;
-mod ids;
 mod lines;
 mod session;
 
@@ -51,9 +50,9 @@ use tokio::time::Instant;
 use self::child::{Run, forward_stderr, write_stdin};
 use self::error::BridgeError;
 use self::events::{Events, event_stream};
-use self::ids::SessionIds;
 use self::session::{Routing, Session};
 use crate::mcp::peek;
+use crate::session_ids::SessionIds;
 use crate::upstream::http::{Body, full};
 
 const SESSION_HEADER: &str = "mcp-session-id";
