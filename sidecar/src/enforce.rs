@@ -5,6 +5,7 @@
 //! refused call is answered here; in a batch, only the allowed messages are
 //! forwarded and the answers are merged into the upstream's reply.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,14 +14,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tollgate_policy::{Arguments, Call, Decision, Outcome};
 
 use crate::decision_log::{DecisionRecord, now_rfc3339};
 use crate::identity::identify;
 use crate::mcp::answer::{self, code};
+use crate::mcp::encoding;
+use crate::mcp::list_filter::{self, ListIds};
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
-use crate::mcp::{encoding, list_filter};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
@@ -60,7 +61,7 @@ pub async fn post(
         snapshot,
         grant,
         answers,
-        list_ids,
+        lists,
         id: judged_id,
         ..
     } = judged;
@@ -82,25 +83,36 @@ pub async fn post(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    if list_ids.is_empty() && answers.is_empty() {
+    if lists == 0 && answers.is_empty() {
         return resp;
     }
-    let listing = snapshot.clone();
-    let server = Arc::clone(&route.server);
     // Boxed: only lists and batches with refusals come here, and the common
     // path's future stays small.
     Box::pin(finish(
         sc,
         route,
         resp,
-        list_ids,
+        lists,
         answers,
-        move |name, annotations| match &listing {
-            Some(s) => s.bundle.listing(&server, &grant, name, annotations),
-            None => tollgate_policy::Listing::Denied,
-        },
+        listing(snapshot, route, grant),
     ))
     .await
+}
+
+/// `grant`'s view of `route`'s tools under `snapshot` (nothing without a policy).
+pub fn listing(
+    snapshot: Option<Arc<Snapshot>>,
+    route: &Route,
+    grant: Arc<str>,
+) -> impl Fn(&str, Option<&tollgate_policy::Annotations>) -> tollgate_policy::Listing
++ Send
++ Sync
++ 'static {
+    let server = Arc::clone(&route.server);
+    move |name, annotations| match &snapshot {
+        Some(s) => s.bundle.listing(&server, &grant, name, annotations),
+        None => tollgate_policy::Listing::Denied,
+    }
 }
 
 /// A POSTed body read, peeked and judged: what goes upstream and what the
@@ -116,8 +128,9 @@ pub struct Judged {
     /// What to forward: the body, or a batch of the messages not refused;
     /// `None` when every message was a refused call.
     pub forward: Option<Bytes>,
-    /// Ids of the `tools/list` requests forwarded (their results are filtered).
-    pub list_ids: Vec<Value>,
+    /// `tools/list` requests forwarded, each under a [`ListIds`] token in
+    /// place of its id (their replies are filtered and get the id back).
+    pub lists: usize,
     /// Whether the body was a batch.
     pub batch: bool,
     /// A single message's raw id (a slice of the body), for error replies.
@@ -152,19 +165,22 @@ pub async fn inspect(
     }
     let messages = peeked.messages();
     let answers = judge(sc, route, headers, messages, snapshot.as_deref(), &grant);
-    let forward =
-        (answers.len() < messages.len()).then(|| allowed_body(&bytes, messages, &answers));
-    let list_ids = list_request_ids(messages, &answers);
     let (batch, id) = match &peeked {
         Peeked::Single(m) => (false, m.id.map(|raw| bytes.slice_ref(raw.get().as_bytes()))),
         Peeked::Batch(_) => (true, None),
+    };
+    let (forward, lists) = if answers.len() < messages.len() {
+        let (body, lists) = forward_body(&bytes, batch, messages, &answers, &sc.list_ids);
+        (Some(body), lists)
+    } else {
+        (None, 0)
     };
     Ok(Judged {
         snapshot,
         grant,
         answers,
         forward,
-        list_ids,
+        lists,
         batch,
         id,
     })
@@ -267,33 +283,62 @@ fn judge(
     answers
 }
 
-/// The ids of the `tools/list` requests that go upstream.
-fn list_request_ids(messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Vec<Value> {
-    messages
-        .iter()
-        .enumerate()
-        .filter(|(i, m)| {
-            m.kind == Kind::Request
-                && m.method() == "tools/list"
-                && !answers.iter().any(|(j, _)| j == i)
-        })
-        .filter_map(|(_, m)| m.id.and_then(|raw| serde_json::from_str(raw.get()).ok()))
-        .collect()
-}
-
-/// The body to forward: the original bytes, or a batch of the messages not refused.
-fn allowed_body(bytes: &Bytes, messages: &[Message<'_>], answers: &[(usize, Bytes)]) -> Bytes {
-    if answers.is_empty() {
-        return bytes.clone();
-    }
+/// The body to forward — the original bytes, or the messages not refused
+/// (a batch stays a batch) — with each `tools/list` request's id replaced by
+/// its token; and how many such requests it carries.
+fn forward_body<'b>(
+    bytes: &Bytes,
+    batch: bool,
+    messages: &[Message<'b>],
+    answers: &[(usize, Bytes)],
+    ids: &ListIds,
+) -> (Bytes, usize) {
     let refused = |i: usize| answers.iter().any(|(j, _)| *j == i);
-    join_array(
+    let is_list = |m: &Message<'_>| m.kind == Kind::Request && m.method() == "tools/list";
+    let forwarded = || {
         messages
             .iter()
             .enumerate()
-            .filter(|(i, _)| !refused(*i))
-            .map(|(_, m)| m.raw),
-    )
+            .filter(move |(i, _)| !refused(*i))
+            .map(|(_, m)| m)
+    };
+    let lists = forwarded().filter(|m| is_list(m)).count();
+    if answers.is_empty() && lists == 0 {
+        return (bytes.clone(), 0);
+    }
+    let rewritten = |m: &Message<'b>| -> Cow<'b, [u8]> {
+        match m.id.filter(|_| is_list(m)) {
+            Some(id) => {
+                with_token(m.raw, id.get().as_bytes(), ids).map_or(m.raw.into(), Into::into)
+            }
+            None => m.raw.into(),
+        }
+    };
+    let body = if batch {
+        let parts: Vec<Cow<'_, [u8]>> = forwarded().map(rewritten).collect();
+        join_array(parts.iter().map(|p| &p[..]))
+    } else {
+        match forwarded().next() {
+            Some(m) => Bytes::from(rewritten(m).into_owned()),
+            None => Bytes::new(),
+        }
+    };
+    (body, lists)
+}
+
+/// `raw` with `id` (a slice of it) replaced by its [`ListIds`] token, or
+/// `None` if `id` does not lie within `raw`. A message left with the
+/// client's id still has its reply filtered, by the strictest view.
+fn with_token(raw: &[u8], id: &[u8], ids: &ListIds) -> Option<Vec<u8>> {
+    let start = (id.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start.checked_add(id.len())?;
+    let (before, after) = (raw.get(..start)?, raw.get(end..)?);
+    let token = ids.token(id);
+    let mut out = Vec::with_capacity(raw.len() + token.len());
+    out.extend_from_slice(before);
+    out.extend_from_slice(&token);
+    out.extend_from_slice(after);
+    Some(out)
 }
 
 /// Filters `tools/list` results and merges the sidecar's own answers into an
@@ -302,20 +347,22 @@ async fn finish(
     sc: &Sidecar,
     route: &Arc<Route>,
     resp: Response<Body>,
-    list_ids: Vec<Value>,
+    lists: usize,
     answers: Vec<(usize, Bytes)>,
     listing: impl Fn(&str, Option<&tollgate_policy::Annotations>) -> tollgate_policy::Listing
     + Send
     + Sync
     + 'static,
 ) -> Response<Body> {
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if is_sse {
-        return crate::sse_filter::filter_stream(route, resp, list_ids, answers, listing);
+    if crate::sse_filter::is_event_stream(resp.headers()) {
+        return crate::sse_filter::filter_stream(
+            &sc.list_ids,
+            route,
+            resp,
+            Some(lists),
+            answers,
+            listing,
+        );
     }
     let (mut parts, body) = resp.into_parts();
     if !parts.status.is_success() {
@@ -346,10 +393,10 @@ async fn finish(
         }
     };
     let mut out = collected.clone();
-    if !list_ids.is_empty() {
-        let (filtered, seen) = list_filter::filter(&out, &list_ids, &listing);
-        route.learn(seen);
-        if let Some(f) = filtered {
+    if lists > 0 {
+        let filtered = list_filter::filter(&out, &sc.list_ids, &listing);
+        route.learn(filtered.seen);
+        if let Some(f) = filtered.bytes {
             out = Bytes::from(f);
         }
     }

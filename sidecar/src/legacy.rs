@@ -15,12 +15,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::enforce::{self, rpc_error};
 use crate::mcp::answer::{self, code};
-use crate::mcp::list_filter;
+use crate::mcp::list_filter::{self, ListIds};
 use crate::mcp::sse::{SseParser, write_event};
 use crate::session_ids::SessionIds;
 use crate::state::{Route, Sidecar};
@@ -47,7 +46,6 @@ struct Session {
     /// Where the upstream wants this session's messages (path and query).
     upstream_endpoint: Mutex<Option<String>>,
     inject: mpsc::Sender<Bytes>,
-    pending_lists: Mutex<Vec<Value>>,
 }
 
 impl Sessions {
@@ -99,7 +97,6 @@ pub async fn stream(
         grant: Arc::clone(&grant),
         upstream_endpoint: Mutex::new(None),
         inject: tx,
-        pending_lists: Mutex::new(Vec::new()),
     });
     lock(&route.legacy.map).insert(key.clone(), Arc::clone(&session));
 
@@ -115,6 +112,7 @@ pub async fn stream(
         sse_path: up.url.path().to_owned(),
         grant,
         sc_policy: Arc::clone(&sc.policy),
+        list_ids: sc.list_ids.clone(),
         ended: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -140,6 +138,7 @@ struct Relay {
     sse_path: String,
     grant: Arc<str>,
     sc_policy: Arc<crate::snapshot::PolicyStore>,
+    list_ids: ListIds,
     ended: bool,
 }
 
@@ -185,25 +184,17 @@ impl Relay {
             let ours = format!("{}/message?tg={}", self.route.path, self.key);
             return write_event(event.id.as_deref(), Some("endpoint"), &ours);
         }
-        let pending = lock(&self.session.pending_lists).clone();
-        if pending.is_empty() || event.data.is_empty() {
+        // Parsed whatever its spelling (`"\u0074ools"` is `"tools"`).
+        if !ListIds::may_hold_list(event.data.as_bytes()) {
             return event.raw;
         }
-        let snapshot = self.sc_policy.load();
-        let server = Arc::clone(&self.route.server);
-        let grant = &self.grant;
-        let (filtered, seen) =
-            list_filter::filter(event.data.as_bytes(), &pending, |name, a| match &snapshot {
-                Some(s) => s.bundle.listing(&server, grant, name, a),
-                None => tollgate_policy::Listing::Denied,
-            });
-        self.route.learn(seen);
-        if let Ok(v) = serde_json::from_str::<Value>(&event.data)
-            && let Some(id) = v.get("id")
-        {
-            lock(&self.session.pending_lists).retain(|p| p != id);
-        }
-        match filtered.and_then(|f| String::from_utf8(f).ok()) {
+        let filtered = list_filter::filter(
+            event.data.as_bytes(),
+            &self.list_ids,
+            enforce::listing(self.sc_policy.load(), &self.route, Arc::clone(&self.grant)),
+        );
+        self.route.learn(filtered.seen);
+        match filtered.bytes.and_then(|f| String::from_utf8(f).ok()) {
             Some(data) => write_event(event.id.as_deref(), event.event.as_deref(), &data),
             None => event.raw,
         }
@@ -298,7 +289,6 @@ pub async fn message(
         Ok(j) => j,
         Err(resp) => return resp,
     };
-    lock(&session.pending_lists).extend(judged.list_ids);
     for a in enforce::replies(&judged.answers) {
         if session.inject.try_send(Bytes::copy_from_slice(a)).is_err() {
             return rpc_error(

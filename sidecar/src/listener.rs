@@ -22,6 +22,7 @@ use crate::enforce::{self, rpc_error};
 use crate::identity::identify;
 use crate::legacy;
 use crate::mcp::answer::code;
+use crate::sse_filter::{self, is_event_stream};
 use crate::state::{Route, Sidecar, Upstream};
 use crate::upstream::http::{Body, HttpUpstream};
 
@@ -127,21 +128,46 @@ async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) ->
         Method::POST => enforce::post(sc, route, up, target, parts, body).await,
         Method::GET | Method::DELETE => {
             let snapshot = sc.policy.load();
-            if let Some(s) = &snapshot
-                && let Err(e) = identify(&parts.headers, &sc.grant_header, &s.bundle, &sc.node_id)
-            {
-                return rpc_error(
-                    StatusCode::UNAUTHORIZED,
+            let grant = match &snapshot {
+                Some(s) => match identify(&parts.headers, &sc.grant_header, &s.bundle, &sc.node_id)
+                {
+                    Ok(g) => g,
+                    Err(e) => {
+                        return rpc_error(
+                            StatusCode::UNAUTHORIZED,
+                            None,
+                            code::UNAUTHENTICATED,
+                            &e.to_string(),
+                        );
+                    }
+                },
+                None => Arc::clone(&sc.node_id),
+            };
+            drop(body);
+            let get = parts.method == Method::GET;
+            let resp = Box::pin(enforce::pass_through(
+                sc,
+                route,
+                up,
+                target,
+                parts,
+                snapshot.clone(),
+            ))
+            .await;
+            // A GET stream may replay `tools/list` replies (`Last-Event-ID`):
+            // they are filtered like the POST stream's first pass.
+            if get && resp.status().is_success() && is_event_stream(resp.headers()) {
+                let listing = enforce::listing(snapshot, route, grant);
+                return sse_filter::filter_stream(
+                    &sc.list_ids,
+                    route,
+                    resp,
                     None,
-                    code::UNAUTHENTICATED,
-                    &e.to_string(),
+                    Vec::new(),
+                    listing,
                 );
             }
-            drop(body);
-            Box::pin(enforce::pass_through(
-                sc, route, up, target, parts, snapshot,
-            ))
-            .await
+            resp
         }
         _ => {
             let mut resp = rpc_error(

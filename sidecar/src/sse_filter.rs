@@ -1,8 +1,10 @@
 //! An upstream SSE response streamed back event by event, with `tools/list`
 //! results filtered and the sidecar's own answers (for refused calls of a
 //! batch) sent first. Events policy does not touch are forwarded byte for
-//! byte; once every awaited `tools/list` result has passed, the rest of the
-//! stream is relayed without parsing.
+//! byte, and only events that may hold a list reply are parsed. On a POST's
+//! stream, once every `tools/list` reply it awaits has passed, the rest is
+//! relayed without parsing; a GET stream (which a client may resume with
+//! `Last-Event-ID`, replaying earlier replies) is watched to its end.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,11 +14,10 @@ use http::Response;
 use http::header;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use serde_json::Value;
 use tollgate_policy::{Annotations, Listing};
 
 use crate::mcp::answer;
-use crate::mcp::list_filter;
+use crate::mcp::list_filter::{self, ListIds};
 use crate::mcp::sse::{SseParser, write_event};
 use crate::state::Route;
 use crate::upstream::http::{Body, BoxError};
@@ -28,17 +29,28 @@ struct Filter<L> {
     body: Body,
     parser: Option<SseParser>,
     out: VecDeque<Bytes>,
-    pending: Vec<Value>,
+    ids: ListIds,
+    /// List replies still awaited; `None`: watch the whole stream.
+    awaited: Option<usize>,
     listing: L,
     route: Arc<Route>,
     ended: bool,
 }
 
+/// Whether a response's `Content-Type` is `text/event-stream`.
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
 /// Wraps an SSE response; see the module docs.
 pub fn filter_stream<L>(
+    ids: &ListIds,
     route: &Arc<Route>,
     resp: Response<Body>,
-    pending: Vec<Value>,
+    awaited: Option<usize>,
     answers: Vec<(usize, Bytes)>,
     listing: L,
 ) -> Response<Body>
@@ -49,11 +61,12 @@ where
     parts.headers.remove(header::CONTENT_LENGTH);
     let state = Filter {
         body,
-        parser: (!pending.is_empty()).then(|| SseParser::new(MAX_EVENT)),
+        parser: (awaited != Some(0)).then(|| SseParser::new(MAX_EVENT)),
         out: crate::enforce::replies(&answers)
             .map(answer::sse_event)
             .collect(),
-        pending,
+        ids: ids.clone(),
+        awaited,
         listing,
         route: Arc::clone(route),
         ended: false,
@@ -75,7 +88,7 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
                 match parser.next_event() {
                     Ok(Some(event)) => {
                         // Parsed whatever its spelling (`"\u0074ools"` is `"tools"`).
-                        let rewritten = (!event.data.is_empty())
+                        let rewritten = ListIds::may_hold_list(event.data.as_bytes())
                             .then(|| self.filter(&event.data))
                             .flatten();
                         self.out.push_back(match rewritten {
@@ -84,7 +97,7 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
                             }
                             None => event.raw,
                         });
-                        if self.pending.is_empty() {
+                        if self.awaited == Some(0) {
                             // Nothing more to filter: relay the rest as it comes.
                             if let Some(tail) = self
                                 .parser
@@ -139,19 +152,11 @@ impl<L: Fn(&str, Option<&Annotations>) -> Listing> Filter<L> {
 
     /// The event's data with `tools/list` results filtered, if it changed.
     fn filter(&mut self, data: &str) -> Option<String> {
-        let (filtered, seen) = list_filter::filter(data.as_bytes(), &self.pending, &self.listing);
-        if seen.is_empty() && filtered.is_none() {
-            return None;
+        let filtered = list_filter::filter(data.as_bytes(), &self.ids, &self.listing);
+        self.route.learn(filtered.seen);
+        if let Some(n) = &mut self.awaited {
+            *n = n.saturating_sub(filtered.matched);
         }
-        self.route.learn(seen);
-        // Each id is answered once.
-        if let Ok(v) = serde_json::from_str::<Value>(data) {
-            let ids: Vec<&Value> = match &v {
-                Value::Array(items) => items.iter().filter_map(|m| m.get("id")).collect(),
-                m => m.get("id").into_iter().collect(),
-            };
-            self.pending.retain(|p| !ids.contains(&p));
-        }
-        filtered.and_then(|f| String::from_utf8(f).ok())
+        filtered.bytes.and_then(|f| String::from_utf8(f).ok())
     }
 }

@@ -11,7 +11,7 @@ use http::header::HeaderName;
 use tollgate_policy::{Annotations, Counters, LocalCounters};
 
 use crate::decision_log::DecisionLog;
-use crate::mcp::list_filter::SeenTool;
+use crate::mcp::list_filter::{ListIds, SeenTool};
 use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
 use crate::snapshot::PolicyStore;
 use crate::upstream::HttpUpstream;
@@ -40,6 +40,8 @@ pub struct Sidecar {
     pub max_response: usize,
     /// Servers by route name (`""` for the single unnamed upstream at `/mcp`).
     pub routes: HashMap<String, Arc<Route>>,
+    /// The ids forwarded `tools/list` requests carry.
+    pub list_ids: ListIds,
     decisions: AtomicU64,
     decision_prefix: String,
 }
@@ -71,6 +73,7 @@ impl Sidecar {
             max_body,
             max_response: 16 << 20,
             routes,
+            list_ids: ListIds::default(),
             decisions: AtomicU64::new(0),
             decision_prefix: format!("dec_{boot:x}_"),
         }
