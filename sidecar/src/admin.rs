@@ -1,39 +1,33 @@
 //! The admin endpoints (loopback by default): `/healthz` (the process
 //! serves), `/readyz` (a valid policy is loaded), `/metrics` (Prometheus).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::conn::ConnLimits;
 use crate::metrics::Metrics;
 use crate::snapshot::PolicyStore;
+use crate::upstream::http::Body;
 
-/// Serves the admin endpoints until the task is dropped.
+/// Serves the admin endpoints until the task is dropped, with the MCP
+/// listener's header deadline and caps, and at most 64 connections.
 pub async fn serve(listener: TcpListener, policy: Arc<PolicyStore>, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let (policy, metrics) = (Arc::clone(&policy), Arc::clone(&metrics));
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let resp = respond(&req, &policy, &metrics);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let limits = ConnLimits {
+        name: "admin",
+        max_connections: 64,
+        ..ConnLimits::default()
+    };
+    let m = Arc::clone(&metrics);
+    crate::conn::serve(listener, limits, m, move |req, _peer| {
+        let resp = respond(&req, &policy, &metrics).map(Body::Full);
+        async move { resp }
+    })
+    .await;
 }
 
 fn respond(

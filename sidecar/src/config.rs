@@ -84,6 +84,36 @@ pub struct RunArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body: usize,
+    /// Client connections open at once on the MCP listener; more are closed
+    /// as they are accepted.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers (and an idle
+    /// keep-alive connection stays open), in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub header_timeout_ms: u64,
+    /// How long a client has to send a request's whole body, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub body_timeout_ms: u64,
+    /// The most header bytes a request may carry.
+    #[arg(long, default_value_t = 64 << 10, value_name = "BYTES")]
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once on one client connection.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_streams_per_connection: u32,
+}
+
+impl RunArgs {
+    /// The MCP listener's connection bounds.
+    pub fn conn_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            name: "mcp",
+            max_connections: self.max_connections.max(1),
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1)),
+            max_header_bytes: self.max_header_bytes,
+            max_streams: self.max_streams_per_connection.max(1),
+        }
+    }
 }
 
 /// One `--upstream`.

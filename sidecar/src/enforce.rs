@@ -138,8 +138,8 @@ pub struct Judged {
 }
 
 /// Reads a POSTed body and judges it, or returns the error reply: 415 for a
-/// body not declared as uncompressed UTF-8 (unread), 413 for a body over
-/// `--max-body`, 400 for what the peek cannot read or headers that disagree
+/// body not declared as uncompressed UTF-8 (unread), 408 for a body slower
+/// than `--body-timeout-ms`, 413 for a body over `--max-body`, 400 for what the peek cannot read or headers that disagree
 /// with it, 401 for an unidentified caller where grants are set.
 pub async fn inspect(
     sc: &Sidecar,
@@ -155,7 +155,22 @@ pub async fn inspect(
             &e.to_string(),
         )
     })?;
-    let bytes = read_body(body, headers, sc.max_body).await?;
+    let bytes = match tokio::time::timeout(sc.body_timeout, read_body(body, headers, sc.max_body))
+        .await
+    {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(rpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                code::INVALID_REQUEST,
+                &format!(
+                    "the request body did not arrive within {} ms; send it at once (this sidecar's --body-timeout-ms)",
+                    sc.body_timeout.as_millis()
+                ),
+            ));
+        }
+    };
     let peeked = peek(&bytes)
         .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;
     let snapshot = sc.policy.load();

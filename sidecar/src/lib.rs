@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod decision_log;
 pub mod demo;

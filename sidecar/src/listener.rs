@@ -7,17 +7,14 @@
 //! | `<base>/sse`, `<base>/message` | the legacy HTTP+SSE transport of a `sse:` upstream |
 //! | `/.well-known/oauth-*` | passed through to the upstream (the one named by a path suffix `/mcp/<name>`, or the only one) |
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::conn::ConnLimits;
 use crate::enforce::{self, rpc_error};
 use crate::identity::identify;
 use crate::legacy;
@@ -26,34 +23,14 @@ use crate::sse_filter::{self, is_event_stream};
 use crate::state::{Route, Sidecar, Upstream};
 use crate::upstream::http::{Body, HttpUpstream};
 
-/// Serves MCP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+/// Serves MCP on `listener`, within `limits`, until the task is dropped.
+pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>, limits: ConnLimits) {
+    let metrics = Arc::clone(&sc.metrics);
+    crate::conn::serve(listener, limits, metrics, move |req, peer| {
         let sc = Arc::clone(&sc);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let sc = Arc::clone(&sc);
-                async move { Ok::<_, Infallible>(handle(&sc, req, peer).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    }
+        async move { handle(&sc, req, peer).await }
+    })
+    .await;
 }
 
 /// Routes one request.

@@ -190,7 +190,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         grant_header,
         args.max_body,
         routes,
-    );
+    )
+    .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)));
     let sc = Arc::new(match fleet_counters {
         Some(c) => {
             let origin = c.origin();
@@ -207,6 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&policy),
         Arc::clone(&metrics),
     ));
+    let limits = args.conn_limits();
     let mcp = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
@@ -219,7 +221,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("serving {} at http://{}{path}", spec.name, args.listen);
     }
     tokio::select! {
-        r = listener::serve(mcp, sc) => r.context("the MCP listener failed"),
+        () = listener::serve(mcp, sc, limits) => Err(anyhow!("the MCP listener stopped")),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

@@ -39,6 +39,16 @@ struct ServerLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VersionLabels {
     version: Label,
 }
@@ -96,6 +106,9 @@ pub struct Metrics {
     quota_leases: Counter,
     quota_unleased: Counter,
     quota_capacity: Gauge,
+    connections: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    evictions: Family<StateLabels, Counter>,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -203,8 +216,29 @@ impl Metrics {
             "Calls the fleet-wide leases held let this sidecar admit, summed over buckets, at the last report",
             quota_capacity.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open, per listener (mcp, admin)",
+            connections.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as they were accepted because the listener's connection cap (--max-connections for mcp) was reached",
+            connections_refused.clone(),
+        );
+        let evictions = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "state_evictions",
+            "Entries dropped because a bounded table was full (session_buckets, legacy_sessions, decision_log_bytes, catalog_tools)",
+            evictions.clone(),
+        );
         Self {
             registry,
+            connections,
+            connections_refused,
+            evictions,
             quota_unleased,
             quota_capacity,
             quota_connected,
@@ -347,6 +381,32 @@ impl Metrics {
         self.quota_leases.inc_by(n as u64);
     }
 
+    /// Counts an open connection of `listener` until the guard is dropped.
+    pub fn connection_opened(&self, listener: &'static str) -> OpenConnection {
+        let gauge = self
+            .connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// Counts a connection `listener` closed because it was full.
+    pub fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// Counts `n` entries dropped from the bounded table `state`.
+    pub fn evicted(&self, state: &'static str, n: u64) {
+        if n > 0 {
+            self.evictions
+                .get_or_create(&StateLabels { state })
+                .inc_by(n);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -354,5 +414,15 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// An open connection, counted in `tollgate_connections_open` while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -36,6 +36,8 @@ pub struct Sidecar {
     pub grant_header: HeaderName,
     /// The largest request body accepted, in bytes.
     pub max_body: usize,
+    /// How long a request's whole body may take to arrive.
+    pub body_timeout: Duration,
     /// The largest upstream `tools/list` response filtered, in bytes.
     pub max_response: usize,
     /// Servers by route name (`""` for the single unnamed upstream at `/mcp`).
@@ -71,6 +73,7 @@ impl Sidecar {
             node_id,
             grant_header,
             max_body,
+            body_timeout: Duration::from_secs(30),
             max_response: 16 << 20,
             routes,
             list_ids: ListIds::default(),
@@ -83,6 +86,12 @@ impl Sidecar {
     pub fn with_counters(mut self, counters: Arc<dyn Counters>, origin: Instant) -> Self {
         self.counters = counters;
         self.started = origin;
+        self
+    }
+
+    /// Gives clients `timeout` to send a request's whole body.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
