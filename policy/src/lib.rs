@@ -40,7 +40,7 @@ pub use conditions::Arguments;
 pub use document::PolicyFile;
 pub use error::{PolicyError, PolicyErrors};
 pub use evaluate::{Call, Decision, LimitInfo, Listing, Outcome};
-pub use limits::{Admission, Charge, Counters, LocalCounters};
+pub use limits::{Admission, Charge, Counters, DEFAULT_SESSION_BUCKETS, LocalCounters};
 pub use schema::json_schema;
 
 /// The policy language version this crate reads.

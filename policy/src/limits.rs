@@ -212,14 +212,39 @@ impl Equivalent<BucketKey> for BucketRef<'_> {
 
 const SHARDS: usize = 16;
 
-type Shard = Mutex<HashMap<BucketKey, SlidingWindow>>;
+/// A bucket and its window's length (kept so idle buckets can be swept).
+#[derive(Debug)]
+struct Bucket {
+    calls: SlidingWindow,
+    window: Duration,
+}
+
+/// One shard: buckets, and how many of them are session-scoped.
+#[derive(Debug, Default)]
+struct ShardMap {
+    buckets: HashMap<BucketKey, Bucket>,
+    sessions: usize,
+}
+
+type Shard = Mutex<ShardMap>;
 
 /// Counters kept in this process: sharded maps, so calls on different
 /// buckets rarely wait for one another.
+///
+/// Session-scoped buckets are bounded: any caller can open sessions, so
+/// their number is capped ([`LocalCounters::with_session_cap`]); when a shard
+/// is full, a new session's bucket takes the place of an idle one, else of
+/// another session's. Dropping a session's count gives that session no more
+/// than a new session would have. Grant, pod and global buckets are never
+/// evicted (their number is bounded by the bundle); [`LocalCounters::sweep`]
+/// forgets every bucket whose window is empty.
 #[derive(Debug)]
 pub struct LocalCounters {
     shards: Box<[Shard]>,
     hasher: hashbrown::DefaultHashBuilder,
+    /// Session buckets per shard.
+    session_cap: usize,
+    evicted: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LocalCounters {
@@ -228,13 +253,29 @@ impl Default for LocalCounters {
     }
 }
 
+/// Session buckets kept by default (about 16 MiB at the most).
+pub const DEFAULT_SESSION_BUCKETS: usize = 65_536;
+
 impl LocalCounters {
-    /// An empty store.
+    /// An empty store keeping up to [`DEFAULT_SESSION_BUCKETS`] session buckets.
     pub fn new() -> Self {
+        Self::with_session_cap(DEFAULT_SESSION_BUCKETS)
+    }
+
+    /// An empty store keeping up to about `max_session_buckets` session
+    /// buckets (rounded up to a multiple of the shard count).
+    pub fn with_session_cap(max_session_buckets: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
+            session_cap: max_session_buckets.div_ceil(SHARDS).max(1),
+            evicted: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Session buckets dropped so far to make room for new sessions.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn shard_of(&self, charge: &Charge<'_>) -> usize {
@@ -245,28 +286,83 @@ impl LocalCounters {
     pub fn count(&self, charge: &Charge<'_>, now: Duration) -> u64 {
         let mut shard = self.lock(self.shard_of(charge));
         shard
+            .buckets
             .get_mut(&BucketRef(charge))
-            .map_or(0, |w| w.count(now, charge.window))
+            .map_or(0, |b| b.calls.count(now, charge.window))
     }
 
     /// Forgets buckets with nothing left in their window; returns how many remain.
-    /// Windows are not stored per bucket, so `longest` bounds them all.
-    pub fn sweep(&self, now: Duration, longest: Duration) -> usize {
+    pub fn sweep(&self, now: Duration) -> usize {
         let mut left = 0;
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
-            shard.retain(|_, w| !w.is_idle(now, longest));
-            left += shard.len();
+            shard.sweep(now);
+            left += shard.buckets.len();
         }
         left
     }
 
-    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, HashMap<BucketKey, SlidingWindow>> {
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, ShardMap> {
         // A panic while holding a shard cannot leave a window half-updated in a
         // way that admits too much (charges are single increments), so go on.
         self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new bucket for `c` holding one call at `now`, in room made for it.
+    fn insert(&self, shard: &mut ShardMap, c: &Charge<'_>, now: Duration) {
+        if c.scope == Scope::Session {
+            if shard.sessions >= self.session_cap {
+                shard.sweep(now);
+            }
+            if shard.sessions >= self.session_cap && shard.evict_session() {
+                self.evicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            shard.sessions += 1;
+        }
+        let mut calls = SlidingWindow::default();
+        calls.charge(now, c.window);
+        shard.buckets.insert(
+            BucketKey {
+                counter: Arc::clone(c.counter),
+                server: c.server.into(),
+                scope: c.scope,
+                key: c.key.into(),
+            },
+            Bucket {
+                calls,
+                window: c.window,
+            },
+        );
+    }
+}
+
+impl ShardMap {
+    fn sweep(&mut self, now: Duration) {
+        let mut sessions = 0;
+        self.buckets.retain(|k, b| {
+            let keep = !b.calls.is_idle(now, b.window);
+            sessions += usize::from(keep && k.scope == Scope::Session);
+            keep
+        });
+        self.sessions = sessions;
+    }
+
+    /// Drops one session bucket; false if there is none.
+    fn evict_session(&mut self) -> bool {
+        let Some(key) = self
+            .buckets
+            .keys()
+            .find(|k| k.scope == Scope::Session)
+            .cloned()
+        else {
+            return false;
+        };
+        self.buckets.remove(&key);
+        self.sessions = self.sessions.saturating_sub(1);
+        true
     }
 }
 
@@ -274,15 +370,16 @@ impl Counters for LocalCounters {
     fn acquire(&self, charges: &[Charge<'_>], now: Duration) -> Admission {
         // One bucket (the usual case): one look-up for the check and the charge.
         if let [c] = charges {
-            let mut map = self.lock(self.shard_of(c));
-            if let Some(window) = map.get_mut(&BucketRef(c)) {
-                if let Some(retry_after) = window.check(now, c.window, c.max) {
+            let mut shard = self.lock(self.shard_of(c));
+            if let Some(bucket) = shard.buckets.get_mut(&BucketRef(c)) {
+                if let Some(retry_after) = bucket.calls.check(now, c.window, c.max) {
                     return Admission::Refused {
                         index: 0,
                         retry_after,
                     };
                 }
-                window.charge(now, c.window);
+                bucket.calls.charge(now, c.window);
+                bucket.window = c.window;
                 return Admission::Admitted;
             }
             if c.max == 0 {
@@ -291,17 +388,7 @@ impl Counters for LocalCounters {
                     retry_after: c.window,
                 };
             }
-            let mut window = SlidingWindow::default();
-            window.charge(now, c.window);
-            map.insert(
-                BucketKey {
-                    counter: Arc::clone(c.counter),
-                    server: c.server.into(),
-                    scope: c.scope,
-                    key: c.key.into(),
-                },
-                window,
-            );
+            self.insert(&mut shard, c, now);
             return Admission::Admitted;
         }
         // Distinct buckets only, and their shards locked in ascending order.
@@ -324,9 +411,8 @@ impl Counters for LocalCounters {
             let Ok(g) = shard_ids.binary_search(&shard) else {
                 continue;
             };
-            let map = &mut guards[g];
-            if let Some(window) = map.get_mut(&BucketRef(c))
-                && let Some(retry_after) = window.check(now, c.window, c.max)
+            if let Some(bucket) = guards[g].buckets.get_mut(&BucketRef(c))
+                && let Some(retry_after) = bucket.calls.check(now, c.window, c.max)
             {
                 return Admission::Refused {
                     index: i,
@@ -346,22 +432,12 @@ impl Counters for LocalCounters {
             let Ok(g) = shard_ids.binary_search(&shard) else {
                 continue;
             };
-            let map = &mut guards[g];
-            match map.get_mut(&BucketRef(c)) {
-                Some(window) => window.charge(now, c.window),
-                None => {
-                    let mut window = SlidingWindow::default();
-                    window.charge(now, c.window);
-                    map.insert(
-                        BucketKey {
-                            counter: Arc::clone(c.counter),
-                            server: c.server.into(),
-                            scope: c.scope,
-                            key: c.key.into(),
-                        },
-                        window,
-                    );
+            match guards[g].buckets.get_mut(&BucketRef(c)) {
+                Some(bucket) => {
+                    bucket.calls.charge(now, c.window);
+                    bucket.window = c.window;
                 }
+                None => self.insert(&mut guards[g], c, now),
             }
         }
         Admission::Admitted

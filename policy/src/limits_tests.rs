@@ -200,13 +200,62 @@ fn sweep_forgets_idle_buckets() {
         let ch = charge(name, Scope::Grant, "g", secs(60), 5);
         assert_eq!(store.acquire(&[ch], secs(i as u64)), Admission::Admitted);
     }
-    assert_eq!(store.sweep(secs(39), secs(60)), 40);
+    assert_eq!(store.sweep(secs(39)), 40);
     // At 70 s the calls made at 10 s and before have left every window.
-    assert_eq!(store.sweep(secs(70), secs(60)), 29);
-    assert_eq!(store.sweep(secs(200), secs(60)), 0);
+    assert_eq!(store.sweep(secs(70)), 29);
+    assert_eq!(store.sweep(secs(200)), 0);
     // A forgotten bucket starts afresh.
     let ch = charge(&names[0], Scope::Grant, "g", secs(60), 5);
     assert_eq!(store.count(&ch, secs(200)), 0);
+}
+
+#[test]
+fn session_buckets_are_capped_and_grant_buckets_never_evicted() {
+    let store = LocalCounters::with_session_cap(64);
+    let c: Arc<str> = "c".into();
+    let grant = charge(&c, Scope::Grant, "g", secs(60), 1);
+    assert_eq!(store.acquire(&[grant], secs(0)), Admission::Admitted);
+    let ids: Vec<String> = (0..10_000).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        let s = charge(&c, Scope::Session, id, secs(60), 1);
+        assert_eq!(store.acquire(&[s], secs(1)), Admission::Admitted);
+    }
+    // At most 64 session buckets (4 a shard), and the grant's bucket.
+    let kept = store.sweep(secs(2));
+    assert!(kept <= 64 + 1, "{kept} buckets kept");
+    assert_eq!(store.evicted(), 10_000 - (kept as u64 - 1));
+    // The grant's limit still holds: its bucket was never evicted.
+    assert!(matches!(
+        store.acquire(&[grant], secs(3)),
+        Admission::Refused { .. }
+    ));
+    // The newest session keeps its count.
+    let last = charge(&c, Scope::Session, &ids[9_999], secs(60), 1);
+    assert!(matches!(
+        store.acquire(&[last], secs(3)),
+        Admission::Refused { .. }
+    ));
+}
+
+#[test]
+fn a_full_shard_drops_idle_session_buckets_before_live_ones() {
+    let store = LocalCounters::with_session_cap(16);
+    let c: Arc<str> = "c".into();
+    let ids: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        let s = charge(&c, Scope::Session, id, secs(1), 1);
+        assert_eq!(store.acquire(&[s], secs(0)), Admission::Admitted);
+    }
+    let evicted = store.evicted();
+    // A minute later every earlier bucket is idle: room is made by the sweep.
+    for id in &ids {
+        let s = charge(&c, Scope::Session, id, secs(1), 1);
+        assert_eq!(store.acquire(&[s], secs(60)), Admission::Admitted);
+    }
+    assert!(
+        store.evicted() - evicted < 200,
+        "idle buckets were evicted as if live"
+    );
 }
 
 // ---- properties -------------------------------------------------------------

@@ -101,6 +101,17 @@ pub struct RunArgs {
     /// HTTP/2 streams open at once on one client connection.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub max_streams_per_connection: u32,
+    /// Session-scoped limit buckets kept; past it a new session's bucket
+    /// replaces an idle one, else another session's.
+    #[arg(long, default_value_t = tollgate_policy::DEFAULT_SESSION_BUCKETS, value_name = "N")]
+    pub max_session_buckets: usize,
+    /// Legacy SSE sessions open at once per server; more are refused (503).
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    pub max_legacy_sessions: usize,
+    /// Bytes of decision records waiting to be written; past it records are
+    /// dropped and counted.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub decision_log_max_bytes: usize,
 }
 
 impl RunArgs {

@@ -1,12 +1,14 @@
 //! The decision log: one JSON line per decision, written off the request path.
 //!
-//! Records go through a bounded channel to a writer task. When the channel is
-//! full the record is dropped and counted (`tollgate_decision_log_dropped`);
+//! Records go through a bounded channel to a writer task, bounded in records
+//! and in bytes (a record may carry a call's arguments). When either is full
+//! the record is dropped and counted (`tollgate_decision_log_dropped`);
 //! when the sink fails the error is counted and logged once a minute at most.
 //! A call never waits for, or fails because of, the log.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -74,6 +76,16 @@ pub enum Sink {
 pub struct DecisionLog {
     tx: Option<mpsc::Sender<DecisionRecord>>,
     metrics: Arc<Metrics>,
+    /// Bytes the queued records hold, and the most they may.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The bytes a queued record holds, about.
+fn record_bytes(r: &DecisionRecord) -> usize {
+    256 + r.tool.len()
+        + r.session.as_ref().map_or(0, String::len)
+        + r.raw_arguments.as_ref().map_or(0, |a| a.get().len())
 }
 
 /// Whether records carry the arguments themselves, not only their hash.
@@ -86,14 +98,22 @@ const QUEUE: usize = 8_192;
 impl DecisionLog {
     /// A log that records nothing.
     pub fn disabled(metrics: Arc<Metrics>) -> Self {
-        Self { tx: None, metrics }
+        Self {
+            tx: None,
+            metrics,
+            queued: Arc::default(),
+            max_bytes: 0,
+        }
     }
 
-    /// Starts the writer task for `sink`.
+    /// Starts the writer task for `sink`, queueing at most `max_bytes` of
+    /// records. A file is created owner-only (0600): records name callers
+    /// and, with `--log-arguments`, what they sent.
     pub async fn start(
         sink: Sink,
         with_arguments: LogArguments,
         metrics: Arc<Metrics>,
+        max_bytes: usize,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let out: Box<dyn AsyncWrite + Send + Unpin> = match &sink {
@@ -102,19 +122,24 @@ impl DecisionLog {
                 tokio::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(path)
                     .await?,
             ),
         };
+        let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_loop(
             rx,
             BufWriter::new(out),
             with_arguments,
             Arc::clone(&metrics),
+            Arc::clone(&queued),
         ));
         Ok(Self {
             tx: Some(tx),
             metrics,
+            queued,
+            max_bytes,
         })
     }
 
@@ -123,11 +148,21 @@ impl DecisionLog {
         self.tx.is_some()
     }
 
-    /// Queues a record, or drops and counts it if the queue is full.
+    /// Queues a record, or drops and counts it if the queue is full (in
+    /// records or bytes).
     pub fn record(&self, record: DecisionRecord) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(record).is_err()
-        {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let size = record_bytes(&record);
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.metrics.log_dropped();
+            self.metrics.evicted("decision_log_bytes", 1);
+            return;
+        }
+        if tx.try_send(record).is_err() {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             self.metrics.log_dropped();
         }
     }
@@ -138,6 +173,7 @@ async fn write_loop(
     mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
     with_arguments: LogArguments,
     metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut last_report: Option<Instant> = None;
     let mut line = Vec::with_capacity(512);
@@ -149,6 +185,8 @@ async fn write_loop(
                 break;
             }
         }
+        let taken: usize = batch.iter().map(record_bytes).sum();
+        queued.fetch_sub(taken, Ordering::Relaxed);
         for record in &mut batch {
             let (hash, value) = arguments_sha256(record.raw_arguments.as_deref());
             record.arguments_sha256 = hash;
@@ -233,6 +271,70 @@ mod tests {
         let b = serde_json::value::RawValue::from_string(r#"{"a":[1,2],"b":1}"#.into()).unwrap();
         assert_eq!(arguments_sha256(Some(&a)).0, arguments_sha256(Some(&b)).0);
         assert_ne!(arguments_sha256(Some(&a)).0, arguments_sha256(None).0);
+    }
+
+    fn record(arguments: &str) -> DecisionRecord {
+        DecisionRecord {
+            id: "d1".into(),
+            time: now_rfc3339(),
+            policy_version: "v1".into(),
+            server: "s".into(),
+            grant: "g".into(),
+            session: None,
+            method: "tools/call",
+            tool: "echo".into(),
+            arguments_sha256: String::new(),
+            arguments: None,
+            raw_arguments: serde_json::value::RawValue::from_string(arguments.into()).ok(),
+            decision: "allow",
+            shadow: false,
+            rule: "(default allow)".into(),
+            reason: None,
+            retry_after_ms: None,
+            micros: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_records_are_bounded_in_bytes_and_the_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        let log = DecisionLog::start(
+            Sink::File(path.clone()),
+            LogArguments(false),
+            Arc::clone(&metrics),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // 100 records of 100 KB each, queued before the writer runs: about
+        // 10 fit in 1 MiB, the rest are dropped and counted.
+        let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100_000));
+        for _ in 0..100 {
+            log.record(record(&big));
+        }
+        let text = metrics.encode();
+        let dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_decision_log_dropped_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap();
+        assert!((85..=95).contains(&dropped), "{dropped} dropped:\n{text}");
+        assert!(text.contains("tollgate_state_evictions_total{state=\"decision_log_bytes\"}"));
+        // Once written, the budget is free again.
+        while std::fs::read_to_string(&path).unwrap().lines().count() < (100 - dropped) as usize {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        log.record(record(&big));
+        let again = metrics.encode();
+        assert!(
+            again.contains(&format!("tollgate_decision_log_dropped_total {dropped}")),
+            "{again}"
+        );
     }
 
     #[test]

@@ -175,11 +175,12 @@ pub async fn inspect(
         .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;
     let snapshot = sc.policy.load();
     let grant = identify_caller(sc, headers, &snapshot, &peeked)?;
+    let session = session_id(headers)?;
     if let Peeked::Single(m) = &peeked {
         check_headers(headers, m)?;
     }
     let messages = peeked.messages();
-    let answers = judge(sc, route, headers, messages, snapshot.as_deref(), &grant);
+    let answers = judge(sc, route, session, messages, snapshot.as_deref(), &grant);
     let (batch, id) = match &peeked {
         Peeked::Single(m) => (false, m.id.map(|raw| bytes.slice_ref(raw.get().as_bytes()))),
         Peeked::Batch(_) => (true, None),
@@ -199,6 +200,39 @@ pub async fn inspect(
         batch,
         id,
     })
+}
+
+/// The longest `Mcp-Session-Id` accepted, in bytes.
+pub const MAX_SESSION_ID: usize = 256;
+
+/// The request's MCP session id, or the 400 to answer for one that is
+/// longer than [`MAX_SESSION_ID`] or not visible ASCII (MCP's rule).
+pub fn session_id(headers: &HeaderMap) -> Result<Option<&str>, Response<Body>> {
+    let Some(value) = headers.get(&SESSION) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if !bytes.is_empty()
+        && bytes.len() <= MAX_SESSION_ID
+        && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        // Visible ASCII is UTF-8.
+        return Ok(value.to_str().ok());
+    }
+    Err(rpc_error(
+        StatusCode::BAD_REQUEST,
+        None,
+        code::INVALID_REQUEST,
+        &format!(
+            "the Mcp-Session-Id header must be 1 to {MAX_SESSION_ID} visible ASCII characters; this one has {} bytes{}",
+            bytes.len(),
+            if bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                ""
+            } else {
+                " and other characters"
+            }
+        ),
+    ))
 }
 
 /// The caller's grant, or the 401 to answer.
@@ -227,12 +261,15 @@ fn identify_caller(
 fn judge(
     sc: &Sidecar,
     route: &Route,
-    headers: &HeaderMap,
+    session: Option<&str>,
     messages: &[Message<'_>],
     snapshot: Option<&Snapshot>,
     grant: &Arc<str>,
 ) -> Vec<(usize, Bytes)> {
-    let session = headers.get(&SESSION).and_then(|v| v.to_str().ok());
+    // Session-scoped limits count per grant and session: two grants using
+    // one session id, or a session named like a grant, never share a bucket
+    // (a header value cannot hold the separator).
+    let session_key = session.map(|s| format!("{grant}\u{1f}{s}"));
     let mut answers: Vec<(usize, Bytes)> = Vec::new();
     let catalog = route.catalog.load();
     for (i, m) in messages.iter().enumerate() {
@@ -247,7 +284,7 @@ fn judge(
                     tool: &call.name,
                     arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
                     grant,
-                    session,
+                    session: session_key.as_deref(),
                     annotations: known.and_then(|t| t.annotations.as_ref()),
                 },
                 sc.now(),

@@ -49,6 +49,11 @@ struct Session {
 }
 
 impl Sessions {
+    /// Sessions open now.
+    fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
     fn get(&self, key: &str) -> Option<Arc<Session>> {
         lock(&self.map).get(key).cloned()
     }
@@ -71,6 +76,21 @@ pub async fn stream(
         Ok(g) => g,
         Err(resp) => return resp,
     };
+    let full = || {
+        sc.metrics.evicted("legacy_sessions", 1);
+        rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            code::UPSTREAM_UNAVAILABLE,
+            &format!(
+                "server `{}` has {} legacy SSE sessions open, the most this sidecar keeps (--max-legacy-sessions); retry later",
+                route.server, sc.max_legacy_sessions
+            ),
+        )
+    };
+    if route.legacy.len() >= sc.max_legacy_sessions {
+        return full();
+    }
     let target = up.target();
     let resp = match enforce::forward(
         sc,
@@ -98,7 +118,13 @@ pub async fn stream(
         upstream_endpoint: Mutex::new(None),
         inject: tx,
     });
-    lock(&route.legacy.map).insert(key.clone(), Arc::clone(&session));
+    {
+        let mut map = lock(&route.legacy.map);
+        if map.len() >= sc.max_legacy_sessions {
+            return full();
+        }
+        map.insert(key.clone(), Arc::clone(&session));
+    }
 
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -116,14 +142,8 @@ pub async fn stream(
         ended: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
-        let item = st.next().await;
-        match item {
-            Some(frame) => Some((frame, st)),
-            None => {
-                st.route.legacy.remove(&st.key);
-                None
-            }
-        }
+        let item = st.next().await?;
+        Some((item, st))
     });
     Response::from_parts(parts, Body::boxed(StreamBody::new(stream)))
 }
@@ -140,6 +160,14 @@ struct Relay {
     sc_policy: Arc<crate::snapshot::PolicyStore>,
     list_ids: ListIds,
     ended: bool,
+}
+
+/// The session ends with its stream, however it ends: the upstream closing
+/// it, or the client going away (hyper drops the body).
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.route.legacy.remove(&self.key);
+    }
 }
 
 impl Relay {

@@ -120,6 +120,9 @@ async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) ->
                 },
                 None => Arc::clone(&sc.node_id),
             };
+            if let Err(resp) = enforce::session_id(&parts.headers) {
+                return resp;
+            }
             drop(body);
             let get = parts.method == Method::GET;
             let resp = Box::pin(enforce::pass_through(

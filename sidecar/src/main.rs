@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
+use tollgate_policy::LocalCounters;
 use tollgate_sidecar::config::{Cli, Command, RunArgs, Target, parse_upstreams};
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
@@ -134,6 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Sink::Stdout,
                 LogArguments(args.log_arguments),
                 Arc::clone(&metrics),
+                args.decision_log_max_bytes,
             )
             .await?
         }
@@ -141,6 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Sink::File(path.into()),
             LogArguments(args.log_arguments),
             Arc::clone(&metrics),
+            args.decision_log_max_bytes,
         )
         .await
         .with_context(|| format!("cannot open the decision log {path}"))?,
@@ -192,12 +195,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         routes,
     )
     .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)));
+    let sc = sc.with_max_legacy_sessions(args.max_legacy_sessions);
     let sc = Arc::new(match fleet_counters {
         Some(c) => {
             let origin = c.origin();
             sc.with_counters(c, origin)
         }
-        None => sc,
+        None => {
+            let local = Arc::new(LocalCounters::with_session_cap(args.max_session_buckets));
+            tokio::spawn(sweep_counters(Arc::clone(&local), Arc::clone(&metrics)));
+            sc.with_counters(local, std::time::Instant::now())
+        }
     });
 
     let admin_listener = TcpListener::bind(args.admin)
@@ -226,6 +234,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             Ok(())
         }
+    }
+}
+
+/// Forgets idle limit buckets every 10 s, and reports session buckets evicted.
+async fn sweep_counters(local: Arc<LocalCounters>, metrics: Arc<Metrics>) {
+    let origin = std::time::Instant::now();
+    let mut reported = 0;
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        local.sweep(origin.elapsed());
+        let evicted = local.evicted();
+        metrics.evicted("session_buckets", evicted - reported);
+        reported = evicted;
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Sidecar {
     pub max_body: usize,
     /// How long a request's whole body may take to arrive.
     pub body_timeout: Duration,
+    /// Legacy SSE sessions open at once, per route.
+    pub max_legacy_sessions: usize,
     /// The largest upstream `tools/list` response filtered, in bytes.
     pub max_response: usize,
     /// Servers by route name (`""` for the single unnamed upstream at `/mcp`).
@@ -74,6 +76,7 @@ impl Sidecar {
             grant_header,
             max_body,
             body_timeout: Duration::from_secs(30),
+            max_legacy_sessions: 1_000,
             max_response: 16 << 20,
             routes,
             list_ids: ListIds::default(),
@@ -95,6 +98,12 @@ impl Sidecar {
         self
     }
 
+    /// Lets at most `n` legacy SSE sessions be open per route.
+    pub fn with_max_legacy_sessions(mut self, n: usize) -> Self {
+        self.max_legacy_sessions = n;
+        self
+    }
+
     /// The counters' current time.
     pub fn now(&self) -> Duration {
         self.started.elapsed()
@@ -106,6 +115,9 @@ impl Sidecar {
         format!("{}{n:x}", self.decision_prefix)
     }
 }
+
+/// The most tool names one server's catalog learns.
+pub const MAX_CATALOG_TOOLS: usize = 10_000;
 
 /// One MCP server the sidecar serves.
 #[derive(Debug)]
@@ -145,16 +157,25 @@ impl Route {
         tool.map_or(&self.metrics.unlisted, |t| &t.counters)
     }
 
-    /// Merges the tools of a `tools/list` result into the catalog.
+    /// Merges the tools of a `tools/list` result into the catalog. Past
+    /// [`MAX_CATALOG_TOOLS`] names (an upstream listing without end) new
+    /// names are not learned: they are judged without annotations and
+    /// counted as unlisted, so neither memory nor metric labels grow.
     pub fn learn(&self, seen: Vec<SeenTool>) {
         if seen.is_empty() {
             return;
         }
+        let mut skipped = 0;
         self.catalog.rcu(|old| {
             let mut tools = old.tools.clone();
+            skipped = 0;
             for t in &seen {
                 let counters = match tools.get(t.name.as_str()) {
                     Some(known) => known.counters.clone(),
+                    None if tools.len() >= MAX_CATALOG_TOOLS => {
+                        skipped += 1;
+                        continue;
+                    }
                     None => self
                         .registry
                         .tool_counters(&self.server, Some(&Arc::from(t.name.as_str()))),
@@ -169,6 +190,7 @@ impl Route {
             }
             Catalog { tools }
         });
+        self.registry.evicted("catalog_tools", skipped);
     }
 }
 
@@ -195,4 +217,42 @@ pub struct CatalogTool {
     pub annotations: Option<Annotations>,
     /// Its decision counters.
     pub counters: ToolCounters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_stops_learning_new_names_at_its_cap() {
+        let metrics = Arc::new(Metrics::new());
+        let up = HttpUpstream::new("s", "http://127.0.0.1:1/mcp".parse().unwrap());
+        let route = Route::new("s", "/mcp".into(), Upstream::Http(up), &metrics);
+        let seen = |from: usize, n: usize| -> Vec<SeenTool> {
+            (from..from + n)
+                .map(|i| SeenTool {
+                    name: format!("tool_{i}"),
+                    annotations: None,
+                })
+                .collect()
+        };
+        route.learn(seen(0, MAX_CATALOG_TOOLS - 5));
+        route.learn(seen(MAX_CATALOG_TOOLS - 5, 20));
+        let catalog = route.catalog.load();
+        assert_eq!(catalog.tools.len(), MAX_CATALOG_TOOLS);
+        // Names already known are still updated.
+        route.learn(vec![SeenTool {
+            name: "tool_0".into(),
+            annotations: Some(Annotations {
+                read_only_hint: Some(true),
+                ..Annotations::default()
+            }),
+        }]);
+        assert!(route.catalog.load().tools["tool_0"].annotations.is_some());
+        assert!(
+            metrics
+                .encode()
+                .contains("tollgate_state_evictions_total{state=\"catalog_tools\"} 15")
+        );
+    }
 }
