@@ -46,7 +46,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// The most buckets one report may name. A sidecar with more batches them
 /// over several reports; a larger report is answered with one error and
 /// nothing in it is accounted.
-pub const MAX_BUCKETS_PER_REPORT: usize = 10_000;
+pub use tollgate_proto::MAX_BUCKETS_PER_REPORT;
 
 /// Answers queued per stream. One answer per report, and the stream reads
 /// the next report only once the answer is queued, so a sidecar that stops

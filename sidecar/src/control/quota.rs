@@ -42,6 +42,7 @@ use tollgate_policy::limits::SlidingWindow;
 use tollgate_policy::{Admission, Charge, Counters, FleetBucket, LocalCounters};
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
+use tollgate_proto::{MAX_BUCKETS_PER_REPORT, MAX_QUOTA_MESSAGE_BYTES, MAX_REPORT_BYTES};
 use tonic::transport::Endpoint;
 
 use crate::control::backoff::{Backoff, BackoffConfig};
@@ -54,8 +55,9 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
 /// How often the reporter looks for a new bundle in force.
 const POLICY_WATCH: Duration = Duration::from_millis(100);
-/// Reports whose send time is remembered, to time the leases answering them.
-const SENT_REMEMBERED: usize = 64;
+/// Reports whose send time is remembered, to time the leases answering them
+/// (a sidecar with many buckets sends several reports at once).
+const SENT_REMEMBERED: usize = 256;
 
 /// A fleet bucket's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,10 +273,14 @@ impl FleetCounters {
         }
     }
 
-    /// Builds the report of every live bucket and forgets idle ones.
-    fn report(&self, report_seq: u64, version: u64, now: Duration) -> QuotaReport {
+    /// Builds the reports of every live bucket, numbered from `first_seq`,
+    /// and forgets idle ones. One report carries at most
+    /// [`MAX_BUCKETS_PER_REPORT`] buckets and about [`MAX_REPORT_BYTES`]: the
+    /// control plane refuses a larger report whole, so a sidecar with more
+    /// buckets splits them rather than losing every lease. Never empty (a
+    /// report with no bucket still says the sidecar is there).
+    fn report(&self, first_seq: u64, version: u64, now: Duration) -> Vec<QuotaReport> {
         let mut state = self.lock();
-        state.report_seq = state.report_seq.max(report_seq);
         let refresh = state.refresh;
         let mut buckets = Vec::new();
         let mut capacity = 0u64;
@@ -326,12 +332,10 @@ impl FleetCounters {
             true
         });
         self.metrics.quota_capacity(capacity);
-        QuotaReport {
-            node: None,
-            epoch: self.epoch,
-            buckets,
-            report_seq,
-        }
+        let reports = split(buckets, first_seq, self.epoch);
+        let last = first_seq + reports.len() as u64 - 1;
+        state.report_seq = state.report_seq.max(last);
+        reports
     }
 
     /// Asks for a small standing lease on each of `known` (the bundle's
@@ -442,6 +446,48 @@ fn standing_demand(b: &LeaseBucket, now: Duration) -> u64 {
     } else {
         0
     }
+}
+
+/// An upper bound of a bucket report's encoded size: its strings, and the
+/// most its tags, lengths and integers can take.
+fn encoded_bound(b: &BucketReport) -> usize {
+    let strings = b.bucket.as_ref().map_or(0, |id| {
+        id.server.len() + id.counter.len() + id.scope.len() + id.key.len()
+    });
+    strings + 192
+}
+
+/// `buckets` in reports of at most [`MAX_BUCKETS_PER_REPORT`] buckets and
+/// about [`MAX_REPORT_BYTES`] each, numbered from `first_seq`; at least one.
+fn split(buckets: Vec<BucketReport>, first_seq: u64, epoch: u64) -> Vec<QuotaReport> {
+    let mut reports = vec![QuotaReport {
+        node: None,
+        epoch,
+        buckets: Vec::new(),
+        report_seq: first_seq,
+    }];
+    let mut bytes = 0;
+    for b in buckets {
+        let size = encoded_bound(&b);
+        let full = reports.last().is_some_and(|r| {
+            r.buckets.len() == MAX_BUCKETS_PER_REPORT
+                || (!r.buckets.is_empty() && bytes + size > MAX_REPORT_BYTES)
+        });
+        if full {
+            reports.push(QuotaReport {
+                node: None,
+                epoch,
+                buckets: Vec::new(),
+                report_seq: first_seq + reports.len() as u64,
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(r) = reports.last_mut() {
+            r.buckets.push(b);
+        }
+    }
+    reports
 }
 
 /// The control plane's version number of a bundle in force (`v7` → 7); 0 for
@@ -691,20 +737,34 @@ impl Reporter {
         policy_version(&snapshot.version)
     }
 
-    fn next_report(&mut self, first: bool) -> QuotaReport {
-        self.report_seq += 1;
+    /// The next reports (one, unless the buckets fill more); the first of a
+    /// stream names the node.
+    fn next_reports(&mut self, first: bool) -> Vec<QuotaReport> {
         let now = self.counters.now();
         let version = self.version(now);
-        let mut report = self.counters.report(self.report_seq, version, now);
-        if first {
-            report.node = Some(self.node.clone());
+        let mut reports = self.counters.report(self.report_seq + 1, version, now);
+        if first && let Some(r) = reports.first_mut() {
+            r.node = Some(self.node.clone());
         }
-        if self.sent.len() == SENT_REMEMBERED {
-            self.sent.pop_front();
+        for r in &reports {
+            self.report_seq = r.report_seq;
+            if self.sent.len() == SENT_REMEMBERED {
+                self.sent.pop_front();
+            }
+            self.sent.push_back((r.report_seq, now));
+            self.metrics.quota_report();
         }
-        self.sent.push_back((self.report_seq, now));
-        self.metrics.quota_report();
-        report
+        reports
+    }
+
+    /// Sends the next reports on `tx`; false once the stream is gone.
+    async fn send_reports(&mut self, tx: &mpsc::Sender<QuotaReport>) -> bool {
+        for report in self.next_reports(false) {
+            if tx.send(report).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     async fn session(&mut self, backoff: &mut Backoff) -> String {
@@ -712,12 +772,19 @@ impl Reporter {
             Ok(c) => c,
             Err(e) => return format!("cannot connect: {e}"),
         };
-        let mut grpc = QuotaClient::new(channel);
+        let mut grpc = QuotaClient::new(channel)
+            .max_decoding_message_size(MAX_QUOTA_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_QUOTA_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(4);
-        let first = self.next_report(true);
-        if tx.try_send(first).is_err() {
-            return "closed".into();
+        // The first reports are queued before the stream opens: the channel
+        // takes what it can hold, the rest follow once the stream is up.
+        let mut first = self.next_reports(true).into_iter();
+        for report in first.by_ref().take(4) {
+            if tx.try_send(report).is_err() {
+                return "closed".into();
+            }
         }
+        let rest: Vec<QuotaReport> = first.collect();
         let mut inbound = match grpc
             .stream_quota(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|r| (r, rx))
@@ -729,6 +796,11 @@ impl Reporter {
         };
         self.counters.stream_opened();
         self.metrics.quota_connected(true);
+        for report in rest {
+            if tx.send(report).await.is_err() {
+                return "closed".into();
+            }
+        }
         let mut last_sent = Instant::now();
         let mut policy = self.store.load();
         let mut watch = tokio::time::interval(POLICY_WATCH);
@@ -758,8 +830,7 @@ impl Reporter {
                     Err(s) => return format!("{:?}: {}", s.code(), s.message()),
                 },
                 () = tokio::time::sleep_until(due.into()) => {
-                    let report = self.next_report(false);
-                    if tx.send(report).await.is_err() {
+                    if !self.send_reports(&tx).await {
                         return "closed".into();
                     }
                     last_sent = Instant::now();
@@ -775,8 +846,7 @@ impl Reporter {
                     };
                     if changed {
                         policy = now_in_force;
-                        let report = self.next_report(false);
-                        if tx.send(report).await.is_err() {
+                        if !self.send_reports(&tx).await {
                             return "closed".into();
                         }
                         last_sent = Instant::now();
@@ -788,8 +858,7 @@ impl Reporter {
                     if gap < EARLY_REPORT_GAP {
                         tokio::time::sleep(EARLY_REPORT_GAP - gap).await;
                     }
-                    let report = self.next_report(false);
-                    if tx.send(report).await.is_err() {
+                    if !self.send_reports(&tx).await {
                         return "closed".into();
                     }
                     last_sent = Instant::now();
