@@ -804,10 +804,20 @@ impl Reporter {
         let mut last_sent = Instant::now();
         let mut policy = self.store.load();
         let mut watch = tokio::time::interval(POLICY_WATCH);
+        // A report is wanted early (a first call, a lease run dry): sent
+        // EARLY_REPORT_GAP after the last one rather than a refresh after.
+        let mut early = false;
         loop {
-            let refresh = self.counters.refresh();
-            let due = last_sent + refresh;
+            let due = if early {
+                last_sent + EARLY_REPORT_GAP
+            } else {
+                last_sent + self.counters.refresh()
+            };
             tokio::select! {
+                // Answers first: a busy sidecar wakes the reporter on every
+                // refused call, and leases left unread behind its reports
+                // would reach it too late to use.
+                biased;
                 message = inbound.message() => match message {
                     Ok(Some(answer)) => {
                         backoff.reset();
@@ -834,6 +844,7 @@ impl Reporter {
                         return "closed".into();
                     }
                     last_sent = Instant::now();
+                    early = false;
                 }
                 _ = watch.tick() => {
                     // A new bundle may name new fleet buckets: ask for their
@@ -850,19 +861,11 @@ impl Reporter {
                             return "closed".into();
                         }
                         last_sent = Instant::now();
+                        early = false;
                     }
                 }
-                () = self.counters.wake.notified() => {
-                    // Early, but not more often than EARLY_REPORT_GAP.
-                    let gap = last_sent.elapsed();
-                    if gap < EARLY_REPORT_GAP {
-                        tokio::time::sleep(EARLY_REPORT_GAP - gap).await;
-                    }
-                    if !self.send_reports(&tx).await {
-                        return "closed".into();
-                    }
-                    last_sent = Instant::now();
-                }
+                // Early, but not more often than EARLY_REPORT_GAP.
+                () = self.counters.wake.notified(), if !early => early = true,
             }
         }
     }
