@@ -319,3 +319,44 @@ fn a_control_plane_lost_mid_window_keeps_the_fallback_bound_and_relearns_without
         before + during
     );
 }
+
+#[test]
+fn one_busy_sidecar_among_23_idle_ones_is_admitted_the_whole_global_limit() {
+    const MAX: usize = 20;
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": "minute", "max": MAX, "scope": "global"}
+    ]}}});
+    let fleet = Fleet::start(24, &policy);
+    fleet.wait_learning();
+    // Every idle sidecar has asked for its standing call by now; one calls
+    // every 50 ms for 12 s, all inside one window.
+    let window_start = Instant::now();
+    let busy = fleet.sidecars[0].listen;
+    let mut busy_admitted = 0;
+    let mut id = 0;
+    while window_start.elapsed() < Duration::from_secs(12) {
+        busy_admitted += usize::from(call(busy, id, None));
+        id += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then every sidecar calls, the idle ones too: the window is spent.
+    let rest = fleet.calls(48, Duration::from_millis(10), 100_000);
+    assert!(
+        window_start.elapsed() < Duration::from_secs(50),
+        "the calls must fall in one window"
+    );
+    let reached = echo_calls(&fleet.recorder);
+    eprintln!(
+        "the busy sidecar: {busy_admitted} of {id} admitted; then {rest} of 48 over the fleet; upstream saw {reached}"
+    );
+    assert_eq!(reached, busy_admitted + rest);
+    assert!(
+        busy_admitted * 100 >= MAX * 95,
+        "one busy sidecar among 23 idle ones was admitted {busy_admitted} of a global {MAX} per minute"
+    );
+    assert!(
+        busy_admitted + rest <= MAX,
+        "the fleet admitted {} > {MAX} in one window",
+        busy_admitted + rest
+    );
+}

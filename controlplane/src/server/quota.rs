@@ -324,6 +324,7 @@ fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
             granted_total: h.granted_total,
         }),
         demand: b.demand,
+        standby: b.standby,
         window_admitted: b.window_admitted,
     };
     Ok((id, key, report))

@@ -297,12 +297,13 @@ impl FleetCounters {
             // refresh intervals): its recent rate; when calls went unserved
             // (a first call, a lease run dry), as much as the control plane
             // can spare — its fair share keeps that from starving other nodes.
+            // A standing ask goes apart: it is served only from what no
+            // node's calls want.
             let demand = match (b.hits, b.starved) {
                 (0, _) => 0,
                 (hits, true) => hits.saturating_mul(10).max(b.max),
                 (hits, false) => hits.saturating_mul(10),
-            }
-            .max(standing_demand(b, now));
+            };
             b.starved = false;
             buckets.push(BucketReport {
                 bucket: Some(BucketId {
@@ -322,6 +323,7 @@ impl FleetCounters {
                     granted_total: l.granted_total,
                 }),
                 demand,
+                standby: standing_demand(b, now),
                 // Every call it admitted in the window, leased or not: what a
                 // control plane that has not seen this process must count.
                 window_admitted: b.leased_window.count(now, b.window)
@@ -371,8 +373,9 @@ impl FleetCounters {
             if let Some(b) = state.buckets.get_mut(&ChargeKey(&charge)) {
                 // A bucket of this node's own grant (a bundle without grants)
                 // is this sidecar's alone: all of it. A shared one: one call,
-                // so the first is admitted at once and a fleet of idle sidecars
-                // holds back no more than one call each from the busy ones.
+                // so the first is admitted at once. Either is asked as standby,
+                // which the control plane grants only from what no busy
+                // sidecar wants: idle sidecars hold nothing back from busy ones.
                 b.own = f.scope == Scope::Grant && *f.key == *node_grant;
                 b.standing = if b.own { f.max } else { 1 };
             }
@@ -435,10 +438,10 @@ impl FleetCounters {
     }
 }
 
-/// What a bucket asks for with no calls. A shared bucket asks for its one
-/// standing call only while it was created or called within its window: a
-/// sidecar that stopped calling gives that call back to the busy ones (its
-/// next call waits a renewal). A bucket of the node's own grant keeps asking
+/// What a bucket asks for with no calls (its standby). A shared bucket asks
+/// for its one standing call only while it was created or called within its
+/// window: a sidecar that stopped calling stops asking (its next call waits
+/// a round trip). A bucket of the node's own grant keeps asking
 /// for all of it: no other sidecar can use it.
 fn standing_demand(b: &LeaseBucket, now: Duration) -> u64 {
     if b.own || now.saturating_sub(b.last_hit) < b.window {

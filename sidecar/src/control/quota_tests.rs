@@ -284,7 +284,8 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
     fc.stand_by(&known, "pod-1", at(0));
     let report = one_report(&fc, 1, 3, at(0));
     assert_eq!(report.buckets.len(), 1);
-    assert_eq!(report.buckets[0].demand, 1, "one call, before any call");
+    assert_eq!(report.buckets[0].standby, 1, "one call, before any call");
+    assert_eq!(report.buckets[0].demand, 0, "no call behind it");
     fc.take(&answer(vec![lease(1, 1, at(10), 5)]), at(0));
     // The first call finds the lease there.
     let id = counter();
@@ -302,7 +303,7 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
         ..known[0].clone()
     }];
     fc.stand_by(&own, "pod-1", at(600));
-    assert_eq!(one_report(&fc, 4, 3, at(600)).buckets[0].demand, 100);
+    assert_eq!(one_report(&fc, 4, 3, at(600)).buckets[0].standby, 100);
 }
 
 #[test]
@@ -376,10 +377,10 @@ fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
         on_unavailable: OnUnavailable::Fallback,
     }];
     fc.stand_by(&known, "pod-1", at(0));
-    assert_eq!(one_report(&fc, 1, 3, at(30)).buckets[0].demand, 1);
+    assert_eq!(one_report(&fc, 1, 3, at(30)).buckets[0].standby, 1);
     // A window without a call: no standing demand.
     fc.stand_by(&known, "pod-1", at(61));
-    assert_eq!(one_report(&fc, 2, 3, at(61)).buckets[0].demand, 0);
+    assert_eq!(one_report(&fc, 2, 3, at(61)).buckets[0].standby, 0);
     // Its own grant's bucket keeps asking for all of it.
     let own = [FleetBucket {
         scope: Scope::Grant,
@@ -392,7 +393,7 @@ fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
         .buckets
         .iter()
         .find(|b| b.bucket.as_ref().is_some_and(|id| id.scope == "grant"))
-        .map(|b| b.demand);
+        .map(|b| b.standby);
     assert_eq!(own_demand, Some(100));
 }
 
