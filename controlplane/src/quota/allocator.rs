@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use super::consumed::Consumed;
 use super::holder::Holder;
-use super::{AllocatorConfig, BucketKey, HolderKey, Lease, LimitSpec, QuotaError, Report};
+use super::{
+    AllocatorConfig, BucketKey, HeldLease, HolderKey, Lease, LimitSpec, QuotaError, Report,
+};
 
 /// Leases for every fleet-wide bucket. See the module docs for the contract
 /// and why the limits hold. Every method takes the current time, which must
@@ -328,6 +330,25 @@ impl Bucket {
         self.spec = report.spec;
     }
 
+    /// `report` with what it asks and holds capped at the bucket's `max`: no
+    /// holder wants more than the whole window, nor holds a lease beyond
+    /// what it admitted plus `max` (what a lease of an earlier control plane
+    /// could allow at most, taken as reported while learning).
+    fn bounded(&self, report: &Report) -> Report {
+        let max = self.spec.max;
+        Report {
+            demand: report.demand.min(max),
+            standby: report.standby.min(max),
+            held: report.held.map(|h| HeldLease {
+                seq: h.seq,
+                granted_total: h
+                    .granted_total
+                    .min(report.admitted_total.saturating_add(max)),
+            }),
+            ..report.clone()
+        }
+    }
+
     /// Charges every holder whose accounting expiry has passed, and drops
     /// consumption older than the horizon.
     fn expire(&mut self, now: Instant) {
@@ -358,6 +379,7 @@ impl Bucket {
     ) -> Result<Lease, QuotaError> {
         let config = &grants.config;
         self.adopt_spec(report, learning_until);
+        let report = &self.bounded(report);
         self.expire(now);
         let ttl = config.lease_ttl.min(self.spec.window);
         let lifetime = ttl + config.grace;

@@ -785,3 +785,38 @@ fn one_busy_holder_among_idle_ones_is_admitted_the_whole_limit_after_the_first_s
         }
     }
 }
+
+#[test]
+fn a_report_cannot_widen_its_lease_nor_ask_for_more_than_max() {
+    let (mut alloc, mut now) = ready();
+    let mut a = Sidecar::new("a", 1);
+    let mut b = Sidecar::new("b", 1);
+    assert_eq!(a.sync(&mut alloc, now, MAX / 2).granted_total, MAX / 2);
+    now += ms(100);
+    assert_eq!(b.sync(&mut alloc, now, MAX / 2).granted_total, MAX / 2);
+    // A says the lease it was sent allows a million calls.
+    now += ms(100);
+    let mut forged = a.report(now, u64::MAX);
+    forged.held = forged.held.map(|h| HeldLease {
+        granted_total: 1_000_000,
+        ..h
+    });
+    alloc
+        .report(now, &a.key, &bucket(), &forged)
+        .expect("accounted");
+    alloc.check_invariant(now).expect("the limit holds");
+    let v = view(&alloc, now);
+    assert_eq!(v.reserved, MAX, "{v:?}");
+    assert_eq!(v.holders[0].demand, MAX, "a demand above max counts as max");
+    // Nor does a lease it was never sent.
+    now += ms(100);
+    forged.held = Some(HeldLease {
+        seq: 9_999,
+        granted_total: 1_000_000,
+    });
+    alloc
+        .report(now, &a.key, &bucket(), &forged)
+        .expect("accounted");
+    alloc.check_invariant(now).expect("the limit holds");
+    assert!(view(&alloc, now).reserved <= MAX);
+}

@@ -373,16 +373,18 @@ impl Holder {
         if held.seq < self.acked_seq {
             return false;
         }
-        let granted = held
-            .granted_total
-            .max(self.outstanding.find(held.seq).unwrap_or(0));
         if held.seq > self.acked_seq {
+            // The total is the one this allocator sent under that seq, never
+            // the one reported: a report cannot widen its own lease.
+            let Some(granted) = self.outstanding.find(held.seq) else {
+                // A seq never sent to this holder: not a lease it holds. What
+                // it was sent stays reserved.
+                return false;
+            };
             self.acked_seq = held.seq;
             self.acked_total = granted;
             self.outstanding.acked(held.seq);
             self.next_seq = self.next_seq.max(held.seq.saturating_add(1));
-        } else {
-            self.acked_total = self.acked_total.max(granted);
         }
         // Holding a lease sent after the expiry, it sent this report after
         // the expiry too: every call from before is reported, and the floor

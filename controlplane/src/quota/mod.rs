@@ -41,7 +41,10 @@
 //! - An unreported call of a live holder is numbered in `(a_rep, top]`: by
 //!   rules 2 and 3 the sidecar holds the acknowledged lease or a later one,
 //!   and by rule 1 never passes its total. A smaller lease therefore frees
-//!   nothing until a report says the sidecar holds it.
+//!   nothing until a report says the sidecar holds it. The acknowledged
+//!   lease counts at the total this allocator sent under its seq, whatever
+//!   the report says; a seq never sent to the holder acknowledges nothing.
+//!   A report's `demand` and `standby` count at most `max`.
 //! - At the accounting expiry (last send + ttl + grace) no lease is usable
 //!   (rule 1): the reservation is charged as consumption stamped at the
 //!   expiry, no earlier than any call it covers.
