@@ -19,11 +19,17 @@
 #   DURATION [30]        seconds of calls (at least 2 windows; the first window is not scored)
 #   LEASE_TTL_MS [2000]  LEASE_REFRESH_MS [250]  LEASE_GRACE_MS [250]   the control plane's lease timing
 #   ITERATIONS [1000000] timed decisions per run      WARMUP [200000]   ROUNDS [5]   interleaved runs per store
+#   ONE_BUSY ["24 1000"] then, for each fleet size N here: one pod calling at BUSY_RATE [100] calls/s
+#                        among N − 1 idle ones (each asking for its standing call), same limit and
+#                        lease timing, BUSY_DURATION [20] seconds of calls, every window scored (the
+#                        first one starts while the idle pods hold their standing calls); "" skips these runs
 #   CARGO_TARGET_DIR [<repo>/target]
 #
 # What it prints, from the log of every decision (time on one clock, admitted or not):
 #   - the fullest trailing window ÷ MAX, sliding over every admission (the limit: never above 1.000);
 #   - per fixed window after the first: admitted ÷ min(MAX, calls made) (goal ≥ 0.95 in every window);
+#   - for each ONE_BUSY fleet: the busy pod's utilisation (the same ratio; its calls are the only
+#     ones) and the fullest window ÷ MAX: idle pods must not hold the budget, however many;
 #   - quota reports sent and leases taken (the sidecars' counters; the control plane's beside them);
 #   - ns per decision of FleetCounters::acquire under a valid lease (the fleet's hot path) against
 #     LocalCounters::acquire (pod limits, standalone sidecars) on the same charge, both through
@@ -52,14 +58,20 @@ LEASE_GRACE_MS="${LEASE_GRACE_MS:-250}"
 ITERATIONS="${ITERATIONS:-1000000}"
 WARMUP="${WARMUP:-200000}"
 ROUNDS="${ROUNDS:-5}"
+ONE_BUSY="${ONE_BUSY-24 1000}"
+BUSY_RATE="${BUSY_RATE:-100}"
+BUSY_DURATION="${BUSY_DURATION:-20}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 bin="$CARGO_TARGET_DIR/release/tollgate-fleet-limits"
 
 say() { echo "fleet-limits.sh: $*" >&2; }
 fail() { echo "fleet-limits.sh: FAILED: $*" >&2; exit 1; }
 
-for v in NODES HOT IDLE MAX WINDOW DURATION LEASE_TTL_MS LEASE_REFRESH_MS LEASE_GRACE_MS ITERATIONS WARMUP ROUNDS; do
+for v in NODES HOT IDLE MAX WINDOW DURATION LEASE_TTL_MS LEASE_REFRESH_MS LEASE_GRACE_MS ITERATIONS WARMUP ROUNDS BUSY_RATE BUSY_DURATION; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || fail "$v=${!v}: expected a whole number"
+done
+for n in $ONE_BUSY; do
+  [[ "$n" =~ ^[0-9]+$ && "$n" -ge 2 ]] || fail "ONE_BUSY: $n is not a fleet size of at least 2"
 done
 
 # ---- build ----------------------------------------------------------------------------------
@@ -88,6 +100,15 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
   --lease-ttl-ms "$LEASE_TTL_MS" --lease-refresh-ms "$LEASE_REFRESH_MS" --lease-grace-ms "$LEASE_GRACE_MS" \
   --iterations "$ITERATIONS" --warmup "$WARMUP" --rounds "$ROUNDS" | tee "$out" ||
   fail "the benchmark failed (see above)"
+# One busy pod among idle ones, per fleet size.
+for n in $ONE_BUSY; do
+  say "one busy pod among $((n - 1)) idle: about $((BUSY_DURATION + 10 + n / 20)) s; output in $work/one-busy-$n.txt"
+  "$bin" --nodes "$n" --hot 1 --idle "$((n - 1))" --hot-rate "$BUSY_RATE" \
+    --max "$MAX" --window "$WINDOW" --duration "$BUSY_DURATION" \
+    --lease-ttl-ms "$LEASE_TTL_MS" --lease-refresh-ms "$LEASE_REFRESH_MS" --lease-grace-ms "$LEASE_GRACE_MS" \
+    --skip-latency --score-first >"$work/one-busy-$n.txt" ||
+    fail "the run with one busy pod among $((n - 1)) idle failed (see $work/one-busy-$n.txt)"
+done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 fleet="$(grep '^RESULT fleet ' "$out")" || fail "no RESULT fleet line in $out"
@@ -120,5 +141,13 @@ if [[ "$refused" != 0 ]]; then
 else
   echo "  leased ÷ local:                   $ratio   ($ITERATIONS decisions per run on one thread, every leased one admitted under its lease; goal ≈ 1.0, ≤ 1.10: $(goal "$ratio" "<=" 1.10))"
 fi
-echo "  per-node and per-window tables: $out"
+for n in $ONE_BUSY; do
+  busy="$(grep '^RESULT fleet ' "$work/one-busy-$n.txt")" || fail "no RESULT fleet line in $work/one-busy-$n.txt"
+  u="$(get "$busy" util_min)"
+  w="$(get "$busy" worst_ratio)"
+  printf '  one busy pod among %4d idle:   utilisation min %s, mean %s (goal ≥ 0.95: %s)   fullest window ÷ max %s (goal ≤ 1.000: %s)   (%s of %s calls admitted at %s/s, %s windows scored)\n' \
+    "$((n - 1))" "$u" "$(get "$busy" util_mean)" "$(goal "$u" ">=" 0.95)" "$w" "$(goal "$w" "<=" 1.0)" \
+    "$(get "$busy" admitted)" "$(get "$busy" calls)" "$BUSY_RATE" "$(get "$busy" windows_scored)"
+done
+echo "  per-node and per-window tables: $out${ONE_BUSY:+ and $work/one-busy-*.txt}"
 [[ "$refused" == 0 ]] || exit 1

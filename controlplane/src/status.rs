@@ -43,6 +43,10 @@ pub struct NodeStatus {
     last_ack_at: i64,
     last_nack_at: i64,
     nack_error: String,
+    /// A second process with this node id refused a quota stream (see
+    /// [`NodeStatus::quota_conflict`]), and when (Unix seconds).
+    quota_conflict: String,
+    quota_conflict_at: i64,
     /// Versions this node refused, by number: never sent to it again.
     nacked: BTreeMap<u64, Nack>,
     /// Whether its refusals were read from the store since this process
@@ -63,6 +67,8 @@ impl NodeStatus {
             last_ack_at: 0,
             last_nack_at: 0,
             nack_error: String::new(),
+            quota_conflict: String::new(),
+            quota_conflict_at: 0,
             nacked: BTreeMap::new(),
             remembered: false,
         }
@@ -73,6 +79,19 @@ impl NodeStatus {
     pub fn runs(&mut self, version: u64) {
         self.applied_version = version;
         self.settled = Settled::Synced;
+    }
+
+    /// A second sidecar process with this node id was refused a quota stream
+    /// at `wall` (Unix seconds), because of `conflict`.
+    pub fn quota_conflict(&mut self, conflict: String, wall: i64) {
+        self.quota_conflict = conflict;
+        self.quota_conflict_at = wall;
+    }
+
+    /// A new sidecar process of this node opened its quota stream (the one
+    /// that reported before is gone): any earlier conflict is over.
+    pub fn quota_resolved(&mut self) {
+        self.quota_conflict.clear();
     }
 
     /// `version` was sent at `now`.
@@ -193,6 +212,8 @@ impl NodeStatus {
             last_ack_at: self.last_ack_at,
             last_nack_at: self.last_nack_at,
             nack_error: self.nack_error.clone(),
+            quota_conflict: self.quota_conflict.clone(),
+            quota_conflict_at: self.quota_conflict_at,
         }
     }
 }

@@ -392,3 +392,66 @@ async fn a_stopping_control_plane_ends_quota_streams_cleanly() {
     assert!(a.next().await.unwrap().is_none());
     stopping.await.unwrap().unwrap();
 }
+
+/// The first report of process `epoch` of node `node`, on `writes`.
+fn opening(node: &str, epoch: u64) -> QuotaReport {
+    let mut writes = bucket("writes", "global", "", 100, 60_000);
+    writes.demand = 10;
+    QuotaReport {
+        node: Some(Node {
+            id: node.to_owned(),
+            ..Default::default()
+        }),
+        epoch,
+        buckets: vec![writes],
+        report_seq: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_second_process_with_a_reporting_node_id_is_refused_and_let_in_once_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_with(dir.path(), |c| c.quota = short_leases()).await;
+    let mut first = QuotaSidecar::open(cp.grpc_addr, opening("a", 1))
+        .await
+        .unwrap();
+    assert_eq!(first.answer().await.leases.len(), 1);
+    // Another process with node id `a` while the first reports: refused,
+    // and the first keeps its holder and its leases.
+    let err = QuotaSidecar::open(cp.grpc_addr, opening("a", 2))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains("--node-id"), "{err}");
+    let mut writes = bucket("writes", "global", "", 100, 60_000);
+    writes.demand = 10;
+    let answer = first.report(vec![writes]).await;
+    assert!(answer.errors.is_empty(), "{answer:?}");
+    assert_eq!(answer.leases.len(), 1);
+    // Silent for longer than a lease's lifetime (ttl + grace, 300 ms), as
+    // a process that died without its stream closing: the next one is let in.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut second = QuotaSidecar::open(cp.grpc_addr, opening("a", 2))
+        .await
+        .unwrap();
+    assert!(second.answer().await.errors.is_empty());
+    drop(first);
+    // Gone for good: a third process is let in once the second's stream ends.
+    drop(second);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match QuotaSidecar::open(cp.grpc_addr, opening("a", 3)).await {
+            Ok(mut third) => {
+                assert!(third.answer().await.errors.is_empty());
+                break;
+            }
+            Err(err) => {
+                assert_eq!(err.code(), tonic::Code::AlreadyExists);
+                assert!(Instant::now() < deadline, "never let in: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    cp.shutdown().await.unwrap();
+}

@@ -319,3 +319,84 @@ fn a_control_plane_lost_mid_window_keeps_the_fallback_bound_and_relearns_without
         before + during
     );
 }
+
+#[test]
+fn one_busy_sidecar_among_23_idle_ones_is_admitted_the_whole_global_limit() {
+    const MAX: usize = 20;
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": "minute", "max": MAX, "scope": "global"}
+    ]}}});
+    let fleet = Fleet::start(24, &policy);
+    fleet.wait_learning();
+    // Every idle sidecar has asked for its standing call by now; one calls
+    // every 50 ms for 12 s, all inside one window.
+    let window_start = Instant::now();
+    let busy = fleet.sidecars[0].listen;
+    let mut busy_admitted = 0;
+    let mut id = 0;
+    while window_start.elapsed() < Duration::from_secs(12) {
+        busy_admitted += usize::from(call(busy, id, None));
+        id += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then every sidecar calls, the idle ones too: the window is spent.
+    let rest = fleet.calls(48, Duration::from_millis(10), 100_000);
+    assert!(
+        window_start.elapsed() < Duration::from_secs(50),
+        "the calls must fall in one window"
+    );
+    let reached = echo_calls(&fleet.recorder);
+    eprintln!(
+        "the busy sidecar: {busy_admitted} of {id} admitted; then {rest} of 48 over the fleet; upstream saw {reached}"
+    );
+    assert_eq!(reached, busy_admitted + rest);
+    assert!(
+        busy_admitted * 100 >= MAX * 95,
+        "one busy sidecar among 23 idle ones was admitted {busy_admitted} of a global {MAX} per minute"
+    );
+    assert!(
+        busy_admitted + rest <= MAX,
+        "the fleet admitted {} > {MAX} in one window",
+        busy_admitted + rest
+    );
+}
+
+#[test]
+fn a_second_sidecar_with_a_node_id_in_use_is_refused_and_the_first_keeps_its_leases() {
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": "minute", "max": 100, "scope": "global"}
+    ]}}});
+    let mut fleet = Fleet::start(1, &policy);
+    fleet.wait_learning();
+    assert!(call(fleet.sidecars[0].listen, 0, None));
+    // A second process started with the same node id.
+    let state = Scratch::new("lim-twin");
+    let twin = sidecar::builder()
+        .upstream(fleet.recorder.url())
+        .node_id("lim-00")
+        .control_plane(fleet.cp.url(), state.path())
+        .start();
+    // The twin tries its quota stream; the first one keeps reporting. Calls
+    // through the first sidecar over two lease lifetimes (2.5 s each) all
+    // find its lease.
+    let mut admitted = 0;
+    for n in 1..=25u64 {
+        admitted += usize::from(call(fleet.sidecars[0].listen, n, None));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = fleet.cp.status();
+    let row = status
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["node"] == "lim-00"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for lim-00: {status}"));
+    eprintln!("the first sidecar: {admitted} of 25 admitted; status: {row}");
+    assert_eq!(admitted, 25, "the first sidecar lost its lease to the twin");
+    let conflict = row["quota_conflict"].as_str().unwrap_or_default();
+    assert!(
+        conflict.contains("lim-00") && conflict.contains("--node-id"),
+        "tollgate status shows the conflict: {row}"
+    );
+    fleet.sidecars.push(twin);
+    fleet._state.push(state);
+}

@@ -199,8 +199,26 @@ fn print_status(nodes: &[NodeState], as_json: bool, clear: bool) {
             if n.connected { "yes" } else { "no" },
             time(n.last_ack_at),
             time(n.last_nack_at),
-            n.nack_error
+            error_column(n)
         );
+    }
+}
+
+/// The refusal of the last version sent, and a quota-stream conflict.
+fn error_column(n: &NodeState) -> String {
+    match (n.nack_error.is_empty(), n.quota_conflict.is_empty()) {
+        (_, true) => n.nack_error.clone(),
+        (true, false) => format!(
+            "QUOTA CONFLICT ({}): {}",
+            time(n.quota_conflict_at),
+            n.quota_conflict
+        ),
+        (false, false) => format!(
+            "{}; QUOTA CONFLICT ({}): {}",
+            n.nack_error,
+            time(n.quota_conflict_at),
+            n.quota_conflict
+        ),
     }
 }
 
@@ -239,6 +257,8 @@ fn node_json(n: &NodeState) -> Value {
         "last_ack_at": n.last_ack_at,
         "last_nack_at": n.last_nack_at,
         "nack_error": n.nack_error,
+        "quota_conflict": n.quota_conflict,
+        "quota_conflict_at": n.quota_conflict_at,
     })
 }
 

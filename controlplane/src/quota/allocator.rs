@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use super::consumed::Consumed;
 use super::holder::Holder;
-use super::{AllocatorConfig, BucketKey, HolderKey, Lease, LimitSpec, QuotaError, Report};
+use super::{
+    AllocatorConfig, BucketKey, HeldLease, HolderKey, Lease, LimitSpec, QuotaError, Report,
+};
 
 /// Leases for every fleet-wide bucket. See the module docs for the contract
 /// and why the limits hold. Every method takes the current time, which must
@@ -200,6 +202,7 @@ impl Allocator {
                 if h.node_id == holder.node_id && h.epoch == holder.epoch {
                     h.connected = false;
                     h.demand = 0;
+                    h.standby = 0;
                 }
             }
         }
@@ -327,6 +330,25 @@ impl Bucket {
         self.spec = report.spec;
     }
 
+    /// `report` with what it asks and holds capped at the bucket's `max`: no
+    /// holder wants more than the whole window, nor holds a lease beyond
+    /// what it admitted plus `max` (what a lease of an earlier control plane
+    /// could allow at most, taken as reported while learning).
+    fn bounded(&self, report: &Report) -> Report {
+        let max = self.spec.max;
+        Report {
+            demand: report.demand.min(max),
+            standby: report.standby.min(max),
+            held: report.held.map(|h| HeldLease {
+                seq: h.seq,
+                granted_total: h
+                    .granted_total
+                    .min(report.admitted_total.saturating_add(max)),
+            }),
+            ..report.clone()
+        }
+    }
+
     /// Charges every holder whose accounting expiry has passed, and drops
     /// consumption older than the horizon.
     fn expire(&mut self, now: Instant) {
@@ -357,6 +379,7 @@ impl Bucket {
     ) -> Result<Lease, QuotaError> {
         let config = &grants.config;
         self.adopt_spec(report, learning_until);
+        let report = &self.bounded(report);
         self.expire(now);
         let ttl = config.lease_ttl.min(self.spec.window);
         let lifetime = ttl + config.grace;
@@ -470,19 +493,32 @@ impl Bucket {
     }
 
     /// The cumulative total for holder `i`'s next lease: its max-min fair
-    /// share of what the window has left, within what is free.
+    /// share of what the window has left, within what is free; or, if more,
+    /// its standby ask out of what is free and no other holder's demand
+    /// wants. An idle holder's lease therefore shrinks to nothing as soon as
+    /// a busy one wants the room.
     fn grant(&self, now: Instant, i: usize) -> u64 {
         let max = self.spec.max;
         let used = self.consumed.in_window(now, self.spec.window).total();
-        let own = self.holders[i].reservation();
+        let holder = &self.holders[i];
+        let own = holder.reservation();
         let others = self.reserved() - own;
         // The new reservation is max(old, additional): keeping additional
         // within `room` keeps consumed + Σ reservation ≤ max (or, if the sum
         // is already above after a shrink, lets this one only shrink).
         let room = max.saturating_sub(used.saturating_add(others));
-        let share = self.fair_share(max.saturating_sub(used), self.holders[i].demand);
-        let additional = share.min(room);
-        self.holders[i].admitted().saturating_add(additional)
+        let share = self
+            .fair_share(max.saturating_sub(used), holder.demand)
+            .min(room);
+        let wanted = self
+            .holders
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .fold(0u64, |sum, (_, h)| sum.saturating_add(h.unmet()));
+        let spare = room.saturating_sub(share).saturating_sub(wanted);
+        let additional = share.max(holder.standby.min(spare));
+        holder.admitted().saturating_add(additional)
     }
 
     /// A holder's max-min fair share of `pool` given its `demand`: the
@@ -492,11 +528,18 @@ impl Bucket {
     /// it) go one each to the next holders to renew, so a small window is
     /// not left unused.
     fn fair_share(&self, pool: u64, demand: u64) -> u64 {
+        // Few holders want capacity at a time, however many are idle: the
+        // search runs over those few.
+        let demands: Vec<u64> = self
+            .holders
+            .iter()
+            .filter(|h| h.is_active())
+            .map(|h| h.demand)
+            .collect();
         let share = |level: u64| {
-            self.holders
+            demands
                 .iter()
-                .filter(|h| h.is_active())
-                .fold(0u64, |sum, h| sum.saturating_add(h.demand.min(level)))
+                .fold(0u64, |sum, d| sum.saturating_add((*d).min(level)))
         };
         if share(u64::MAX) <= pool {
             return demand;

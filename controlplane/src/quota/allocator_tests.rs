@@ -53,6 +53,8 @@ struct Sidecar {
     last_seq: u64,
     spec: LimitSpec,
     version: u64,
+    /// Its standing ask (calls with no call behind them).
+    standby: u64,
 }
 
 impl Sidecar {
@@ -68,6 +70,7 @@ impl Sidecar {
             last_seq: 0,
             spec: SPEC,
             version: 1,
+            standby: 0,
         }
     }
 
@@ -106,6 +109,7 @@ impl Sidecar {
                 granted_total: l.granted_total,
             }),
             demand,
+            standby: self.standby,
             window_admitted: 0,
         }
     }
@@ -717,4 +721,102 @@ fn nodes_that_never_come_back_are_waited_for_until_the_deadline_only() {
     assert!(alloc.give_up_waiting(now + secs(36)).is_empty());
     assert!(!view(&alloc, now + secs(35)).learning);
     assert_eq!(a.sync(&mut alloc, now + secs(35), 30).granted_total, 30);
+}
+
+#[test]
+fn a_standby_ask_is_served_from_spare_capacity() {
+    let (mut alloc, now) = ready();
+    let mut idle = Sidecar::new("idle", 1);
+    idle.standby = 1;
+    assert_eq!(idle.sync(&mut alloc, now, 0).granted_total, 1);
+    // Its first call finds the lease there.
+    assert_eq!(idle.admit(now, 1), 1);
+}
+
+/// One holder calling far more than `MAX` a window among `idle` holders
+/// that each ask for a standing call, all reporting every second for four
+/// windows: what the busy one is admitted per window after the first.
+fn one_busy_among(idle: usize) -> Vec<u64> {
+    let (mut alloc, start) = ready();
+    let mut idlers: Vec<Sidecar> = (0..idle)
+        .map(|i| {
+            let mut s = Sidecar::new(&format!("idle-{i:04}"), 1);
+            s.standby = 1;
+            s
+        })
+        .collect();
+    // The idle ones first: uncontended, the first MAX of them get their call.
+    for s in &mut idlers {
+        s.sync(&mut alloc, start, 0);
+    }
+    let standing: u64 = idlers.iter().map(|s| s.room(start)).sum();
+    assert_eq!(
+        standing,
+        MAX.min(idle as u64),
+        "standby from spare capacity"
+    );
+    let mut busy = Sidecar::new("busy", 1);
+    let mut per_window = vec![0u64; 4];
+    for tick in 0..240u64 {
+        let now = start + secs(tick) + ms(10);
+        for (i, s) in idlers.iter_mut().enumerate() {
+            s.sync(&mut alloc, now + ms(i as u64 % 900), 0);
+        }
+        let at = now + ms(950);
+        busy.sync(&mut alloc, at, 1_000);
+        per_window[(tick / 60) as usize] += busy.admit(at, u64::MAX);
+    }
+    per_window
+}
+
+#[test]
+fn one_busy_holder_among_idle_ones_is_admitted_the_whole_limit_after_the_first_seconds() {
+    for idle in [1, 23, 200] {
+        let per_window = one_busy_among(idle);
+        // From the first window on, idle holders give their standing calls
+        // back within two renewals of the busy one's demand.
+        assert!(
+            per_window[0] >= MAX * 95 / 100,
+            "{idle} idle: {per_window:?}"
+        );
+        for (w, n) in per_window.iter().enumerate() {
+            assert!(*n <= MAX, "{idle} idle, window {w}: {n}");
+            assert!(*n >= MAX * 95 / 100, "{idle} idle, window {w}: {n}");
+        }
+    }
+}
+
+#[test]
+fn a_report_cannot_widen_its_lease_nor_ask_for_more_than_max() {
+    let (mut alloc, mut now) = ready();
+    let mut a = Sidecar::new("a", 1);
+    let mut b = Sidecar::new("b", 1);
+    assert_eq!(a.sync(&mut alloc, now, MAX / 2).granted_total, MAX / 2);
+    now += ms(100);
+    assert_eq!(b.sync(&mut alloc, now, MAX / 2).granted_total, MAX / 2);
+    // A says the lease it was sent allows a million calls.
+    now += ms(100);
+    let mut forged = a.report(now, u64::MAX);
+    forged.held = forged.held.map(|h| HeldLease {
+        granted_total: 1_000_000,
+        ..h
+    });
+    alloc
+        .report(now, &a.key, &bucket(), &forged)
+        .expect("accounted");
+    alloc.check_invariant(now).expect("the limit holds");
+    let v = view(&alloc, now);
+    assert_eq!(v.reserved, MAX, "{v:?}");
+    assert_eq!(v.holders[0].demand, MAX, "a demand above max counts as max");
+    // Nor does a lease it was never sent.
+    now += ms(100);
+    forged.held = Some(HeldLease {
+        seq: 9_999,
+        granted_total: 1_000_000,
+    });
+    alloc
+        .report(now, &a.key, &bucket(), &forged)
+        .expect("accounted");
+    alloc.check_invariant(now).expect("the limit holds");
+    assert!(view(&alloc, now).reserved <= MAX);
 }

@@ -135,6 +135,8 @@ pub(super) struct Holder {
     pub(super) connected: bool,
     /// Calls it expects to want in the next lease period (0 when disconnected).
     pub(super) demand: u64,
+    /// Calls it asks for with no call behind them (0 when disconnected).
+    pub(super) standby: u64,
     /// Calls it denied, summed over its reports (operator view only).
     pub(super) denied: u64,
     /// a_rep: the highest `admitted_total` reported.
@@ -189,6 +191,7 @@ impl Holder {
             closed_epoch: None,
             connected: true,
             demand: report.demand,
+            standby: report.standby,
             denied: 0,
             admitted: report.admitted_total,
             unleased: report.unleased_total,
@@ -242,6 +245,15 @@ impl Holder {
         self.connected && self.demand > 0 && self.expired_at().is_none()
     }
 
+    /// What its demand asks beyond what it already holds (0 unless active).
+    pub(super) fn unmet(&self) -> u64 {
+        if self.is_active() {
+            self.demand.saturating_sub(self.reservation())
+        } else {
+            0
+        }
+    }
+
     /// At the accounting expiry, the reservation becomes consumption stamped
     /// at the expiry: every call it covers happened before (a sidecar admits
     /// nothing under a lease past ttl after the report it answers, which was
@@ -284,6 +296,7 @@ impl Holder {
     ) -> bool {
         self.connected = true;
         self.demand = report.demand;
+        self.standby = report.standby;
         self.denied = self.denied.saturating_add(report.denied);
 
         let admitted = report.admitted_total.max(self.admitted);
@@ -360,16 +373,18 @@ impl Holder {
         if held.seq < self.acked_seq {
             return false;
         }
-        let granted = held
-            .granted_total
-            .max(self.outstanding.find(held.seq).unwrap_or(0));
         if held.seq > self.acked_seq {
+            // The total is the one this allocator sent under that seq, never
+            // the one reported: a report cannot widen its own lease.
+            let Some(granted) = self.outstanding.find(held.seq) else {
+                // A seq never sent to this holder: not a lease it holds. What
+                // it was sent stays reserved.
+                return false;
+            };
             self.acked_seq = held.seq;
             self.acked_total = granted;
             self.outstanding.acked(held.seq);
             self.next_seq = self.next_seq.max(held.seq.saturating_add(1));
-        } else {
-            self.acked_total = self.acked_total.max(granted);
         }
         // Holding a lease sent after the expiry, it sent this report after
         // the expiry too: every call from before is reported, and the floor

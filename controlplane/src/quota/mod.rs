@@ -41,7 +41,10 @@
 //! - An unreported call of a live holder is numbered in `(a_rep, top]`: by
 //!   rules 2 and 3 the sidecar holds the acknowledged lease or a later one,
 //!   and by rule 1 never passes its total. A smaller lease therefore frees
-//!   nothing until a report says the sidecar holds it.
+//!   nothing until a report says the sidecar holds it. The acknowledged
+//!   lease counts at the total this allocator sent under its seq, whatever
+//!   the report says; a seq never sent to the holder acknowledges nothing.
+//!   A report's `demand` and `standby` count at most `max`.
 //! - At the accounting expiry (last send + ttl + grace) no lease is usable
 //!   (rule 1): the reservation is charged as consumption stamped at the
 //!   expiry, no earlier than any call it covers.
@@ -90,14 +93,25 @@
 //!
 //! # Sharing
 //!
-//! On every report the holder's next lease is its max-min fair share of
-//! what the window has left (`max − consumed`), over the demands of the
-//! connected holders with live leases, within what is free. A holder with
-//! no demand gets nothing new, so idle capacity comes back at its next
-//! renewal; a newcomer is served at once from what is free, and from the
-//! others' shares as they renew. Units the integer share leaves over go one
-//! each to the next holders to renew. Work per report is O(holders in the
-//! bucket).
+//! Capacity follows reported demand. On every report the holder's next
+//! lease is its max-min fair share of what the window has left (`max −
+//! consumed`), over the `demand`s of the connected holders with live leases,
+//! within what is free. A holder with no demand gets nothing new, so idle
+//! capacity comes back at its next renewal; a newcomer is served at once
+//! from what is free, and from the others' shares as they renew. Units the
+//! integer share leaves over go one each to the next holders to renew.
+//!
+//! A `standby` ask (calls with no call behind them, so that a bucket's
+//! first call finds a lease) is served only from what is free and no other
+//! holder's demand wants beyond what it holds. While the pool is contended
+//! an idle holder's renewal therefore covers what it admitted and nothing
+//! more: its lease shrinks to zero, and its capacity is free once it says
+//! it holds the smaller lease (two renewals after a busy holder's demand).
+//! However many holders are idle, a busy one is held back only that long;
+//! a node without a lease is served one round trip after its first call, if
+//! anything is free. Standby grants stay within what is free, so they
+//! change nothing in why the limit holds. Work per report is O(holders in
+//! the bucket).
 //!
 //! # Restarts
 //!
@@ -187,8 +201,13 @@ pub struct Report {
     pub denied: u64,
     /// The lease it admits under, if it has not expired.
     pub held: Option<HeldLease>,
-    /// Calls it expects to want in the next lease period.
+    /// Calls it expects to want in the next lease period, from the calls it
+    /// has seen.
     pub demand: u64,
+    /// Calls it asks for with no call behind them (a bucket its bundle
+    /// names, kept ready so that a first call is admitted at once): granted
+    /// only from capacity no holder's `demand` wants.
+    pub standby: u64,
     /// Calls it admitted under leases in its trailing window; read only
     /// while the allocator learns, when it first sees this process.
     pub window_admitted: u64,

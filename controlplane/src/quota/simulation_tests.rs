@@ -607,6 +607,7 @@ impl Sim {
                 granted_total: l.granted_total,
             }),
             demand: (rate * ttl / 1000).max(rate.min(1)),
+            standby: 0,
             window_admitted: s.leased_log.len() as u64,
         };
         let arrives = (now + delay).max(s.report_free);

@@ -247,7 +247,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             .add_service(PolicyDistributionServer::new(
                 distribution::Distribution::new(cp.clone()),
             ))
-            .add_service(QuotaServer::new(quota::QuotaService::new(cp.clone())))
+            .add_service(
+                QuotaServer::new(quota::QuotaService::new(cp.clone()))
+                    .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
+                    .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
+            )
             .add_service(AdminServer::new(admin::AdminService::new(cp.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop.await;

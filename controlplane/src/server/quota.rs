@@ -46,7 +46,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// The most buckets one report may name. A sidecar with more batches them
 /// over several reports; a larger report is answered with one error and
 /// nothing in it is accounted.
-pub const MAX_BUCKETS_PER_REPORT: usize = 10_000;
+pub use tollgate_proto::MAX_BUCKETS_PER_REPORT;
 
 /// Answers queued per stream. One answer per report, and the stream reads
 /// the next report only once the answer is queued, so a sidecar that stops
@@ -73,12 +73,30 @@ struct State {
     marker: LeaseMarker,
     served: ServedNodes,
     config: AllocatorConfig,
-    /// The latest stream of each process, so a stream that ends after the
-    /// same process opened a new one does not mark it disconnected.
-    streams: HashMap<HolderKey, u64>,
+    /// The latest stream of each node, so a stream that ends after the same
+    /// process opened a new one does not mark it disconnected, and a second
+    /// process with the node's id is refused while the first one reports.
+    streams: HashMap<String, Stream>,
     next_stream: u64,
     /// The latest time handed to the allocator.
     last: Instant,
+}
+
+/// A node's latest quota stream.
+struct Stream {
+    epoch: u64,
+    id: u64,
+    /// When it last reported.
+    last_report: Instant,
+}
+
+/// Why a quota stream was not let in.
+#[derive(Debug)]
+pub(super) enum OpenError {
+    /// Another process of the node reports on a live stream: the message
+    /// for the refused process and the node's status row.
+    Conflict(String),
+    Failed(Status),
 }
 
 impl State {
@@ -142,15 +160,49 @@ impl QuotaLedger {
         })
     }
 
-    /// Registers a new stream of `holder`; the id to end it with.
-    fn open(&self, holder: &HolderKey) -> Result<u64, Status> {
-        let mut state = self.lock()?;
+    /// Registers a new stream of `holder`: the id to end it with, and whether
+    /// it is the first of a process (not a reconnect of the latest). Refused
+    /// while another process of the node reports on a live stream (one that
+    /// reported within a lease's lifetime): two sidecars sharing a node id
+    /// would otherwise close each other's leases in turn. A restarted
+    /// sidecar whose predecessor's stream was not seen to end is let in once
+    /// that stream has been silent that long.
+    fn open(&self, holder: &HolderKey) -> Result<(u64, bool), OpenError> {
+        let mut state = self.lock().map_err(OpenError::Failed)?;
+        let now = state.now();
+        let silence = state.config.lease_ttl + state.config.grace;
+        if let Some(live) = state.streams.get(&holder.node_id)
+            && live.epoch != holder.epoch
+            && now.saturating_duration_since(live.last_report) < silence
+        {
+            return Err(OpenError::Conflict(format!(
+                "node {node}: a sidecar process (epoch {new}) opened a quota stream while another \
+                 process with the same node id (epoch {old}) reports on a live one; it was \
+                 refused so that it does not take over that process's leases. Two sidecars run \
+                 with node id {node}: give each its own --node-id. (A restarted sidecar is let in \
+                 once its predecessor's stream has been silent for {silence:?}.)",
+                node = holder.node_id,
+                new = holder.epoch,
+                old = live.epoch,
+            )));
+        }
         state.next_stream += 1;
         let id = state.next_stream;
-        state.streams.insert(holder.clone(), id);
+        let new_process = state
+            .streams
+            .get(&holder.node_id)
+            .is_none_or(|s| s.epoch != holder.epoch);
+        state.streams.insert(
+            holder.node_id.clone(),
+            Stream {
+                epoch: holder.epoch,
+                id,
+                last_report: now,
+            },
+        );
         // Written down before its first lease (and fallback) is sent.
         state.served.connected(&holder.node_id);
-        Ok(id)
+        Ok((id, new_process))
     }
 
     /// Stream `id` of `holder` ended: the process is disconnected unless it
@@ -159,8 +211,12 @@ impl QuotaLedger {
         let Ok(mut state) = self.lock() else { return };
         let now = state.now();
         state.served.disconnected(&holder.node_id, now);
-        if state.streams.get(holder) == Some(&id) {
-            state.streams.remove(holder);
+        if state
+            .streams
+            .get(&holder.node_id)
+            .is_some_and(|s| s.id == id)
+        {
+            state.streams.remove(&holder.node_id);
             state.allocator.disconnect(holder);
         }
     }
@@ -190,6 +246,11 @@ impl QuotaLedger {
         answer.leases.reserve(n);
         let mut state = self.lock()?;
         let now = state.now();
+        if let Some(stream) = state.streams.get_mut(&holder.node_id)
+            && stream.epoch == holder.epoch
+        {
+            stream.last_report = now;
+        }
         // Before any lease goes out: note until when it may be used, so a
         // control plane started after this one re-learns that long.
         let longest = state.config.lease_ttl + state.config.grace;
@@ -324,6 +385,7 @@ fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
             granted_total: h.granted_total,
         }),
         demand: b.demand,
+        standby: b.standby,
         window_admitted: b.window_admitted,
     };
     Ok((id, key, report))
@@ -458,7 +520,22 @@ impl Quota for QuotaService {
             node_id,
             epoch: first.epoch,
         };
-        let id = cp.quota.open(&holder)?;
+        let id = match cp.quota.open(&holder) {
+            Ok((id, new_process)) => {
+                if new_process {
+                    cp.fleet.update(&holder.node_id, |n| n.quota_resolved());
+                }
+                id
+            }
+            Err(OpenError::Failed(status)) => return Err(status),
+            Err(OpenError::Conflict(conflict)) => {
+                tracing::warn!(node = %holder.node_id, "{conflict}");
+                cp.fleet.update(&holder.node_id, |n| {
+                    n.quota_conflict(conflict.clone(), crate::status::unix_now())
+                });
+                return Err(Status::already_exists(conflict));
+            }
+        };
         let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
         tokio::spawn(run(cp, holder, id, inbound, first, tx, permit, tracked));
         Ok(Response::new(ReceiverStream::new(rx)))

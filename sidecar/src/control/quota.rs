@@ -42,6 +42,7 @@ use tollgate_policy::limits::SlidingWindow;
 use tollgate_policy::{Admission, Charge, Counters, FleetBucket, LocalCounters};
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
+use tollgate_proto::{MAX_BUCKETS_PER_REPORT, MAX_QUOTA_MESSAGE_BYTES, MAX_REPORT_BYTES};
 use tonic::transport::Endpoint;
 
 use crate::control::backoff::{Backoff, BackoffConfig};
@@ -54,8 +55,9 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
 /// How often the reporter looks for a new bundle in force.
 const POLICY_WATCH: Duration = Duration::from_millis(100);
-/// Reports whose send time is remembered, to time the leases answering them.
-const SENT_REMEMBERED: usize = 64;
+/// Reports whose send time is remembered, to time the leases answering them
+/// (a sidecar with many buckets sends several reports at once).
+const SENT_REMEMBERED: usize = 256;
 
 /// A fleet bucket's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,10 +273,14 @@ impl FleetCounters {
         }
     }
 
-    /// Builds the report of every live bucket and forgets idle ones.
-    fn report(&self, report_seq: u64, version: u64, now: Duration) -> QuotaReport {
+    /// Builds the reports of every live bucket, numbered from `first_seq`,
+    /// and forgets idle ones. One report carries at most
+    /// [`MAX_BUCKETS_PER_REPORT`] buckets and about [`MAX_REPORT_BYTES`]: the
+    /// control plane refuses a larger report whole, so a sidecar with more
+    /// buckets splits them rather than losing every lease. Never empty (a
+    /// report with no bucket still says the sidecar is there).
+    fn report(&self, first_seq: u64, version: u64, now: Duration) -> Vec<QuotaReport> {
         let mut state = self.lock();
-        state.report_seq = state.report_seq.max(report_seq);
         let refresh = state.refresh;
         let mut buckets = Vec::new();
         let mut capacity = 0u64;
@@ -291,12 +297,13 @@ impl FleetCounters {
             // refresh intervals): its recent rate; when calls went unserved
             // (a first call, a lease run dry), as much as the control plane
             // can spare — its fair share keeps that from starving other nodes.
+            // A standing ask goes apart: it is served only from what no
+            // node's calls want.
             let demand = match (b.hits, b.starved) {
                 (0, _) => 0,
                 (hits, true) => hits.saturating_mul(10).max(b.max),
                 (hits, false) => hits.saturating_mul(10),
-            }
-            .max(standing_demand(b, now));
+            };
             b.starved = false;
             buckets.push(BucketReport {
                 bucket: Some(BucketId {
@@ -316,6 +323,7 @@ impl FleetCounters {
                     granted_total: l.granted_total,
                 }),
                 demand,
+                standby: standing_demand(b, now),
                 // Every call it admitted in the window, leased or not: what a
                 // control plane that has not seen this process must count.
                 window_admitted: b.leased_window.count(now, b.window)
@@ -326,12 +334,10 @@ impl FleetCounters {
             true
         });
         self.metrics.quota_capacity(capacity);
-        QuotaReport {
-            node: None,
-            epoch: self.epoch,
-            buckets,
-            report_seq,
-        }
+        let reports = split(buckets, first_seq, self.epoch);
+        let last = first_seq + reports.len() as u64 - 1;
+        state.report_seq = state.report_seq.max(last);
+        reports
     }
 
     /// Asks for a small standing lease on each of `known` (the bundle's
@@ -367,8 +373,9 @@ impl FleetCounters {
             if let Some(b) = state.buckets.get_mut(&ChargeKey(&charge)) {
                 // A bucket of this node's own grant (a bundle without grants)
                 // is this sidecar's alone: all of it. A shared one: one call,
-                // so the first is admitted at once and a fleet of idle sidecars
-                // holds back no more than one call each from the busy ones.
+                // so the first is admitted at once. Either is asked as standby,
+                // which the control plane grants only from what no busy
+                // sidecar wants: idle sidecars hold nothing back from busy ones.
                 b.own = f.scope == Scope::Grant && *f.key == *node_grant;
                 b.standing = if b.own { f.max } else { 1 };
             }
@@ -431,10 +438,10 @@ impl FleetCounters {
     }
 }
 
-/// What a bucket asks for with no calls. A shared bucket asks for its one
-/// standing call only while it was created or called within its window: a
-/// sidecar that stopped calling gives that call back to the busy ones (its
-/// next call waits a renewal). A bucket of the node's own grant keeps asking
+/// What a bucket asks for with no calls (its standby). A shared bucket asks
+/// for its one standing call only while it was created or called within its
+/// window: a sidecar that stopped calling stops asking (its next call waits
+/// a round trip). A bucket of the node's own grant keeps asking
 /// for all of it: no other sidecar can use it.
 fn standing_demand(b: &LeaseBucket, now: Duration) -> u64 {
     if b.own || now.saturating_sub(b.last_hit) < b.window {
@@ -442,6 +449,48 @@ fn standing_demand(b: &LeaseBucket, now: Duration) -> u64 {
     } else {
         0
     }
+}
+
+/// An upper bound of a bucket report's encoded size: its strings, and the
+/// most its tags, lengths and integers can take.
+fn encoded_bound(b: &BucketReport) -> usize {
+    let strings = b.bucket.as_ref().map_or(0, |id| {
+        id.server.len() + id.counter.len() + id.scope.len() + id.key.len()
+    });
+    strings + 192
+}
+
+/// `buckets` in reports of at most [`MAX_BUCKETS_PER_REPORT`] buckets and
+/// about [`MAX_REPORT_BYTES`] each, numbered from `first_seq`; at least one.
+fn split(buckets: Vec<BucketReport>, first_seq: u64, epoch: u64) -> Vec<QuotaReport> {
+    let mut reports = vec![QuotaReport {
+        node: None,
+        epoch,
+        buckets: Vec::new(),
+        report_seq: first_seq,
+    }];
+    let mut bytes = 0;
+    for b in buckets {
+        let size = encoded_bound(&b);
+        let full = reports.last().is_some_and(|r| {
+            r.buckets.len() == MAX_BUCKETS_PER_REPORT
+                || (!r.buckets.is_empty() && bytes + size > MAX_REPORT_BYTES)
+        });
+        if full {
+            reports.push(QuotaReport {
+                node: None,
+                epoch,
+                buckets: Vec::new(),
+                report_seq: first_seq + reports.len() as u64,
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(r) = reports.last_mut() {
+            r.buckets.push(b);
+        }
+    }
+    reports
 }
 
 /// The control plane's version number of a bundle in force (`v7` → 7); 0 for
@@ -691,20 +740,34 @@ impl Reporter {
         policy_version(&snapshot.version)
     }
 
-    fn next_report(&mut self, first: bool) -> QuotaReport {
-        self.report_seq += 1;
+    /// The next reports (one, unless the buckets fill more); the first of a
+    /// stream names the node.
+    fn next_reports(&mut self, first: bool) -> Vec<QuotaReport> {
         let now = self.counters.now();
         let version = self.version(now);
-        let mut report = self.counters.report(self.report_seq, version, now);
-        if first {
-            report.node = Some(self.node.clone());
+        let mut reports = self.counters.report(self.report_seq + 1, version, now);
+        if first && let Some(r) = reports.first_mut() {
+            r.node = Some(self.node.clone());
         }
-        if self.sent.len() == SENT_REMEMBERED {
-            self.sent.pop_front();
+        for r in &reports {
+            self.report_seq = r.report_seq;
+            if self.sent.len() == SENT_REMEMBERED {
+                self.sent.pop_front();
+            }
+            self.sent.push_back((r.report_seq, now));
+            self.metrics.quota_report();
         }
-        self.sent.push_back((self.report_seq, now));
-        self.metrics.quota_report();
-        report
+        reports
+    }
+
+    /// Sends the next reports on `tx`; false once the stream is gone.
+    async fn send_reports(&mut self, tx: &mpsc::Sender<QuotaReport>) -> bool {
+        for report in self.next_reports(false) {
+            if tx.send(report).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     async fn session(&mut self, backoff: &mut Backoff) -> String {
@@ -712,12 +775,19 @@ impl Reporter {
             Ok(c) => c,
             Err(e) => return format!("cannot connect: {e}"),
         };
-        let mut grpc = QuotaClient::new(channel);
+        let mut grpc = QuotaClient::new(channel)
+            .max_decoding_message_size(MAX_QUOTA_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_QUOTA_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(4);
-        let first = self.next_report(true);
-        if tx.try_send(first).is_err() {
-            return "closed".into();
+        // The first reports are queued before the stream opens: the channel
+        // takes what it can hold, the rest follow once the stream is up.
+        let mut first = self.next_reports(true).into_iter();
+        for report in first.by_ref().take(4) {
+            if tx.try_send(report).is_err() {
+                return "closed".into();
+            }
         }
+        let rest: Vec<QuotaReport> = first.collect();
         let mut inbound = match grpc
             .stream_quota(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|r| (r, rx))
@@ -729,13 +799,28 @@ impl Reporter {
         };
         self.counters.stream_opened();
         self.metrics.quota_connected(true);
+        for report in rest {
+            if tx.send(report).await.is_err() {
+                return "closed".into();
+            }
+        }
         let mut last_sent = Instant::now();
         let mut policy = self.store.load();
         let mut watch = tokio::time::interval(POLICY_WATCH);
+        // A report is wanted early (a first call, a lease run dry): sent
+        // EARLY_REPORT_GAP after the last one rather than a refresh after.
+        let mut early = false;
         loop {
-            let refresh = self.counters.refresh();
-            let due = last_sent + refresh;
+            let due = if early {
+                last_sent + EARLY_REPORT_GAP
+            } else {
+                last_sent + self.counters.refresh()
+            };
             tokio::select! {
+                // Answers first: a busy sidecar wakes the reporter on every
+                // refused call, and leases left unread behind its reports
+                // would reach it too late to use.
+                biased;
                 message = inbound.message() => match message {
                     Ok(Some(answer)) => {
                         backoff.reset();
@@ -758,11 +843,11 @@ impl Reporter {
                     Err(s) => return format!("{:?}: {}", s.code(), s.message()),
                 },
                 () = tokio::time::sleep_until(due.into()) => {
-                    let report = self.next_report(false);
-                    if tx.send(report).await.is_err() {
+                    if !self.send_reports(&tx).await {
                         return "closed".into();
                     }
                     last_sent = Instant::now();
+                    early = false;
                 }
                 _ = watch.tick() => {
                     // A new bundle may name new fleet buckets: ask for their
@@ -775,25 +860,15 @@ impl Reporter {
                     };
                     if changed {
                         policy = now_in_force;
-                        let report = self.next_report(false);
-                        if tx.send(report).await.is_err() {
+                        if !self.send_reports(&tx).await {
                             return "closed".into();
                         }
                         last_sent = Instant::now();
+                        early = false;
                     }
                 }
-                () = self.counters.wake.notified() => {
-                    // Early, but not more often than EARLY_REPORT_GAP.
-                    let gap = last_sent.elapsed();
-                    if gap < EARLY_REPORT_GAP {
-                        tokio::time::sleep(EARLY_REPORT_GAP - gap).await;
-                    }
-                    let report = self.next_report(false);
-                    if tx.send(report).await.is_err() {
-                        return "closed".into();
-                    }
-                    last_sent = Instant::now();
-                }
+                // Early, but not more often than EARLY_REPORT_GAP.
+                () = self.counters.wake.notified(), if !early => early = true,
             }
         }
     }

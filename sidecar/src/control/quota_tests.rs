@@ -59,6 +59,13 @@ fn at(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// The one report a sidecar with few buckets sends.
+fn one_report(fc: &FleetCounters, seq: u64, version: u64, now: Duration) -> QuotaReport {
+    let mut reports = fc.report(seq, version, now);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    reports.remove(0)
+}
+
 #[test]
 fn a_first_call_waits_for_a_lease_then_the_lease_bounds_admissions() {
     let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
@@ -150,7 +157,7 @@ fn unreachable_control_plane_follows_on_unavailable() {
             assert_eq!(b.unleased_total, expect_admitted as u64, "{mode:?}");
             assert_eq!(b.admitted_total, 0, "{mode:?}");
         }
-        let report = fc.report(2, 1, at(20));
+        let report = one_report(&fc, 2, 1, at(20));
         assert_eq!(
             report.buckets[0].window_admitted, expect_admitted as u64,
             "{mode:?}: unleased calls are in the window count"
@@ -216,7 +223,7 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
     for _ in 0..3 {
         assert!(admitted(&fc, &g, now));
     }
-    let report = fc.report(7, 42, now);
+    let report = one_report(&fc, 7, 42, now);
     let metrics = fc.metrics.encode();
     assert!(
         metrics.contains("tollgate_quota_lease_capacity 2"),
@@ -245,18 +252,18 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
     );
     // Quiet since: still reported while it holds a lease, with no demand.
     assert!(admitted(&fc, &g, now));
-    let report = fc.report(8, 42, now + at(1));
+    let report = one_report(&fc, 8, 42, now + at(1));
     assert_eq!(report.buckets[0].demand, 10, "its recent rate");
-    let report = fc.report(8, 42, now + at(1));
+    let report = one_report(&fc, 8, 42, now + at(1));
     assert_eq!(report.buckets.len(), 1);
     assert_eq!(report.buckets[0].demand, 0);
     assert_eq!(report.buckets[0].denied, 0);
     // Its lease over (11 s) but called within the window: still reported, holding nothing.
-    let report = fc.report(9, 42, now + at(30));
+    let report = one_report(&fc, 9, 42, now + at(30));
     assert_eq!(report.buckets.len(), 1);
     assert_eq!(report.buckets[0].held, None);
     // No lease, no call for over a window: forgotten.
-    let report = fc.report(10, 42, now + at(61));
+    let report = one_report(&fc, 10, 42, now + at(61));
     assert!(report.buckets.is_empty(), "{report:?}");
     assert!(fc.lock().buckets.is_empty());
 }
@@ -275,18 +282,19 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
         on_unavailable: OnUnavailable::Fallback,
     }];
     fc.stand_by(&known, "pod-1", at(0));
-    let report = fc.report(1, 3, at(0));
+    let report = one_report(&fc, 1, 3, at(0));
     assert_eq!(report.buckets.len(), 1);
-    assert_eq!(report.buckets[0].demand, 1, "one call, before any call");
+    assert_eq!(report.buckets[0].standby, 1, "one call, before any call");
+    assert_eq!(report.buckets[0].demand, 0, "no call behind it");
     fc.take(&answer(vec![lease(1, 1, at(10), 5)]), at(0));
     // The first call finds the lease there.
     let id = counter();
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
     assert!(admitted(&fc, &g, at(1)));
     // Still listed long after, while the bundle names it; dropped once it does not.
-    assert_eq!(fc.report(2, 3, at(500)).buckets.len(), 1);
+    assert_eq!(one_report(&fc, 2, 3, at(500)).buckets.len(), 1);
     fc.stand_by(&[], "pod-1", at(500));
-    assert!(fc.report(3, 3, at(600)).buckets.is_empty());
+    assert!(one_report(&fc, 3, 3, at(600)).buckets.is_empty());
 
     // The node's own grant bucket (a bundle without grants) asks for all of it.
     let own = [FleetBucket {
@@ -295,7 +303,7 @@ fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
         ..known[0].clone()
     }];
     fc.stand_by(&own, "pod-1", at(600));
-    assert_eq!(fc.report(4, 3, at(600)).buckets[0].demand, 100);
+    assert_eq!(one_report(&fc, 4, 3, at(600)).buckets[0].standby, 100);
 }
 
 #[test]
@@ -306,8 +314,8 @@ fn a_lease_for_a_forgotten_bucket_is_not_applied_to_its_successor() {
     let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
     assert!(!admitted(&fc, &g, at(0)));
     // Report 1 names the bucket; then the bucket goes idle and is forgotten.
-    let _ = fc.report(1, 3, at(0));
-    let _ = fc.report(2, 3, at(200));
+    let _ = one_report(&fc, 1, 3, at(0));
+    let _ = one_report(&fc, 2, 3, at(200));
     assert!(fc.lock().buckets.is_empty());
     // A call creates it again (its counts start from zero) …
     assert!(!admitted(&fc, &g, at(201)));
@@ -316,7 +324,7 @@ fn a_lease_for_a_forgotten_bucket_is_not_applied_to_its_successor() {
     late.answers_report = 1;
     assert_eq!(fc.take(&late, at(0)), 0, "a lease for the forgotten bucket");
     // A lease answering a report sent since is taken.
-    let _ = fc.report(3, 3, at(201));
+    let _ = one_report(&fc, 3, 3, at(201));
     let mut fresh = answer(vec![lease(10, 5, at(10), 5)]);
     fresh.answers_report = 3;
     assert_eq!(fc.take(&fresh, at(201)), 1);
@@ -369,10 +377,10 @@ fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
         on_unavailable: OnUnavailable::Fallback,
     }];
     fc.stand_by(&known, "pod-1", at(0));
-    assert_eq!(fc.report(1, 3, at(30)).buckets[0].demand, 1);
+    assert_eq!(one_report(&fc, 1, 3, at(30)).buckets[0].standby, 1);
     // A window without a call: no standing demand.
     fc.stand_by(&known, "pod-1", at(61));
-    assert_eq!(fc.report(2, 3, at(61)).buckets[0].demand, 0);
+    assert_eq!(one_report(&fc, 2, 3, at(61)).buckets[0].standby, 0);
     // Its own grant's bucket keeps asking for all of it.
     let own = [FleetBucket {
         scope: Scope::Grant,
@@ -380,11 +388,177 @@ fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
         ..known[0].clone()
     }];
     fc.stand_by(&own, "pod-1", at(61));
-    let report = fc.report(3, 3, at(500));
+    let report = one_report(&fc, 3, 3, at(500));
     let own_demand = report
         .buckets
         .iter()
         .find(|b| b.bucket.as_ref().is_some_and(|id| id.scope == "grant"))
-        .map(|b| b.demand);
+        .map(|b| b.standby);
     assert_eq!(own_demand, Some(100));
+}
+
+/// A quota server on 127.0.0.1 that answers as the control plane does: a
+/// report over [`MAX_BUCKETS_PER_REPORT`] buckets gets one error and no
+/// lease; otherwise every bucket gets a lease of 5 more calls.
+mod double {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::Stream;
+    use tollgate_proto::v1::Lease;
+    use tollgate_proto::v1::quota_server::{Quota, QuotaServer};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    pub struct QuotaDouble {
+        /// The most buckets one report carried.
+        pub largest: Arc<AtomicUsize>,
+    }
+
+    type Answers = Pin<Box<dyn Stream<Item = Result<QuotaLeases, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Quota for QuotaDouble {
+        type StreamQuotaStream = Answers;
+
+        async fn stream_quota(
+            &self,
+            request: Request<Streaming<QuotaReport>>,
+        ) -> Result<Response<Answers>, Status> {
+            let largest = Arc::clone(&self.largest);
+            let mut inbound = request.into_inner();
+            let answers = async_stream(move |tx| async move {
+                while let Ok(Some(report)) = inbound.message().await {
+                    largest.fetch_max(report.buckets.len(), Ordering::Relaxed);
+                    let mut answer = QuotaLeases {
+                        leases: Vec::new(),
+                        answers_report: report.report_seq,
+                        errors: Vec::new(),
+                    };
+                    if report.buckets.len() > MAX_BUCKETS_PER_REPORT {
+                        answer.errors.push("too many buckets".into());
+                    } else {
+                        answer.leases = report
+                            .buckets
+                            .iter()
+                            .map(|b| Lease {
+                                bucket: b.bucket.clone(),
+                                seq: report.report_seq,
+                                granted_total: b.admitted_total + 5,
+                                ttl_ms: 60_000,
+                                refresh_ms: 100,
+                                fallback: 1,
+                            })
+                            .collect();
+                    }
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(answers))
+        }
+    }
+
+    /// The answers a task produces on a channel, as a stream.
+    fn async_stream<F, Fut>(f: F) -> Answers
+    where
+        F: FnOnce(mpsc::Sender<Result<QuotaLeases, Status>>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(f(tx));
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|a| (a, rx))
+        }))
+    }
+
+    /// Serves the double on 127.0.0.1; its address.
+    pub async fn serve(double: QuotaDouble) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(QuotaServer::new(double))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        addr
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_with_more_buckets_than_one_report_carries_splits_them_and_keeps_every_lease() {
+    use std::sync::atomic::Ordering;
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = double::serve(double::QuotaDouble {
+        largest: Arc::clone(&largest),
+    })
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let fc = Arc::new(FleetCounters::new(Instant::now(), Arc::clone(&metrics)));
+    let id = counter();
+    let sessions: Vec<String> = (0..=MAX_BUCKETS_PER_REPORT)
+        .map(|i| format!("session-{i}"))
+        .collect();
+    fn charge_of<'a>(id: &'a Arc<str>, key: &'a str) -> Charge<'a> {
+        Charge {
+            counter: id,
+            server: "s",
+            scope: Scope::Session,
+            key,
+            window: MIN,
+            max: 100,
+            on_unavailable: OnUnavailable::Deny,
+        }
+    }
+    // One call in each of 10,001 sessions before the stream is up: 10,001
+    // buckets for the first report.
+    for s in &sessions {
+        fc.acquire(&[charge_of(&id, s)], fc.now());
+    }
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+    let node = Node {
+        id: "pod-1".into(),
+        ..Default::default()
+    };
+    let reporter = Reporter::new(
+        endpoint,
+        node,
+        Arc::clone(&fc),
+        Arc::new(PolicyStore::default()),
+        metrics,
+        BackoffConfig::default(),
+        vec!["s".into()],
+    );
+    let task = tokio::spawn(reporter.run());
+    // Every session's bucket gets its lease: a call in each is admitted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let leased = |fc: &FleetCounters| {
+        let now = fc.now();
+        fc.lock()
+            .buckets
+            .values()
+            .filter(|b| b.valid_lease(now).is_some())
+            .count()
+    };
+    while leased(&fc) < sessions.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    assert_eq!(
+        leased(&fc),
+        sessions.len(),
+        "every bucket holds a lease (largest report: {} buckets)",
+        largest.load(Ordering::Relaxed)
+    );
+    assert!(largest.load(Ordering::Relaxed) <= MAX_BUCKETS_PER_REPORT);
+    assert!(admitted(&fc, &[charge_of(&id, &sessions[0])], fc.now()));
+    assert!(admitted(
+        &fc,
+        &[charge_of(&id, &sessions[MAX_BUCKETS_PER_REPORT])],
+        fc.now()
+    ));
 }
