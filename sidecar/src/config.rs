@@ -112,9 +112,24 @@ pub struct RunArgs {
     /// dropped and counted.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub decision_log_max_bytes: usize,
+    /// Sessions (child processes) of each stdio server running at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_stdio_sessions: usize,
+    /// Sessions of each stdio server one grant may have running at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_stdio_sessions_per_grant: usize,
 }
 
 impl RunArgs {
+    /// The stdio bridges' bounds.
+    pub fn stdio_limits(&self) -> crate::upstream::stdio::Limits {
+        crate::upstream::stdio::Limits {
+            max_sessions: self.max_stdio_sessions.max(1),
+            max_sessions_per_grant: self.max_stdio_sessions_per_grant.max(1),
+            ..Default::default()
+        }
+    }
+
     /// The MCP listener's connection bounds.
     pub fn conn_limits(&self) -> crate::conn::ConnLimits {
         crate::conn::ConnLimits {

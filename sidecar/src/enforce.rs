@@ -24,7 +24,7 @@ use crate::mcp::list_filter::{self, ListIds};
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
-use crate::upstream::http::{Body, HttpUpstream, forwarded_headers, full, relay};
+use crate::upstream::http::{Body, Caller, HttpUpstream, forwarded_headers, full};
 
 /// The `Mcp-Session-Id` header.
 pub const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -77,6 +77,7 @@ pub async fn post(
         snapshot.as_deref(),
         forward_body,
         judged_id.as_deref(),
+        Some(&grant),
     )
     .await
     {
@@ -701,6 +702,7 @@ pub async fn pass_through(
         snapshot.as_deref(),
         Bytes::new(),
         None,
+        None,
     )
     .await
     {
@@ -724,6 +726,7 @@ pub async fn forward(
     snapshot: Option<&Snapshot>,
     body: Bytes,
     id: Option<&[u8]>,
+    caller: Option<&Arc<str>>,
 ) -> Result<Response<Body>, Response<Body>> {
     let strip = snapshot
         .filter(|s| s.bundle.has_grants())
@@ -743,12 +746,15 @@ pub async fn forward(
     if !length_stands {
         req.headers_mut().remove(header::CONTENT_LENGTH);
     }
+    if let Some(grant) = caller {
+        req.extensions_mut().insert(Caller(Arc::clone(grant)));
+    }
     match up.send(req).await {
         Ok(r) => {
             if r.status().is_server_error() {
                 sc.metrics.upstream_error(&route.server);
             }
-            Ok(relay(r))
+            Ok(r)
         }
         Err(e) => {
             sc.metrics.upstream_error(&route.server);

@@ -102,6 +102,7 @@ pub async fn stream(
         snapshot.as_deref(),
         Bytes::new(),
         None,
+        Some(&grant),
     )
     .await
     {
@@ -352,6 +353,7 @@ pub async fn message(
         snapshot.as_deref(),
         forward,
         None,
+        Some(&judged.grant),
     )
     .await
     {

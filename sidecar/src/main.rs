@@ -112,10 +112,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 &spec.name,
                 url.parse().with_context(|| format!("--upstream {url}"))?,
             )),
-            Target::Stdio(command) => {
-                let url = tollgate_sidecar::upstream::stdio::bridge(&spec.name, command).await?;
-                Upstream::Http(HttpUpstream::new(&spec.name, url))
-            }
+            Target::Stdio(command) => Upstream::Http(tollgate_sidecar::upstream::stdio::bridge(
+                &spec.name,
+                command,
+                args.stdio_limits(),
+            )?),
         };
         let key = if spec.named {
             spec.name.clone()

@@ -11,7 +11,9 @@
 //! hop-by-hop headers a proxy must not pass on, and the grant header when
 //! grants are configured (a caller's token is never forwarded upstream).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -109,7 +111,8 @@ pub enum UpstreamError {
     },
 }
 
-/// An HTTP upstream and a pooled client for it.
+/// An upstream: a server reached over HTTP with a pooled client, or one
+/// served inside the sidecar's process.
 #[derive(Debug, Clone)]
 pub struct HttpUpstream {
     /// The server's name.
@@ -117,8 +120,30 @@ pub struct HttpUpstream {
     /// The upstream's MCP endpoint.
     pub url: Uri,
     host: Option<HeaderValue>,
-    client: Client<HttpConnector, Body>,
+    transport: Transport,
 }
+
+// One per route, made at start and borrowed by requests, never moved on the
+// request path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum Transport {
+    Http(Client<HttpConnector, Body>),
+    InProcess(Arc<dyn InProcess>),
+}
+
+/// A server the sidecar runs itself (the stdio bridge): requests reach it
+/// by a call within the process, never over a socket another local process
+/// could reach around the policy.
+pub trait InProcess: Send + Sync + std::fmt::Debug {
+    /// Answers one request.
+    fn call(&self, req: Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+}
+
+/// The grant a forwarded request was judged for, as a request extension
+/// for in-process upstreams (nothing travels on the wire).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<str>);
 
 /// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -146,7 +171,21 @@ impl HttpUpstream {
             server: server.to_owned(),
             url,
             host,
-            client,
+            transport: Transport::Http(client),
+        }
+    }
+
+    /// An upstream served in this process by `service`, at `url` (its
+    /// authority is only a name).
+    pub fn in_process(server: &str, url: Uri, service: Arc<dyn InProcess>) -> Self {
+        let host = url
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        Self {
+            server: server.to_owned(),
+            url,
+            host,
+            transport: Transport::InProcess(service),
         }
     }
 
@@ -165,16 +204,22 @@ impl HttpUpstream {
     }
 
     /// Sends a request (method, URI and headers already set by the caller
-    /// through [`forwarded_headers`]).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| UpstreamError::Unreachable {
-                server: self.server.clone(),
-                url: self.url.to_string(),
-                reason: error_chain(&e),
-            })
+    /// through [`forwarded_headers`]); the response streams back.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        match &self.transport {
+            Transport::Http(client) => {
+                client
+                    .request(req)
+                    .await
+                    .map(relay)
+                    .map_err(|e| UpstreamError::Unreachable {
+                        server: self.server.clone(),
+                        url: self.url.to_string(),
+                        reason: error_chain(&e),
+                    })
+            }
+            Transport::InProcess(service) => Ok(service.call(req).await),
+        }
     }
 
     /// The `Host` the upstream expects.

@@ -39,6 +39,10 @@ pub(super) enum BridgeError {
          unused sessions with DELETE and retry"
     )]
     TooManySessions { server: String, max: usize },
+    #[error(
+        "this caller already has {max} sessions open on stdio server `{server}`, the most one grant may; end one (DELETE) before initializing another"
+    )]
+    TooManySessionsForGrant { server: String, max: usize },
     #[error("cannot start the stdio server `{server}` (`{command}`): {reason}")]
     Spawn {
         server: String,
@@ -63,6 +67,7 @@ impl BridgeError {
             | BridgeError::InitializeInBatch
             | BridgeError::DuplicateId(_) => StatusCode::BAD_REQUEST,
             BridgeError::TooManySessions { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BridgeError::TooManySessionsForGrant { .. } => StatusCode::TOO_MANY_REQUESTS,
             BridgeError::Spawn { .. } => StatusCode::BAD_GATEWAY,
             BridgeError::StreamOpen => StatusCode::CONFLICT,
             BridgeError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -72,9 +77,9 @@ impl BridgeError {
     fn code(&self) -> i32 {
         match self {
             BridgeError::Peek(e) => e.code(),
-            BridgeError::TooManySessions { .. } | BridgeError::Spawn { .. } => {
-                code::UPSTREAM_UNAVAILABLE
-            }
+            BridgeError::TooManySessions { .. }
+            | BridgeError::TooManySessionsForGrant { .. }
+            | BridgeError::Spawn { .. } => code::UPSTREAM_UNAVAILABLE,
             _ => code::INVALID_REQUEST,
         }
     }

@@ -1,5 +1,8 @@
-//! stdio MCP servers, served over Streamable HTTP on a loopback port so that
-//! the rest of the sidecar treats them like any HTTP upstream.
+//! stdio MCP servers, served over Streamable HTTP inside the sidecar's
+//! process, so that the rest of the sidecar treats them like any HTTP
+//! upstream. The bridge listens on no socket: requests reach it by a call
+//! ([`InProcess`]), so no other local process can talk to a stdio server
+//! around the policy.
 //!
 //! The bridge does no policy: the sidecar decides in front of it. It runs one
 //! child process per MCP session (`sh -c <command>`, in a process group of its
@@ -31,19 +34,14 @@ mod lines;
 mod session;
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -53,33 +51,36 @@ use self::events::{Events, event_stream};
 use self::session::{Routing, Session};
 use crate::mcp::peek;
 use crate::session_ids::SessionIds;
-use crate::upstream::http::{Body, full};
+use crate::upstream::http::{Body, Caller, HttpUpstream, InProcess, full};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// The bridge's bounds. Sizes are in bytes, buffers in messages.
 #[derive(Debug, Clone)]
-struct Limits {
+pub struct Limits {
     /// Sessions (child processes) running at once.
-    max_sessions: usize,
+    pub max_sessions: usize,
+    /// Sessions one grant may have running at once.
+    pub max_sessions_per_grant: usize,
     /// A POST body.
-    max_body: usize,
+    pub max_body: usize,
     /// One line of the child's stdout; a longer one is skipped.
-    max_line: usize,
+    pub max_line: usize,
     /// Messages queued on one POST or GET stream before the child waits.
-    stream_buffer: usize,
+    pub stream_buffer: usize,
     /// Messages kept for a GET stream not open yet; the oldest go first.
-    backlog: usize,
+    pub backlog: usize,
     /// A session with no request and no open stream for this long ends.
-    idle: Duration,
+    pub idle: Duration,
     /// How long a child gets to exit after stdin closes, and after SIGTERM.
-    grace: Duration,
+    pub grace: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_sessions: 64,
+            max_sessions_per_grant: 8,
             max_body: 16 << 20,
             max_line: 16 << 20,
             stream_buffer: 64,
@@ -93,57 +94,39 @@ impl Default for Limits {
 /// POST bodies waiting to be written to one child's stdin.
 const STDIN_BUFFER: usize = 64;
 
-/// Starts the bridge for `command` and returns the URL it serves.
-pub async fn bridge(server: &str, command: &str) -> anyhow::Result<Uri> {
-    start(server, command, Limits::default()).await
+/// The bridge for `command`, as an upstream served in this process.
+pub fn bridge(server: &str, command: &str, limits: Limits) -> anyhow::Result<HttpUpstream> {
+    let bridge = start(server, command, limits)?;
+    let url: Uri = "http://stdio.invalid/mcp".parse()?;
+    tracing::info!(server, "bridging the stdio server `{command}` in process");
+    Ok(HttpUpstream::in_process(
+        server,
+        url,
+        Arc::new(Handle(bridge)),
+    ))
 }
 
-async fn start(server: &str, command: &str, limits: Limits) -> anyhow::Result<Uri> {
+fn start(server: &str, command: &str, limits: Limits) -> anyhow::Result<Arc<Bridge>> {
     if command.trim().is_empty() {
         anyhow::bail!("--upstream {server}=stdio: needs a command line after `stdio:`");
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .with_context(|| format!("cannot listen on a loopback port for stdio server `{server}`"))?;
-    let addr = listener.local_addr()?;
-    let bridge = Arc::new(Bridge {
+    Ok(Arc::new(Bridge {
         server: server.to_owned(),
         command: command.to_owned(),
         slots: Arc::new(Semaphore::new(limits.max_sessions)),
         limits,
         sessions: Mutex::new(HashMap::new()),
         ids: SessionIds::new(),
-    });
-    tokio::spawn(serve(listener, bridge));
-    tracing::info!(server, %addr, "bridging the stdio server `{command}` over Streamable HTTP");
-    Ok(format!("http://{addr}/mcp").parse()?)
+    }))
 }
 
-async fn serve(listener: TcpListener, bridge: Arc<Bridge>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(server = %bridge.server, "stdio bridge: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let bridge = Arc::clone(&bridge);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let bridge = Arc::clone(&bridge);
-                async move { Ok::<_, Infallible>(bridge.handle(req).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("stdio bridge connection ended: {e}");
-            }
-        });
+/// The bridge as the sidecar calls it.
+#[derive(Debug)]
+struct Handle(Arc<Bridge>);
+
+impl InProcess for Handle {
+    fn call(&self, req: Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(Arc::clone(&self.0).handle(req))
     }
 }
 
@@ -158,8 +141,16 @@ struct Bridge {
     ids: SessionIds,
 }
 
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Bridge {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         let result = if req.uri().path() != "/mcp" {
             Err(BridgeError::NotFound(req.uri().path().to_owned()))
         } else {
@@ -173,8 +164,9 @@ impl Bridge {
         result.unwrap_or_else(|e| e.response())
     }
 
-    async fn post(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, BridgeError> {
+    async fn post(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BridgeError> {
         let (parts, body) = req.into_parts();
+        let grant = parts.extensions.get::<Caller>().map(|c| Arc::clone(&c.0));
         let body = match Limited::new(body, self.limits.max_body).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -187,7 +179,7 @@ impl Bridge {
         let initialize = messages.iter().any(|m| m.method() == "initialize");
         let (session, fresh) = match session_id(&parts.headers) {
             Some(id) => (self.session(id)?, false),
-            None if initialize && messages.len() == 1 => (self.open()?, true),
+            None if initialize && messages.len() == 1 => (self.open(grant)?, true),
             None if initialize => return Err(BridgeError::InitializeInBatch),
             None => return Err(BridgeError::MissingSession),
         };
@@ -251,8 +243,18 @@ impl Bridge {
             .ok_or(BridgeError::UnknownSession)
     }
 
-    /// Starts a child and its session.
-    fn open(self: &Arc<Self>) -> Result<Arc<Session>, BridgeError> {
+    /// Starts a child and its session for `grant`.
+    fn open(self: &Arc<Self>, grant: Option<Arc<str>>) -> Result<Arc<Session>, BridgeError> {
+        let per_grant = lock(&self.sessions)
+            .values()
+            .filter(|s| s.grant == grant)
+            .count();
+        if per_grant >= self.limits.max_sessions_per_grant {
+            return Err(BridgeError::TooManySessionsForGrant {
+                server: self.server.clone(),
+                max: self.limits.max_sessions_per_grant,
+            });
+        }
         let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             BridgeError::TooManySessions {
                 server: self.server.clone(),
@@ -271,6 +273,7 @@ impl Bridge {
         let (stop, stopped) = watch::channel(false);
         let session = Arc::new(Session {
             id: id.clone(),
+            grant,
             stdin: stdin_tx,
             stop,
             routing: Mutex::new(Routing {

@@ -23,6 +23,8 @@ use crate::upstream::http::{Body, full};
 /// One MCP session: one child process and the streams its output goes to.
 pub(super) struct Session {
     pub(super) id: String,
+    /// The grant that started it (`None`: a caller the sidecar did not name).
+    pub(super) grant: Option<std::sync::Arc<str>>,
     pub(super) stdin: mpsc::Sender<Bytes>,
     /// Set to end the session (DELETE, or a failed first POST).
     pub(super) stop: watch::Sender<bool>,

@@ -1,22 +1,24 @@
 //! The bridge against a real stdio MCP server (a small Python script, stdlib
-//! only) driven over real loopback HTTP by hyper's client and by rmcp's.
+//! only), called in process as the sidecar calls it, and by rmcp's client
+//! over a loopback listener the test puts in front of it.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::{Limits, start};
+use super::{Bridge, Limits, start};
 use crate::mcp::sse::SseParser;
+use crate::upstream::http::{Body, Caller, full};
 
 /// A stdio MCP server: `echo` (with progress when asked), `ask` (an
 /// elicitation round trip), `pid`, and `crash`. It prints a line that is not
@@ -101,16 +103,41 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A client of one bridge.
 struct Peer {
-    client: Client<HttpConnector, Full<Bytes>>,
-    url: Uri,
+    bridge: Arc<Bridge>,
+    /// The grant the sidecar would name for this client's requests.
+    caller: Option<Arc<str>>,
 }
 
 async fn bridge_with(limits: Limits) -> Peer {
-    let url = start("stub", &stub_command(), limits).await.unwrap();
     Peer {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        url,
+        bridge: start("stub", &stub_command(), limits).unwrap(),
+        caller: None,
     }
+}
+
+/// Serves `bridge` on a loopback port, for clients that speak only HTTP.
+async fn serve_loopback(bridge: Arc<Bridge>) -> Uri {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let bridge = Arc::clone(&bridge);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let bridge = Arc::clone(&bridge);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            bridge.handle(req.map(Body::Upstream)).await,
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/mcp").parse().unwrap()
 }
 
 async fn bridge() -> Peer {
@@ -126,7 +153,7 @@ struct Reply {
 
 /// The JSON-RPC messages of a reply, read as they arrive.
 struct Events {
-    body: Incoming,
+    body: Body,
     sse: bool,
     parser: SseParser,
 }
@@ -175,20 +202,20 @@ impl Peer {
     async fn send(&self, method: Method, session: Option<&str>, body: Option<Value>) -> Reply {
         let mut req = Request::builder()
             .method(method)
-            .uri(&self.url)
+            .uri("http://stdio.invalid/mcp")
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json");
         if let Some(s) = session {
             req = req.header("mcp-session-id", s);
         }
         let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-        let resp = tokio::time::timeout(
-            WAIT,
-            self.client.request(req.body(Full::new(body)).unwrap()),
-        )
-        .await
-        .expect("the bridge did not answer in time")
-        .unwrap();
+        let mut req = req.body(full(body)).unwrap();
+        if let Some(grant) = &self.caller {
+            req.extensions_mut().insert(Caller(Arc::clone(grant)));
+        }
+        let resp = tokio::time::timeout(WAIT, Arc::clone(&self.bridge).handle(req))
+            .await
+            .expect("the bridge did not answer in time");
         let sse = resp
             .headers()
             .get("content-type")
@@ -467,6 +494,36 @@ async fn sessions_are_capped() {
 }
 
 #[tokio::test]
+async fn sessions_are_capped_per_grant() {
+    let mut alice = bridge_with(Limits {
+        max_sessions_per_grant: 1,
+        ..Limits::default()
+    })
+    .await;
+    alice.caller = Some("alice".into());
+    let bob = Peer {
+        bridge: Arc::clone(&alice.bridge),
+        caller: Some("bob".into()),
+    };
+    alice.initialize().await;
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let reply = alice.post(None, init).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    let error = reply.events.all().await;
+    assert!(
+        error[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the most one grant may"),
+        "{error:?}"
+    );
+    // Another grant is not held back by alice's sessions.
+    bob.initialize().await;
+}
+
+#[tokio::test]
 async fn idle_sessions_end() {
     let peer = bridge_with(Limits {
         idle: Duration::from_millis(200),
@@ -485,12 +542,9 @@ async fn idle_sessions_end() {
 
 #[tokio::test]
 async fn a_command_that_fails_answers_initialize_with_its_exit() {
-    let url = start("nope", "exec tollgate-no-such-command", Limits::default())
-        .await
-        .unwrap();
     let peer = Peer {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        url,
+        bridge: start("nope", "exec tollgate-no-such-command", Limits::default()).unwrap(),
+        caller: None,
     };
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
@@ -512,7 +566,8 @@ async fn rmcp_client_works_through_the_bridge() {
     use rmcp::transport::StreamableHttpClientTransport;
 
     let peer = bridge().await;
-    let transport = StreamableHttpClientTransport::from_uri(peer.url.to_string());
+    let url = serve_loopback(Arc::clone(&peer.bridge)).await;
+    let transport = StreamableHttpClientTransport::from_uri(url.to_string());
     let client = ().serve(transport).await.unwrap();
     let tools = client.list_all_tools().await.unwrap();
     assert_eq!(tools.len(), 1);
