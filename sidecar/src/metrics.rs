@@ -109,6 +109,7 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
     evictions: Family<StateLabels, Counter>,
+    state_save_failures: Counter,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -234,8 +235,15 @@ impl Metrics {
             "Entries dropped because a bounded table was full (session_buckets, legacy_sessions, decision_log_bytes, catalog_tools)",
             evictions.clone(),
         );
+        let state_save_failures = Counter::default();
+        registry.register(
+            "state_save_failures",
+            "Bundles in force that could not be saved to --state-dir (a restart while the control plane is down would not find them)",
+            state_save_failures.clone(),
+        );
         Self {
             registry,
+            state_save_failures,
             connections,
             connections_refused,
             evictions,
@@ -396,6 +404,11 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&ListenerLabels { listener })
             .inc();
+    }
+
+    /// Counts a bundle that could not be saved to the state dir.
+    pub fn state_save_failed(&self) {
+        self.state_save_failures.inc();
     }
 
     /// Counts `n` entries dropped from the bounded table `state`.

@@ -52,6 +52,21 @@ pub struct ServeArgs {
     learn_whole_window: bool,
 }
 
+/// Keeps the data dir to this user: policies, node ids and quota state are
+/// written owner-only (files 0600, directories 0700, whatever the umask
+/// the control plane was started with), and an existing data dir is
+/// closed to others.
+fn private_files(data: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    if data.exists() {
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).with_context(
+            || format!("cannot make --data {} private (chmod 0700)", data.display()),
+        )?;
+    }
+    Ok(())
+}
+
 /// On SIGTERM or SIGINT: stop accepting, end every policy stream cleanly
 /// (sidecars reconnect with their backoff), flush the store, exit 0. A
 /// second signal exits at once, with status 1.
@@ -69,6 +84,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.lease_refresh
         );
     }
+    private_files(&args.data)?;
     let config = Config {
         grpc: args.grpc,
         http: args.http,

@@ -297,11 +297,16 @@ impl Client {
             content_hash: applied.content_hash.clone(),
             bytes,
         };
-        match tokio::task::spawn_blocking(move || dir.save(&saved)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("cannot save the policy for restarts: {e}"),
-            Err(e) => tracing::error!("cannot save the policy for restarts: {e}"),
-        }
+        let failed = match tokio::task::spawn_blocking(move || dir.save(&saved)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.metrics.state_save_failed();
+        tracing::error!(
+            "cannot save policy v{} for restarts ({failed}); it is in force, but a restart while the control plane is down would not find it: check --state-dir",
+            applied.version
+        );
     }
 
     /// Counts and logs a refused bundle and builds its NACK.

@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -73,13 +74,17 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens `dir`, creating it if needed.
+    /// Opens `dir`, creating it if needed, and makes it owner-only (0700):
+    /// the bundle names grants and their token hashes.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+        let io = |source| StateError::Io {
             path: dir.clone(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         Ok(Self { dir })
     }
 
@@ -144,7 +149,13 @@ impl StateDir {
             let path = path.to_owned();
             move |source| StateError::Io { path, source }
         };
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
@@ -196,6 +207,22 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn the_state_dir_and_its_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = StateDir::open(&path).unwrap();
+        dir.save(&saved(1, r#"{"a":1}"#)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700);
+        for name in [BUNDLE, META] {
+            assert_eq!(mode(&path.join(name)), 0o600, "{name}");
+        }
     }
 
     #[test]
