@@ -203,6 +203,18 @@ pub async fn inspect(
     })
 }
 
+/// The annotations a tool is judged by until its server has listed it
+/// (after a restart, or a call made before any `tools/list`): MCP's defaults,
+/// not read-only and possibly destructive, the strictest the server's hints
+/// could make it. Only a pinned class, or a financial or execute name, ranks
+/// before them.
+static UNSEEN: tollgate_policy::Annotations = tollgate_policy::Annotations {
+    read_only_hint: Some(false),
+    destructive_hint: Some(true),
+    idempotent_hint: None,
+    open_world_hint: None,
+};
+
 /// The longest `Mcp-Session-Id` accepted, in bytes.
 pub const MAX_SESSION_ID: usize = 256;
 
@@ -286,7 +298,10 @@ fn judge(
                     arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
                     grant,
                     session: session_key.as_deref(),
-                    annotations: known.and_then(|t| t.annotations.as_ref()),
+                    annotations: match known {
+                        Some(t) => t.annotations.as_ref(),
+                        None => Some(&UNSEEN),
+                    },
                 },
                 sc.now(),
                 &*sc.counters,
