@@ -155,3 +155,17 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
         rest = rest.get(size + 2..)?;
     }
 }
+
+/// POSTs one MCP message to `/mcp` on `addr` (JSON, accepting JSON or SSE),
+/// in the session `session` if given.
+pub fn post_mcp(addr: SocketAddr, session: Option<&str>, body: &str) -> Reply {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(s) = session {
+        headers.push(("Mcp-Session-Id", s));
+    }
+    request(addr, "POST", "/mcp", &headers, Some(body.as_bytes()))
+        .unwrap_or_else(|e| panic!("POST /mcp to {addr}: {e}"))
+}

@@ -17,18 +17,6 @@ fn policy() -> Value {
     json!({ "version": "1", "default": "allow", "hide": ["get-env"] })
 }
 
-fn post(addr: SocketAddr, session: Option<&str>, body: &str) -> Reply {
-    let mut headers = vec![
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-    ];
-    if let Some(s) = session {
-        headers.push(("Mcp-Session-Id", s));
-    }
-    net::request(addr, "POST", "/mcp", &headers, Some(body.as_bytes()))
-        .unwrap_or_else(|e| panic!("POST /mcp: {e}"))
-}
-
 /// The `data:` payloads of an SSE text, and the `id:` of each event.
 fn events(text: &str) -> Vec<(Option<String>, String)> {
     text.replace("\r\n", "\n")
@@ -140,7 +128,7 @@ fn list_replies_are_filtered_whatever_the_upstream_does_with_the_id() {
         .start();
     let addr = sidecar.listen;
 
-    let init = post(
+    let init = net::post_mcp(
         addr,
         None,
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"list-filtering","version":"1"}}}"#,
@@ -154,7 +142,7 @@ fn list_replies_are_filtered_whatever_the_upstream_does_with_the_id() {
         .into_iter()
         .find_map(|(id, _)| id)
         .unwrap_or_else(|| panic!("the initialize reply has no event id: {}", init.text()));
-    let initialized = post(
+    let initialized = net::post_mcp(
         addr,
         Some(&session),
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
@@ -165,7 +153,7 @@ fn list_replies_are_filtered_whatever_the_upstream_does_with_the_id() {
     // carries the id as the client wrote it.
     for id in ["2.0", "3", r#""list-\u0034""#] {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
-        let text = reply_text(id, &post(addr, Some(&session), &body));
+        let text = reply_text(id, &net::post_mcp(addr, Some(&session), &body));
         assert!(
             text.contains(&format!(r#""id":{id}"#)),
             "the client's id {id} must come back as it was sent: {text}"

@@ -8,8 +8,6 @@
 //! sidecar that guessed from the name after a restart would let through a
 //! call it denied before.
 
-use std::net::SocketAddr;
-
 use serde_json::{Value, json};
 use tollgate_e2e::net::{self, Reply};
 use tollgate_e2e::{Peers, Sidecar, Transport, sidecar};
@@ -25,21 +23,9 @@ fn policy() -> Value {
     })
 }
 
-fn post(addr: SocketAddr, session: Option<&str>, body: &str) -> Reply {
-    let mut headers = vec![
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-    ];
-    if let Some(s) = session {
-        headers.push(("Mcp-Session-Id", s));
-    }
-    net::request(addr, "POST", "/mcp", &headers, Some(body.as_bytes()))
-        .unwrap_or_else(|e| panic!("POST /mcp: {e}"))
-}
-
 /// A new MCP session through `sidecar`; its id.
 fn session(sidecar: &Sidecar) -> String {
-    let init = post(
+    let init = net::post_mcp(
         sidecar.listen,
         None,
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"risk-classes","version":"1"}}}"#,
@@ -49,7 +35,7 @@ fn session(sidecar: &Sidecar) -> String {
         .header("mcp-session-id")
         .unwrap_or_else(|| panic!("no session id: {:?}", init.headers))
         .to_owned();
-    let done = post(
+    let done = net::post_mcp(
         sidecar.listen,
         Some(&id),
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
@@ -70,7 +56,7 @@ fn message(reply: &Reply) -> Value {
 
 /// Calls `echo`; the decision and rule the sidecar gave, or `allow`.
 fn call_echo(sidecar: &Sidecar, session: &str) -> (String, String) {
-    let reply = post(
+    let reply = net::post_mcp(
         sidecar.listen,
         Some(session),
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#,
@@ -90,7 +76,7 @@ fn call_echo(sidecar: &Sidecar, session: &str) -> (String, String) {
 }
 
 fn list(sidecar: &Sidecar, session: &str) {
-    let reply = post(
+    let reply = net::post_mcp(
         sidecar.listen,
         Some(session),
         r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,

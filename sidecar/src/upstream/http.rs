@@ -164,20 +164,16 @@ impl HttpUpstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(connector);
-        let host = url
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        Self {
-            server: server.to_owned(),
-            url,
-            host,
-            transport: Transport::Http(client),
-        }
+        Self::with_transport(server, url, Transport::Http(client))
     }
 
     /// An upstream served in this process by `service`, at `url` (its
     /// authority is only a name).
     pub fn in_process(server: &str, url: Uri, service: Arc<dyn InProcess>) -> Self {
+        Self::with_transport(server, url, Transport::InProcess(service))
+    }
+
+    fn with_transport(server: &str, url: Uri, transport: Transport) -> Self {
         let host = url
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
@@ -185,7 +181,7 @@ impl HttpUpstream {
             server: server.to_owned(),
             url,
             host,
-            transport: Transport::InProcess(service),
+            transport,
         }
     }
 
