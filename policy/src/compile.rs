@@ -59,6 +59,21 @@ pub struct FleetBucket {
     pub on_unavailable: OnUnavailable,
 }
 
+/// A limit as a bundle states it, found by server and counter (see
+/// [`Bundle::fleet_limit`]): what the control plane accounts a fleet bucket
+/// by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetLimit {
+    /// The scope its buckets are keyed by.
+    pub scope: Scope,
+    /// The window's length.
+    pub window: Duration,
+    /// Calls admitted per window.
+    pub max: u64,
+    /// What a sidecar does while it cannot renew the lease.
+    pub on_unavailable: OnUnavailable,
+}
+
 /// Sizes of a bundle, for `policy check` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -269,6 +284,29 @@ impl Bundle {
             }
         }
         out
+    }
+
+    /// The limit with counter id `counter` that calls to `server` charge,
+    /// under any grant: the server's policy and every grant's policy for
+    /// it. Limits sharing a counter agree on window, max and scope (compile
+    /// checks that), so the first found is the counter's. `None` when no
+    /// policy for `server` has that counter.
+    pub fn fleet_limit(&self, server: &str, counter: &str) -> Option<FleetLimit> {
+        let base = match &self.policies {
+            Policies::Single(p) => Some(&**p),
+            Policies::PerServer(m) => m.get(server),
+        };
+        let granted = self.grant_policies.values().filter_map(|m| m.get(server));
+        base.into_iter()
+            .chain(granted)
+            .flat_map(|p| p.rules.iter().flat_map(|r| &r.limits))
+            .find(|l| &*l.counter == counter)
+            .map(|l| FleetLimit {
+                scope: l.scope,
+                window: l.window_len,
+                max: l.max,
+                on_unavailable: l.on_unavailable,
+            })
     }
 
     /// The policy deciding `grant`'s calls to `server`, if any.

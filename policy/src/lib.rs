@@ -35,7 +35,7 @@ mod schema;
 mod validate;
 
 pub use classes::{Annotations, RiskClass, classify};
-pub use compile::{ApprovalSpec, Bundle, CompiledPolicy, FleetBucket, Stats};
+pub use compile::{ApprovalSpec, Bundle, CompiledPolicy, FleetBucket, FleetLimit, Stats};
 pub use conditions::Arguments;
 pub use document::PolicyFile;
 pub use error::{PolicyError, PolicyErrors};

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tollgate_policy::FleetLimit;
 use tollgate_policy::document::{OnUnavailable, Scope};
 
 fn keys(bundle: &str, servers: &[&str]) -> Vec<(String, String, Scope, String, u64)> {
@@ -99,5 +100,53 @@ fn with_grants_each_grant_has_its_bucket_and_grant_policies_count() {
     assert_eq!(
         (got[1].1.as_str(), got[1].3.as_str(), got[1].4),
         ("books:bob_t", "bob", 7)
+    );
+}
+
+#[test]
+fn a_limit_is_found_by_server_and_counter_in_every_policy_for_the_server() {
+    let sha = |c: char| c.to_string().repeat(64);
+    let doc = format!(
+        r#"{{"servers": {{
+              "books": {{"version": "1", "default": "allow",
+                "tools": {{"t": {{"limits": [{{"counter": "all", "window": "minute", "max": 90, "scope": "global"}}]}}}}}},
+              "films": {{"version": "1", "default": "allow", "tools": {{}}}}}},
+            "grants": {{
+              "bob": {{"token_sha256": "{}", "policies": {{"books": {{"version": "1", "default": "allow",
+                  "tools": {{"t": {{"limits": [{{"counter": "bob_t", "window": "hour", "max": 7, "scope": "session", "on_unavailable": "deny"}}]}}}}}}}}}}
+            }}}}"#,
+        sha('b')
+    );
+    let b = tollgate_policy::load(&doc).expect("valid");
+    let limit = |scope, max, secs, on_unavailable| FleetLimit {
+        scope,
+        window: Duration::from_secs(secs),
+        max,
+        on_unavailable,
+    };
+    assert_eq!(
+        b.fleet_limit("books", "books:all"),
+        Some(limit(Scope::Global, 90, 60, OnUnavailable::Fallback))
+    );
+    // A grant's policy for the server counts too.
+    assert_eq!(
+        b.fleet_limit("books", "books:bob_t"),
+        Some(limit(Scope::Session, 7, 3600, OnUnavailable::Deny))
+    );
+    // Counters are the server's own: not found under another server, nor
+    // by their bare name.
+    assert_eq!(b.fleet_limit("films", "books:all"), None);
+    assert_eq!(b.fleet_limit("books", "all"), None);
+    assert_eq!(b.fleet_limit("nowhere", "books:all"), None);
+
+    // A single document applies to every server, its counters named as written.
+    let single = tollgate_policy::load(
+        r#"{"version": "1", "default": "allow",
+            "tools": {"w": {"rate_limit": {"max": 4, "window": "second"}}}}"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        single.fleet_limit("any", "/tools/w/rate_limit"),
+        Some(limit(Scope::Grant, 4, 1, OnUnavailable::Fallback))
     );
 }
