@@ -11,7 +11,7 @@
 //! and [remembered](NodeStatus::remember) into its row when the node first
 //! connects to this process, before anything is sent to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,11 @@ use tokio::time::Instant;
 use tollgate_proto::v1::{Node, NodeState, node_state::State};
 
 use crate::store::{NACKS_KEPT_PER_NODE, Nack};
+
+/// How many versions given to a node are kept, newest first. A node runs
+/// one version and reports under it; older ones matter only for the reports
+/// already on their way when it moves on.
+pub const GIVEN_KEPT: usize = 16;
 
 /// What a node last settled on; STALE is layered on top when reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,10 @@ pub struct NodeStatus {
     quota_conflict_at: i64,
     /// Versions this node refused, by number: never sent to it again.
     nacked: BTreeMap<u64, Nack>,
+    /// Versions this process sent to the node, or that the node said it
+    /// runs (by their content hash), newest [`GIVEN_KEPT`]: the only
+    /// versions its quota reports may name.
+    given: BTreeSet<u64>,
     /// Whether its refusals were read from the store since this process
     /// started.
     remembered: bool,
@@ -70,6 +79,7 @@ impl NodeStatus {
             quota_conflict: String::new(),
             quota_conflict_at: 0,
             nacked: BTreeMap::new(),
+            given: BTreeSet::new(),
             remembered: false,
         }
     }
@@ -79,6 +89,24 @@ impl NodeStatus {
     pub fn runs(&mut self, version: u64) {
         self.applied_version = version;
         self.settled = Settled::Synced;
+        self.given(version);
+    }
+
+    /// `version` is about to be sent to the node, or the node said it runs
+    /// it (its content hash matched that version's): the node may name it
+    /// in quota reports. Recorded before the send, so no report of it can
+    /// arrive first.
+    pub fn given(&mut self, version: u64) {
+        self.given.insert(version);
+        while self.given.len() > GIVEN_KEPT {
+            self.given.pop_first();
+        }
+    }
+
+    /// Whether `version` was sent to the node by this process, or the node
+    /// said it runs it (see [`given`](Self::given)).
+    pub fn was_given(&self, version: u64) -> bool {
+        self.given.contains(&version)
     }
 
     /// A second sidecar process with this node id was refused a quota stream

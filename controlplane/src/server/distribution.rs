@@ -110,8 +110,15 @@ impl PolicyDistribution for Distribution {
         } else {
             None
         };
+        // Before the stream counts as open: which stored version the node
+        // runs, so that its quota reports under it are accepted from the start.
+        let running = if first.response_nonce.is_empty() {
+            stored_version_run(&cp, &node.id, &first).await
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let stream = NodeStream::open(cp, node, stored, tx, &first);
+        let stream = NodeStream::open(cp, node, stored, running, tx, &first);
         tokio::spawn(stream.run(inbound, first, permit, tracked));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -141,6 +148,41 @@ struct NodeStream {
 /// The stream can no longer send: the node went away.
 struct Closed;
 
+/// The stored version a node's report (a request without a nonce) says it
+/// runs, if its content hash is that version's: the latest's, or the one its
+/// `version_info` names, read back from the store. `None` for anything else
+/// — a policy that did not come from this control plane, or a store that
+/// cannot be read (logged; the node's quota reports under that version are
+/// then refused until it is sent a version or reports again).
+async fn stored_version_run(cp: &ControlPlane, node: &str, req: &PolicyRequest) -> Option<u64> {
+    if req.content_hash.is_empty() {
+        return None;
+    }
+    let latest = cp.latest.borrow().clone()?;
+    if latest.content_hash == req.content_hash {
+        return Some(latest.version);
+    }
+    let version: u64 = req.version_info.parse().ok()?;
+    if version == 0 || version > latest.version {
+        return None;
+    }
+    match cp.store(move |s| s.get(version)).await {
+        Ok(stored) => stored
+            .filter(|v| v.content_hash == req.content_hash)
+            .map(|v| v.version),
+        Err(status) => {
+            tracing::warn!(
+                node,
+                version,
+                "cannot read the version the node says it runs, so its quota reports under it \
+                 are refused until it reports again: {}",
+                status.message()
+            );
+            None
+        }
+    }
+}
+
 /// What a node's report of what it runs (a request without a nonce) says
 /// about its row, given the latest version.
 fn apply_report(row: &mut NodeStatus, latest: Option<&Latest>, req: &PolicyRequest) {
@@ -157,6 +199,7 @@ impl NodeStream {
         cp: Arc<ControlPlane>,
         node: Node,
         stored: Option<Vec<Nack>>,
+        running: Option<u64>,
         tx: mpsc::Sender<Result<PolicyResponse, Status>>,
         first: &PolicyRequest,
     ) -> Self {
@@ -168,6 +211,9 @@ impl NodeStream {
         let session = cp.fleet.connect_with(node, stored, |row| {
             if report {
                 apply_report(row, current.as_deref(), first);
+            }
+            if let Some(version) = running {
+                row.given(version);
             }
         });
         let draining = cp.drain.latch();
@@ -245,10 +291,14 @@ impl NodeStream {
         if req.response_nonce.is_empty() {
             // Not an answer: the node says what it runs (on connect, or
             // after reconnecting).
+            let running = stored_version_run(&self.cp, &self.id, &req).await;
             let latest = self.latest.borrow().clone();
-            self.cp
-                .fleet
-                .update(&self.id, |n| apply_report(n, latest.as_deref(), &req));
+            self.cp.fleet.update(&self.id, |n| {
+                apply_report(n, latest.as_deref(), &req);
+                if let Some(version) = running {
+                    n.given(version);
+                }
+            });
             self.reported_hash = req.content_hash;
         } else {
             let Some((nonce, version, content_hash)) = self.last_sent.clone() else {
@@ -306,6 +356,9 @@ impl NodeStream {
         if already_sent || refused || latest.content_hash == self.reported_hash {
             return Ok(());
         }
+        // Given before it is sent: the node may report under it as soon as
+        // it has it.
+        self.cp.fleet.update(&self.id, |n| n.given(latest.version));
         let nonce = self.cp.next_nonce();
         let response = PolicyResponse {
             version: latest.version,
