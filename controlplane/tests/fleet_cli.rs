@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::FakeSidecar;
-use common::quota::{QuotaSidecar, bucket};
+use common::quota::{QuotaSidecar, bucket, limits_policy, serve_policy};
 use tollgate_proto::v1::LeaseHeld;
 
 /// A `tollgate serve` child, killed on drop.
@@ -199,6 +199,7 @@ fn limits_shows_the_buckets_sidecars_report_and_their_leases() {
     // re-learning, so that lease is renewed as it is.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _sidecar = rt.block_on(async {
+        serve_policy(addr, &limits_policy(30), &["pod-1"]).await;
         let mut b = bucket("writes", "global", "", 30, 60_000);
         b.admitted_total = 4;
         b.window_admitted = 4;

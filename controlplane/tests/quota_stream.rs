@@ -9,7 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::quota::{QuotaSidecar, SERVER, bucket, limits, wait_for_bucket};
+use common::quota::{
+    QuotaSidecar, SERVER, bucket, limits, limits_policy, runs_version, serve_policy,
+    wait_for_bucket,
+};
 use common::{WAIT, admin, earlier_leases, start, start_with};
 use tokio::time::Instant;
 use tollgate_controlplane::quota::AllocatorConfig;
@@ -125,6 +128,7 @@ async fn two_sidecars_share_a_global_limit_exactly_after_learning() {
     earlier_leases(dir.path(), q.lease_ttl + q.grace);
     let cp = start_with(dir.path(), |c| c.quota = q).await;
     let mut admin = admin(cp.grpc_addr).await;
+    serve_policy(cp.grpc_addr, &limits_policy(MAX), &["a", "b"]).await;
 
     let mut fleet = Vec::new();
     for (node, epoch) in [("a", 11), ("b", 22)] {
@@ -226,9 +230,10 @@ async fn a_stream_without_node_or_epoch_is_invalid_and_an_epoch_change_ends_it()
 async fn invalid_buckets_come_back_as_errors_and_the_rest_get_leases() {
     let dir = tempfile::tempdir().unwrap();
     let cp = start(dir.path()).await;
+    serve_policy(cp.grpc_addr, &limits_policy(100), &["a"]).await;
     let buckets = vec![
-        bucket("zero", "global", "", 10, 0),
-        bucket("writes", "grant", "g1", 10, 60_000),
+        bucket("unknown", "global", "", 10, 60_000),
+        bucket("uploads", "grant", "g1", 10, 60_000),
         bucket("local", "pod", "", 10, 60_000),
         bucket("keyed", "global", "g1", 10, 60_000),
         BucketReport::default(),
@@ -236,11 +241,12 @@ async fn invalid_buckets_come_back_as_errors_and_the_rest_get_leases() {
     let (mut a, answer) = QuotaSidecar::connect(cp.grpc_addr, "a", 1, buckets).await;
     assert_eq!(answer.leases.len(), 1, "{answer:?}");
     let id = answer.leases[0].bucket.clone().unwrap();
-    assert_eq!((id.counter.as_str(), id.key.as_str()), ("writes", "g1"));
+    assert_eq!((id.counter.as_str(), id.key.as_str()), ("uploads", "g1"));
     let errors = answer.errors;
     assert_eq!(errors.len(), 4, "{errors:?}");
     assert!(
-        errors[0].contains("files/zero") && errors[0].contains("window_ms is 0"),
+        errors[0].contains("files/unknown")
+            && errors[0].contains("policy version 1 has no limit with counter \"unknown\""),
         "{errors:?}"
     );
     assert!(errors[1].contains("scope \"pod\""), "{errors:?}");
@@ -265,7 +271,7 @@ async fn invalid_buckets_come_back_as_errors_and_the_rest_get_leases() {
     let mut admin = admin(cp.grpc_addr).await;
     assert_eq!(limits(&mut admin, "").await.len(), 1);
     let answer = a
-        .report(vec![bucket("writes", "grant", "g1", 10, 60_000)])
+        .report(vec![bucket("uploads", "grant", "g1", 10, 60_000)])
         .await;
     assert_eq!(answer.leases.len(), 1, "{answer:?}");
     cp.shutdown().await.unwrap();
@@ -279,6 +285,7 @@ async fn list_limits_shows_each_bucket_and_its_holders() {
     earlier_leases(dir.path(), Duration::from_secs(11));
     let cp = start(dir.path()).await;
     let mut admin = admin(cp.grpc_addr).await;
+    serve_policy(cp.grpc_addr, &limits_policy(100), &["a", "b"]).await;
 
     // `a` held a lease from a previous control plane: 40 calls, 10 used.
     let mut held = bucket("writes", "global", "", 100, 60_000);
@@ -351,6 +358,7 @@ async fn a_sidecar_going_away_shows_disconnected_but_a_replaced_stream_does_not(
     let cp = start(dir.path()).await;
     let http = cp.http_addr.unwrap();
     let mut admin = admin(cp.grpc_addr).await;
+    serve_policy(cp.grpc_addr, &limits_policy(100), &["a", "b"]).await;
     let writes = || vec![bucket("writes", "global", "", 100, 60_000)];
     let (a, _) = QuotaSidecar::connect(cp.grpc_addr, "a", 1, writes()).await;
     let (b, _) = QuotaSidecar::connect(cp.grpc_addr, "b", 2, writes()).await;
@@ -380,6 +388,7 @@ async fn a_sidecar_going_away_shows_disconnected_but_a_replaced_stream_does_not(
 async fn a_stopping_control_plane_ends_quota_streams_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cp = start(dir.path()).await;
+    serve_policy(cp.grpc_addr, &limits_policy(100), &["a"]).await;
     let (mut a, _) = QuotaSidecar::connect(
         cp.grpc_addr,
         "a",
@@ -412,6 +421,7 @@ fn opening(node: &str, epoch: u64) -> QuotaReport {
 async fn a_second_process_with_a_reporting_node_id_is_refused_and_let_in_once_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let cp = start_with(dir.path(), |c| c.quota = short_leases()).await;
+    serve_policy(cp.grpc_addr, &limits_policy(100), &["a"]).await;
     let mut first = QuotaSidecar::open(cp.grpc_addr, opening("a", 1))
         .await
         .unwrap();
@@ -453,5 +463,138 @@ async fn a_second_process_with_a_reporting_node_id_is_refused_and_let_in_once_th
             }
         }
     }
+    cp.shutdown().await.unwrap();
+}
+
+/// A `writes` report under `version` stating `max` per `window_ms`, asking
+/// for `demand`.
+fn writes_under(version: u64, max: u64, window_ms: u64, demand: u64) -> BucketReport {
+    let mut b = bucket("writes", "global", "", max, window_ms);
+    b.policy_version = version;
+    b.demand = demand;
+    b
+}
+
+#[tokio::test]
+async fn a_report_stating_a_higher_limit_is_held_to_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path()).await;
+    let mut admin = admin(cp.grpc_addr).await;
+    // Version 1 allows 10 writes a minute.
+    serve_policy(cp.grpc_addr, &limits_policy(10), &["a", "b"]).await;
+
+    // Both nodes say version 1 allows 1,000 an hour, and want all of it.
+    let claim = || vec![writes_under(1, 1_000, 3_600_000, 1_000)];
+    let (_a, first) = QuotaSidecar::connect(cp.grpc_addr, "a", 1, claim()).await;
+    assert!(first.errors.is_empty(), "{first:?}");
+    let (_b, second) = QuotaSidecar::connect(cp.grpc_addr, "b", 2, claim()).await;
+    assert!(second.errors.is_empty(), "{second:?}");
+    let granted = first.leases[0].granted_total + second.leases[0].granted_total;
+    assert_eq!(
+        granted, 10,
+        "the fleet holds the stored max: {first:?} {second:?}"
+    );
+    // Fallback is shared out of the stored max too.
+    assert_eq!(second.leases[0].fallback, 5, "{second:?}");
+    let w = &limits(&mut admin, SERVER).await[0];
+    assert_eq!((w.max, w.window_ms, w.policy_version), (10, 60_000, 1));
+    cp.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_report_under_a_version_never_sent_to_the_node_gets_an_error_line_and_no_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path()).await;
+    let mut admin = admin(cp.grpc_addr).await;
+    let v1 = serve_policy(cp.grpc_addr, &limits_policy(100), &["a"]).await;
+    // Version 2 raises writes to 1,000; `a` has no policy stream open, so it
+    // is never sent version 2.
+    let v2 = serve_policy(cp.grpc_addr, &limits_policy(1_000), &[]).await;
+    assert_eq!((v1.0, v2.0), (1, 2));
+
+    let mut uploads = bucket("uploads", "grant", "g1", 10, 60_000);
+    uploads.policy_version = 7;
+    let reads = bucket("reads", "session", "s1", 5, 1_000);
+    let report = vec![writes_under(2, 1_000, 60_000, 1_000), uploads, reads];
+    let (mut a, answer) = QuotaSidecar::connect(cp.grpc_addr, "a", 1, report).await;
+    // Only the bucket under version 1, which `a` runs, is accounted.
+    let leased: Vec<_> = answer
+        .leases
+        .iter()
+        .map(|l| l.bucket.as_ref().unwrap().counter.as_str())
+        .collect();
+    assert_eq!(leased, ["reads"], "{answer:?}");
+    let [not_sent, not_stored] = &answer.errors[..] else {
+        panic!("two error lines expected: {answer:?}");
+    };
+    assert!(
+        not_sent.contains("files/writes")
+            && not_sent.contains("node a reported it under policy version 2")
+            && not_sent.contains("has not sent to that node"),
+        "{not_sent}"
+    );
+    assert!(
+        not_stored.contains("files/uploads")
+            && not_stored.contains("policy version 7, which this control plane never stored")
+            && not_stored.contains("tollgate policy push"),
+        "{not_stored}"
+    );
+    let counters: Vec<_> = limits(&mut admin, "")
+        .await
+        .into_iter()
+        .map(|b| b.counter)
+        .collect();
+    assert_eq!(counters, ["reads"]);
+
+    // Once its policy stream sends it version 2, `a`'s reports under it
+    // are accounted by version 2 as stored.
+    let mut policy = common::FakeSidecar::connect(cp.grpc_addr, "a", Some(v1)).await;
+    let sent = policy.recv().await;
+    assert_eq!(sent.version, 2);
+    policy.ack(&sent).await;
+    let answer = a.report(vec![writes_under(2, 1_000, 60_000, 1_000)]).await;
+    assert!(answer.errors.is_empty(), "{answer:?}");
+    assert_eq!(answer.leases[0].granted_total, 1_000, "{answer:?}");
+    let w = wait_for_bucket(&mut admin, "writes", |_| true).await;
+    assert_eq!((w.max, w.policy_version), (1_000, 2));
+    cp.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_still_running_a_stored_version_after_a_restart_keeps_its_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path()).await;
+    let v1 = serve_policy(cp.grpc_addr, &limits_policy(100), &["a"]).await;
+    // `a` refuses version 2 and keeps running version 1.
+    let mut policy = common::FakeSidecar::connect(cp.grpc_addr, "a", Some(v1.clone())).await;
+    serve_policy(cp.grpc_addr, &limits_policy(50), &[]).await;
+    let sent = policy.recv().await;
+    policy.nack(&sent, "not today").await;
+    common::wait_for(&mut admin(cp.grpc_addr).await, "a", |n| {
+        !n.nack_error.is_empty()
+    })
+    .await;
+    drop(policy);
+    cp.shutdown().await.unwrap();
+
+    // The control plane restarts on its data dir. `a`'s policy stream comes
+    // back saying it runs version 1 (not the latest): its reports under
+    // version 1 are accounted by version 1 as stored.
+    let cp = start(dir.path()).await;
+    runs_version(cp.grpc_addr, "a", &v1).await;
+    let (_a, answer) =
+        QuotaSidecar::connect(cp.grpc_addr, "a", 1, vec![writes_under(1, 100, 60_000, 30)]).await;
+    assert!(answer.errors.is_empty(), "{answer:?}");
+    assert_eq!(answer.leases[0].granted_total, 30, "{answer:?}");
+    // A node claiming version 1 with content that is not version 1's is
+    // not taken at its word.
+    runs_version(cp.grpc_addr, "b", &(1, "0".repeat(64))).await;
+    let (_b, answer) =
+        QuotaSidecar::connect(cp.grpc_addr, "b", 2, vec![writes_under(1, 100, 60_000, 30)]).await;
+    assert!(answer.leases.is_empty(), "{answer:?}");
+    assert!(
+        answer.errors[0].contains("has not sent to that node"),
+        "{answer:?}"
+    );
     cp.shutdown().await.unwrap();
 }

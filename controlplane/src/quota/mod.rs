@@ -190,7 +190,8 @@ pub struct Report {
     /// The policy version the sidecar enforces; the newest one reported sets
     /// the bucket's spec.
     pub policy_version: u64,
-    /// The limit as that version states it.
+    /// The limit as that version states it: the quota stream looks it up in
+    /// the version as the control plane stored it, never in the report.
     pub spec: LimitSpec,
     /// Calls admitted under leases (`A`).
     pub admitted_total: u64,

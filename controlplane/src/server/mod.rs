@@ -9,6 +9,7 @@ pub mod drain;
 mod http;
 mod quota;
 mod served_nodes;
+mod stored_limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -130,6 +131,8 @@ pub struct ControlPlane {
     drain: Drain,
     /// Fleet-wide limits: one allocator, started with this process.
     quota: QuotaLedger,
+    /// The limits of stored versions, which quota reports are accounted by.
+    limits: stored_limits::StoredLimits,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
 }
@@ -160,6 +163,7 @@ impl ControlPlane {
                 config.data.join(QUOTA_MARKER),
                 config.data.join(QUOTA_NODES),
             ),
+            limits: stored_limits::StoredLimits::default(),
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),

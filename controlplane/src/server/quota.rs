@@ -33,10 +33,10 @@ use super::ControlPlane;
 use super::distribution::shutting_down;
 use super::drain::{Latch, Tracked};
 use super::served_nodes::{AWAIT_SERVED, ServedNodes};
+use super::stored_limits::Versions;
 use crate::metrics::Metrics;
 use crate::quota::{
-    Allocator, AllocatorConfig, BucketKey, BucketView, HeldLease, HolderKey, Lease, LimitSpec,
-    Report,
+    Allocator, AllocatorConfig, BucketKey, BucketView, HeldLease, HolderKey, Lease, Report,
 };
 
 /// How often leases past their expiry are charged and old consumption is
@@ -221,11 +221,13 @@ impl QuotaLedger {
         }
     }
 
-    /// Accounts every bucket of one report, received now, under one lock.
+    /// Accounts every bucket of one report, received now, under one lock,
+    /// each by the limit of the version it names as `versions` resolved it.
     fn account(
         &self,
         holder: &HolderKey,
         report: &QuotaReport,
+        versions: &mut Versions,
         metrics: &Metrics,
     ) -> Result<QuotaLeases, Status> {
         let mut answer = QuotaLeases {
@@ -244,6 +246,8 @@ impl QuotaLedger {
             return Ok(answer);
         }
         answer.leases.reserve(n);
+        // Parsed, and their limits looked up, before taking the lock.
+        let parsed: Vec<_> = report.buckets.iter().map(|b| parse(b, versions)).collect();
         let mut state = self.lock()?;
         let now = state.now();
         if let Some(stream) = state.streams.get_mut(&holder.node_id)
@@ -259,8 +263,8 @@ impl QuotaLedger {
                 "cannot note until when leases are in use ({e}); a control plane restarted on this data dir may grant too early"
             );
         }
-        for b in &report.buckets {
-            let result = parse(b).and_then(|(id, key, r)| {
+        for bucket in parsed {
+            let result = bucket.and_then(|(id, key, r)| {
                 state
                     .allocator
                     .report(now, holder, &key, &r)
@@ -335,8 +339,13 @@ pub async fn tick(cp: Arc<ControlPlane>) {
     }
 }
 
-/// A bucket report as the allocator takes it, or why it cannot be.
-fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
+/// A bucket report as the allocator takes it, with the limit of the version
+/// it names as stored (the report's `max` and `window_ms` are the node's and
+/// are not read), or why it cannot be.
+fn parse<'a>(
+    b: &'a BucketReport,
+    versions: &mut Versions,
+) -> Result<(&'a BucketId, BucketKey, Report), String> {
     let Some(id) = b.bucket.as_ref() else {
         return Err("a bucket report without its bucket (server, counter, scope, key)".to_owned());
     };
@@ -360,12 +369,9 @@ fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
             id.key
         ));
     }
-    if b.window_ms == 0 {
-        return Err(format!(
-            "{}: window_ms is 0; a fleet limit needs a window above zero",
-            name(id)
-        ));
-    }
+    let spec = versions
+        .spec(b.policy_version, id)
+        .map_err(|e| format!("{}: {e}", name(id)))?;
     let key = BucketKey {
         server: id.server.clone(),
         counter: id.counter.clone(),
@@ -373,10 +379,7 @@ fn parse(b: &BucketReport) -> Result<(&BucketId, BucketKey, Report), String> {
     };
     let report = Report {
         policy_version: b.policy_version,
-        spec: LimitSpec {
-            max: b.max,
-            window: Duration::from_millis(b.window_ms),
-        },
+        spec,
         admitted_total: b.admitted_total,
         unleased_total: b.unleased_total,
         denied: b.denied,
@@ -620,7 +623,13 @@ async fn on_report(
         ))));
     }
     cp.metrics.quota_reports.inc();
-    let answer = match cp.quota.account(holder, &report, &cp.metrics) {
+    let named: std::collections::BTreeSet<u64> =
+        report.buckets.iter().map(|b| b.policy_version).collect();
+    let mut versions = cp.limits.resolve(cp, &holder.node_id, named).await;
+    let answer = match cp
+        .quota
+        .account(holder, &report, &mut versions, &cp.metrics)
+    {
         Ok(answer) => answer,
         Err(status) => return Some(End::Refused(status)),
     };

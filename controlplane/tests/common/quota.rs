@@ -8,18 +8,64 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{
-    BucketId, BucketReport, FleetBucket, ListLimitsRequest, Node, QuotaLeases, QuotaReport,
+    BucketId, BucketReport, FleetBucket, GetVersionRequest, ListLimitsRequest, Node, QuotaLeases,
+    QuotaReport,
 };
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use super::{WAIT, url};
+use super::{FakeSidecar, WAIT, push, url};
 
 /// The server every test bucket is on.
 pub const SERVER: &str = "files";
 
-/// A report on `counter` (scope `scope`, key `key`) of `max` calls per
-/// `window_ms`, with nothing admitted and nothing held yet.
+/// The limits the tests' buckets are accounted by, as a single policy
+/// document (its counters are named as written, on every server): a
+/// `global` `writes` of `writes_max` per minute, a `session` `reads` of 5
+/// per second, a `grant` `uploads` of 10 per minute and a `pod` `local`.
+pub fn limits_policy(writes_max: u64) -> String {
+    format!(
+        r#"{{"version": "1", "default": "allow", "tools": {{
+            "write": {{"limits": [{{"counter": "writes", "window": "minute", "max": {writes_max}, "scope": "global"}}]}},
+            "read": {{"limits": [{{"counter": "reads", "window": "second", "max": 5, "scope": "session"}}]}},
+            "upload": {{"limits": [{{"counter": "uploads", "window": "minute", "max": 10, "scope": "grant"}}]}},
+            "local": {{"limits": [{{"counter": "local", "window": "minute", "max": 10, "scope": "pod"}}]}}
+        }}}}"#
+    )
+}
+
+/// Pushes `policy` and has each of `nodes` say on its policy stream that it
+/// runs it, as a sidecar does on connecting, so the control plane accepts
+/// their quota reports under it; the pushed version and content hash.
+pub async fn serve_policy(addr: SocketAddr, policy: &str, nodes: &[&str]) -> (u64, String) {
+    let mut admin = AdminClient::connect(url(addr)).await.unwrap();
+    let pushed = push(&mut admin, policy).await;
+    assert!(pushed.accepted, "{pushed:?}");
+    let stored = admin
+        .get_version(GetVersionRequest {
+            version: pushed.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let runs = (stored.version, stored.content_hash);
+    for node in nodes {
+        runs_version(addr, node, &runs).await;
+    }
+    runs
+}
+
+/// Node `node` says on its policy stream that it runs `runs` (version,
+/// content hash). The control plane keeps that once the stream has opened,
+/// after it closes too.
+pub async fn runs_version(addr: SocketAddr, node: &str, runs: &(u64, String)) {
+    FakeSidecar::connect(addr, node, Some(runs.clone())).await;
+}
+
+/// A report on `counter` (scope `scope`, key `key`) under policy version 1,
+/// stating a limit of `max` calls per `window_ms` (the node's word: the
+/// control plane accounts the bucket by version 1 as it stored it), with
+/// nothing admitted and nothing held yet.
 pub fn bucket(counter: &str, scope: &str, key: &str, max: u64, window_ms: u64) -> BucketReport {
     BucketReport {
         bucket: Some(BucketId {
