@@ -4,6 +4,11 @@
 //! [`PolicyStore`] holding a compiled bundle — without the HTTP proxy around
 //! them. Calls go straight to `FleetCounters::acquire` with the limit's
 //! [`Charge`], as the sidecar's decision would.
+//!
+//! The bundle is one the control plane stored (pushed as an operator does),
+//! and each simulated sidecar says on a policy stream that it runs it, as a
+//! sidecar does on connecting: the control plane accounts quota reports only
+//! under versions a node was given, by their limits as it stored them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tollgate_policy::{Admission, Charge, Counters, FleetBucket};
-use tollgate_proto::v1::Node;
+use tollgate_proto::v1::admin_client::AdminClient;
+use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
+use tollgate_proto::v1::{GetVersionRequest, Node, PolicyRequest, PushPolicyRequest};
 use tollgate_sidecar::control::backoff::BackoffConfig;
 use tollgate_sidecar::control::client::version_label;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::analysis::Call;
 
@@ -31,14 +38,21 @@ pub const SERVER: &str = "bench";
 pub struct Limit {
     store: Arc<PolicyStore>,
     bucket: FleetBucket,
+    /// The control plane's number and content hash of the policy.
+    version: u64,
+    content_hash: String,
+    /// A connection to the control plane, for the sidecars' policy streams.
+    channel: Channel,
 }
 
 impl Limit {
-    /// Compiles a policy whose one tool has a limit of `max` calls per
-    /// `window_s` seconds on `counter`, with `scope` (`global` or `grant`),
-    /// as control-plane version 1. The bundle has no grants, so a `grant`
-    /// limit is keyed by `node_grant`, the sidecar's node id.
-    pub fn new(
+    /// Pushes to the control plane at `endpoint`, and compiles, a policy
+    /// whose one tool has a limit of `max` calls per `window_s` seconds on
+    /// `counter`, with `scope` (`global` or `grant`). The bundle has no
+    /// grants, so a `grant` limit is keyed by `node_grant`, the sidecar's
+    /// node id.
+    pub async fn new(
+        endpoint: &Endpoint,
         counter: &str,
         scope: &str,
         max: u64,
@@ -56,15 +70,59 @@ impl Limit {
         let Some(bucket) = buckets.pop().filter(|_| buckets.is_empty()) else {
             bail!("the benchmark's policy should define exactly one fleet bucket");
         };
+        let channel = endpoint
+            .connect()
+            .await
+            .context("cannot connect to the control plane")?;
+        let mut admin = AdminClient::new(channel.clone());
+        let pushed = admin
+            .push_policy(PushPolicyRequest {
+                content: text.into_bytes(),
+                server: String::new(),
+                message: "fleet-limits benchmark".to_owned(),
+            })
+            .await
+            .context("cannot push the benchmark's policy")?
+            .into_inner();
+        if !pushed.accepted {
+            bail!("the control plane refused the benchmark's policy: {pushed:?}");
+        }
+        let stored = admin
+            .get_version(GetVersionRequest {
+                version: pushed.version,
+            })
+            .await
+            .context("cannot read back the pushed version")?
+            .into_inner();
         let store = PolicyStore::default();
         store.store(Snapshot {
             bundle,
-            version: version_label(1),
+            version: version_label(pushed.version),
         });
         Ok(Self {
             store: Arc::new(store),
             bucket,
+            version: pushed.version,
+            content_hash: stored.content_hash,
+            channel,
         })
+    }
+
+    /// Node `node` says on a policy stream that it runs this policy, as a
+    /// sidecar does on connecting; the stream closes again once open (the
+    /// control plane keeps what the node said).
+    async fn announce(&self, node: Node) -> anyhow::Result<()> {
+        let first = PolicyRequest {
+            node: Some(node),
+            version_info: self.version.to_string(),
+            content_hash: self.content_hash.clone(),
+            ..Default::default()
+        };
+        PolicyDistributionClient::new(self.channel.clone())
+            .stream_policy(tokio_stream::once(first))
+            .await
+            .context("cannot open a policy stream")?;
+        Ok(())
     }
 
     /// What one call to the tool charges: the sidecar's own `Charge`.
@@ -108,9 +166,15 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts node `id`'s quota stream to `endpoint`. Every sidecar of the
-    /// run shares `origin`, so their `now`s are on one clock.
-    pub fn start(id: &str, endpoint: &Endpoint, origin: Instant, limit: &Limit) -> Self {
+    /// Starts node `id`'s quota stream to `endpoint`, once its policy stream
+    /// has said it runs `limit`'s policy. Every sidecar of the run shares
+    /// `origin`, so their `now`s are on one clock.
+    pub async fn start(
+        id: &str,
+        endpoint: &Endpoint,
+        origin: Instant,
+        limit: &Limit,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let counters = Arc::new(FleetCounters::new(origin, Arc::clone(&metrics)));
         let node = Node {
@@ -120,6 +184,10 @@ impl Sidecar {
             build: "fleet-limits".to_owned(),
             ..Default::default()
         };
+        limit
+            .announce(node.clone())
+            .await
+            .with_context(|| format!("node {id}"))?;
         let reporter = Reporter::new(
             endpoint.clone(),
             node,
@@ -129,11 +197,11 @@ impl Sidecar {
             BackoffConfig::default(),
             vec![SERVER.to_owned()],
         );
-        Self {
+        Ok(Self {
             counters,
             metrics,
             reporter: tokio::spawn(reporter.run()),
-        }
+        })
     }
 
     pub fn quota(&self) -> QuotaCounts {

@@ -219,17 +219,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn fleet_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String> {
     let origin = Instant::now();
     // No grants in the bundle: every sidecar charges the one global bucket.
-    let limit = Arc::new(Limit::new("fleet", "global", args.max, args.window, "")?);
-    let sidecars: Vec<Arc<Sidecar>> = (0..args.nodes)
-        .map(|i| {
-            Arc::new(Sidecar::start(
-                &format!("fleet-{i:02}"),
-                endpoint,
-                origin,
-                &limit,
-            ))
-        })
-        .collect();
+    let limit = Arc::new(Limit::new(endpoint, "fleet", "global", args.max, args.window, "").await?);
+    let mut sidecars: Vec<Arc<Sidecar>> = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let id = format!("fleet-{i:02}");
+        sidecars.push(Arc::new(
+            Sidecar::start(&id, endpoint, origin, &limit).await?,
+        ));
+    }
     let connecting = Instant::now();
     let wait = CONNECT_WAIT + CONNECT_WAIT_PER_NODE * u32::try_from(args.nodes).unwrap_or(u32::MAX);
     fleet::wait_connected(&sidecars, wait).await?;
@@ -378,9 +375,9 @@ async fn latency_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String>
     // bucket takes the same path in `acquire`, but its lease follows the
     // demand of the last report interval, and the runs here are bursts.)
     let node = "latency-00";
-    let limit = Arc::new(Limit::new("latency", "grant", 1 << 40, 60, node)?);
+    let limit = Arc::new(Limit::new(endpoint, "latency", "grant", 1 << 40, 60, node).await?);
     let origin = Instant::now();
-    let sidecar = Arc::new(Sidecar::start(node, endpoint, origin, &limit));
+    let sidecar = Arc::new(Sidecar::start(node, endpoint, origin, &limit).await?);
     // Connected before the first call: one made earlier would be admitted
     // without a lease (the sidecar acts alone until it hears from the
     // control plane), which is not the path measured here.
