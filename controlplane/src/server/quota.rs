@@ -4,7 +4,9 @@
 //! Per stream: the first report names the node and the process's epoch (the
 //! allocator's [`HolderKey`]); every report is answered by one
 //! [`QuotaLeases`] echoing its `report_seq`, with a lease per bucket the
-//! allocator accepted and an error line per bucket it did not. When the
+//! allocator accepted and an error line per bucket it did not. Each bucket
+//! is accounted by its limit in the policy version it names, as stored, and
+//! only under a version given to that node (see `stored_limits`). When the
 //! stream ends, however it ends, the process is marked disconnected: its
 //! leases stay accounted until they expire, its demand stops counting.
 //!
@@ -623,8 +625,12 @@ async fn on_report(
         ))));
     }
     cp.metrics.quota_reports.inc();
-    let named: std::collections::BTreeSet<u64> =
-        report.buckets.iter().map(|b| b.policy_version).collect();
+    // A report over the bucket cap is refused whole: nothing to look up.
+    let named: std::collections::BTreeSet<u64> = if report.buckets.len() <= MAX_BUCKETS_PER_REPORT {
+        report.buckets.iter().map(|b| b.policy_version).collect()
+    } else {
+        Default::default()
+    };
     let mut versions = cp.limits.resolve(cp, &holder.node_id, named).await;
     let answer = match cp
         .quota
