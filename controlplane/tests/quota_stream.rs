@@ -26,6 +26,7 @@ fn short_leases() -> AllocatorConfig {
         refresh: Duration::from_millis(100),
         grace: Duration::from_millis(100),
         learn_whole_window: false,
+        fallback_horizon: Duration::from_secs(5),
     }
 }
 

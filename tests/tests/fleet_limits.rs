@@ -8,11 +8,12 @@
 //!   upstream, and at least 95 (the leases follow the demand);
 //! - a `grant` limit shared by three pods that carry the same grant holds
 //!   across them;
-//! - the control plane killed mid-window: the sidecars keep serving, within
-//!   the fallback bound (`max` + the fallback capacity of each node, `max` ÷
-//!   nodes); restarted after their leases ended, it grants nothing until
-//!   every node it served before has reported its fallback calls, and then
-//!   nothing more than what is left of `max`.
+//! - the control plane killed mid-window: once their leases end the sidecars
+//!   admit nothing on fallback before two lease lifetimes and a window have
+//!   passed (the time the control plane needs to reserve their fallback);
+//!   restarted after their leases ended, it grants nothing until every node
+//!   it served before has reported, and then nothing more than what is left
+//!   of `max`.
 //!
 //! The control plane runs with short leases (`--lease-ttl 2s --lease-grace
 //! 500ms`) so that its re-learning after a start takes 2.5 s, not 11 s.
@@ -244,7 +245,7 @@ fn a_control_plane_lost_mid_window_keeps_the_fallback_bound_and_relearns_without
     let window_start = Instant::now();
 
     let before = fleet.calls(30, Duration::from_millis(20), 0);
-    // Every sidecar has held a lease, so each knows its fallback: MAX / NODES.
+    // Every sidecar has held a lease, so each knows its fallback.
     let holders = fleet.limits()["buckets"][0]["holders"]
         .as_array()
         .map_or(0, Vec::len);
@@ -252,22 +253,18 @@ fn a_control_plane_lost_mid_window_keeps_the_fallback_bound_and_relearns_without
 
     fleet.cp.kill();
     let killed = Instant::now();
-    // Past every lease's end (2 s from its report): on_unavailable decides.
+    // Past every lease's end (2 s from its report): on_unavailable decides,
+    // and fallback may not start before two lease lifetimes and the
+    // five-minute window have passed.
     std::thread::sleep(Duration::from_millis(3000));
     let during = fleet.calls(100, Duration::from_millis(5), 1000);
     for sc in &mut fleet.sidecars {
         sc.process().assert_running();
     }
-    let fallback = MAX / NODES;
-    assert!(
-        during > 0,
-        "with the control plane gone, fallback admits some calls"
+    assert_eq!(
+        during, 0,
+        "fallback admitted calls before the control plane could have reserved them"
     );
-    assert!(
-        during <= NODES * fallback,
-        "{during} calls admitted on fallback, over {NODES} × {fallback}"
-    );
-    assert!(before + during <= MAX + NODES * fallback);
 
     // Past the end its data dir notes for the leases it sent (a report's
     // time + ttl + grace + 2 s): the new control plane has no lease to

@@ -176,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         refresh: Duration::from_millis(args.lease_refresh_ms),
         grace: Duration::from_millis(args.lease_grace_ms),
         learn_whole_window: false,
+        ..AllocatorConfig::default()
     };
     let cp = server::start(config)
         .await

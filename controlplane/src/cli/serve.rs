@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// exact even for a sidecar that stays silent through re-learning.
     #[arg(long)]
     learn_whole_window: bool,
+    /// How long a sidecar cut off from the control plane may admit calls on
+    /// `fallback` once it may start; its capacity stays reserved that long
+    /// and one window more, whether it is cut off or gone.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    fallback_horizon: Duration,
 }
 
 /// Keeps the data dir to this user: policies, node ids and quota state are
@@ -97,6 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             refresh: args.lease_refresh,
             grace: args.lease_grace,
             learn_whole_window: args.learn_whole_window,
+            fallback_horizon: args.fallback_horizon,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

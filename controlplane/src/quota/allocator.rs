@@ -92,6 +92,8 @@ struct Bucket {
     consumed: Consumed,
     /// Few per bucket: scanned linearly.
     holders: Vec<Holder>,
+    /// The fallback reservations as of the last [`Bucket::expire`].
+    noticed_fallback: u64,
 }
 
 impl Allocator {
@@ -219,6 +221,7 @@ impl Allocator {
             bucket.holders.retain(|h| {
                 h.expired_at()
                     .is_none_or(|at| super::consumed::within(at, horizon, now))
+                    || h.fallback_until().is_some_and(|until| now < until)
             });
             !(bucket.holders.is_empty() && bucket.consumed.is_empty())
         });
@@ -230,8 +233,13 @@ impl Allocator {
     pub fn check_invariant(&self, now: Instant) -> Result<(), String> {
         for (key, bucket) in &self.buckets {
             let leased = bucket.consumed.in_window(now, bucket.spec.window).leased;
-            let reserved = bucket.reserved();
-            if leased.saturating_add(reserved) > bucket.ceiling {
+            let reserved = bucket.reserved(now);
+            // A fallback reservation that began since the bucket was last
+            // looked at lifts the ceiling at the next look.
+            let begun = bucket
+                .fallback_reserved(now)
+                .saturating_sub(bucket.noticed_fallback);
+            if leased.saturating_add(reserved) > bucket.ceiling.saturating_add(begun) {
                 return Err(format!(
                     "bucket {}/{}/{:?}: {leased} consumed + {reserved} reserved > {} (max {})",
                     key.server, key.counter, key.scope_key, bucket.ceiling, bucket.spec.max
@@ -280,7 +288,7 @@ impl Allocator {
                     window: b.spec.window,
                     consumed: used.total(),
                     unleased: used.unleased,
-                    reserved: b.reserved(),
+                    reserved: b.reserved(now),
                     learning: awaiting || now < b.learning_until,
                     holders,
                 }
@@ -301,13 +309,22 @@ impl Bucket {
             ceiling: report.spec.max,
             consumed: Consumed::new(now, report.spec.window),
             holders: Vec::new(),
+            noticed_fallback: 0,
         }
     }
 
-    fn reserved(&self) -> u64 {
-        self.holders
-            .iter()
-            .fold(0u64, |sum, h| sum.saturating_add(h.reservation()))
+    /// The holders' reservations at `now`: leases, and fallback capacity.
+    fn reserved(&self, now: Instant) -> u64 {
+        self.holders.iter().fold(0u64, |sum, h| {
+            sum.saturating_add(h.reservation())
+                .saturating_add(h.fallback_reservation(now))
+        })
+    }
+
+    fn fallback_reserved(&self, now: Instant) -> u64 {
+        self.holders.iter().fold(0u64, |sum, h| {
+            sum.saturating_add(h.fallback_reservation(now))
+        })
     }
 
     /// The newest policy version sets the spec. After a smaller `max` or a
@@ -351,11 +368,20 @@ impl Bucket {
 
     /// Charges every holder whose accounting expiry has passed, and drops
     /// consumption older than the horizon.
+    ///
+    /// A fallback reservation that begins lifts the sum by time alone, maybe
+    /// above `max`: as after a shrink, the ceiling starts from the sum and
+    /// drains, and nothing new is granted meanwhile.
     fn expire(&mut self, now: Instant) {
         for h in &mut self.holders {
             h.expire(now, &mut self.consumed);
         }
         self.consumed.expire(now, self.horizon);
+        let fallback = self.fallback_reserved(now);
+        if fallback > self.noticed_fallback {
+            self.ceiling = u64::MAX;
+        }
+        self.noticed_fallback = fallback;
     }
 
     /// Lowers the ceiling toward `max` as the sum drains.
@@ -364,7 +390,7 @@ impl Bucket {
             .consumed
             .in_window(now, self.spec.window)
             .leased
-            .saturating_add(self.reserved());
+            .saturating_add(self.reserved(now));
         self.ceiling = self.spec.max.max(self.ceiling.min(sum));
     }
 
@@ -391,8 +417,13 @@ impl Bucket {
                     && report.unleased_total >= self.holders[i].unleased() =>
             {
                 self.holders[i].order_after(*next_seq);
-                let holds =
-                    self.holders[i].account(now, self.spec.window, report, &mut self.consumed);
+                let holds = self.holders[i].account(
+                    now,
+                    self.spec.window,
+                    lifetime,
+                    report,
+                    &mut self.consumed,
+                );
                 (i, holds)
             }
             Some(i) if self.holders[i].epoch == key.epoch => {
@@ -439,14 +470,28 @@ impl Bucket {
         } else {
             self.grant(now, i)
         };
-        let seq = self.holders[i].sent(now, granted_total, lifetime);
+        // A zero horizon: no fallback, nothing to reserve.
+        let fallback = if config.fallback_horizon.is_zero() {
+            0
+        } else {
+            self.spec.max / self.holders.len().max(1) as u64
+        };
+        // Its sidecar falls back no earlier than this after receiving the
+        // lease, and for at most `fallback_for` more from the lease's end
+        // (see the module docs).
+        let fallback_after = lifetime * 2 + self.spec.window;
+        let fallback_for = config.fallback_horizon;
+        let fallback_until = now + lifetime + fallback_after + fallback_for + self.spec.window;
+        let seq = self.holders[i].sent(now, granted_total, lifetime, fallback, fallback_until);
         *next_seq = seq.saturating_add(1);
         Ok(Lease {
             seq,
             granted_total,
             ttl,
             refresh: config.refresh,
-            fallback: self.spec.max / self.holders.len().max(1) as u64,
+            fallback,
+            fallback_after,
+            fallback_for,
         })
     }
 
@@ -487,7 +532,7 @@ impl Bucket {
             // call) are counted twice, which errs on the safe side.
             self.consumed
                 .push(now, super::consumed::Used::leased(report.window_admitted));
-            let holds = holder.account(now, self.spec.window, report, &mut self.consumed);
+            let holds = holder.account(now, self.spec.window, lifetime, report, &mut self.consumed);
             (holder, holds)
         }
     }
@@ -502,7 +547,9 @@ impl Bucket {
         let used = self.consumed.in_window(now, self.spec.window).total();
         let holder = &self.holders[i];
         let own = holder.reservation();
-        let others = self.reserved() - own;
+        // Every fallback reservation, its own too: its sidecar may fall
+        // back again as soon as its stream breaks.
+        let others = self.reserved(now).saturating_sub(own);
         // The new reservation is max(old, additional): keeping additional
         // within `room` keeps consumed + Σ reservation ≤ max (or, if the sum
         // is already above after a shrink, lets this one only shrink).

@@ -33,13 +33,19 @@ fn bucket() -> BucketKey {
     }
 }
 
+/// The default timing, without fallback (a zero horizon): these tests are
+/// about leases; `partition_tests` covers fallback.
+fn leases_only() -> AllocatorConfig {
+    AllocatorConfig {
+        fallback_horizon: Duration::ZERO,
+        ..AllocatorConfig::default()
+    }
+}
+
 /// An allocator past its learning period, and the time then.
 fn ready() -> (Allocator, Instant) {
     let start = Instant::now();
-    (
-        Allocator::new(start, AllocatorConfig::default()),
-        start + LIFETIME,
-    )
+    (Allocator::new(start, leases_only()), start + LIFETIME)
 }
 
 /// A sidecar process as the contract describes it: admits while under its
@@ -149,7 +155,7 @@ fn a_first_holder_is_served_at_once_up_to_its_demand() {
     assert_eq!(lease.granted_total, 30);
     assert_eq!(lease.ttl, secs(10));
     assert_eq!(lease.refresh, secs(1));
-    assert_eq!(lease.fallback, MAX);
+    assert_eq!(lease.fallback, 0, "a zero horizon: no fallback");
     assert_eq!(a.admit(now, 50), 30);
     // More demand than the limit: all of what the window has left.
     let lease = a.sync(&mut alloc, now + secs(1), 500);
@@ -427,7 +433,7 @@ fn learning_renews_what_is_held_and_gives_new_holders_nothing() {
     // The previous allocator granted A up to 100; A admitted 40, all within
     // its window.
     let start = Instant::now();
-    let mut alloc = Allocator::new(start, AllocatorConfig::default());
+    let mut alloc = Allocator::new(start, leases_only());
     assert!(alloc.is_learning(start));
     let mut a = Sidecar::new("a", 1);
     let held = Lease {
@@ -436,6 +442,8 @@ fn learning_renews_what_is_held_and_gives_new_holders_nothing() {
         ttl: secs(10),
         refresh: secs(1),
         fallback: MAX,
+        fallback_after: secs(82),
+        fallback_for: secs(300),
     };
     a.receive(start, held);
     a.admit(start, 40);
@@ -467,7 +475,7 @@ fn learning_renews_what_is_held_and_gives_new_holders_nothing() {
 #[test]
 fn learning_gives_a_holder_without_a_lease_nothing() {
     let start = Instant::now();
-    let mut alloc = Allocator::new(start, AllocatorConfig::default());
+    let mut alloc = Allocator::new(start, leases_only());
     let mut a = Sidecar::new("a", 1);
     a.admitted = 12;
     let lease = a.sync(&mut alloc, start, 50);
@@ -481,7 +489,7 @@ fn learning_for_a_whole_window_holds_new_grants_that_long() {
     let start = Instant::now();
     let config = AllocatorConfig {
         learn_whole_window: true,
-        ..AllocatorConfig::default()
+        ..leases_only()
     };
     let mut alloc = Allocator::new(start, config);
     let mut a = Sidecar::new("a", 1);
@@ -631,13 +639,13 @@ fn a_holder_first_seen_after_learning_brings_its_windows_calls() {
 #[test]
 fn without_leases_from_an_earlier_control_plane_nothing_is_relearned() {
     let now = Instant::now();
-    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    let mut alloc = Allocator::resume(now, leases_only(), None);
     assert!(!alloc.is_learning(now));
     let mut a = Sidecar::new("a", 1);
     assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 30);
 
     // Leases that end in 3 s: learning lasts exactly that long.
-    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), Some(now + secs(3)));
+    let mut alloc = Allocator::resume(now, leases_only(), Some(now + secs(3)));
     let mut b = Sidecar::new("b", 1);
     assert!(alloc.is_learning(now + ms(2999)));
     assert_eq!(b.sync(&mut alloc, now, 30).granted_total, 0);
@@ -662,7 +670,7 @@ fn after_a_restart_nothing_is_granted_until_every_node_served_before_has_reporte
         window: secs(300),
     };
     let now = Instant::now();
-    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    let mut alloc = Allocator::resume(now, leases_only(), None);
     let names = ["a", "b", "c", "d", "e"];
     alloc.await_nodes(names.map(str::to_owned), now + secs(35));
     assert!(alloc.is_learning(now));
@@ -706,7 +714,7 @@ fn after_a_restart_nothing_is_granted_until_every_node_served_before_has_reporte
 #[test]
 fn nodes_that_never_come_back_are_waited_for_until_the_deadline_only() {
     let now = Instant::now();
-    let mut alloc = Allocator::resume(now, AllocatorConfig::default(), None);
+    let mut alloc = Allocator::resume(now, leases_only(), None);
     alloc.await_nodes(["gone".to_owned(), "also-gone".to_owned()], now + secs(35));
     let mut a = Sidecar::new("a", 1);
     assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 0);

@@ -18,45 +18,54 @@ use super::{HolderKey, Report};
 /// this, the two oldest are merged.
 const OUTSTANDING: usize = 4;
 
-/// Leases sent with `first_seq ..= last_seq`, none above `granted_total`.
-#[derive(Debug, Clone, Copy, Default)]
+/// Leases sent with `first_seq ..= last_seq`, none above `granted_total`
+/// nor above `fallback`, none sent before `sent_at`.
+#[derive(Debug, Clone, Copy)]
 struct Sent {
     first_seq: u64,
     last_seq: u64,
     granted_total: u64,
+    fallback: u64,
+    sent_at: Instant,
 }
 
 /// Leases sent whose seq is above the acknowledged one: the sidecar may
 /// still receive any of them.
 #[derive(Debug, Clone, Default)]
 struct Outstanding {
-    sent: [Sent; OUTSTANDING],
+    sent: [Option<Sent>; OUTSTANDING],
     len: usize,
 }
 
 impl Outstanding {
     fn iter(&self) -> impl Iterator<Item = &Sent> {
-        self.sent.iter().take(self.len)
+        self.sent.iter().take(self.len).flatten()
     }
 
-    fn push(&mut self, seq: u64, granted_total: u64) {
-        if self.len == OUTSTANDING {
-            // The merged range keeps the larger total: an upper bound for
-            // every lease in it, so a reservation is only ever overestimated.
-            let (a, b) = (self.sent[0], self.sent[1]);
-            self.sent[0] = Sent {
+    fn push(&mut self, seq: u64, granted_total: u64, fallback: u64, sent_at: Instant) {
+        if self.len == OUTSTANDING
+            && let (Some(a), Some(b)) = (self.sent[0], self.sent[1])
+        {
+            // The merged range keeps the larger total and fallback and the
+            // earlier send: bounds for every lease in it, so a reservation is
+            // only ever overestimated.
+            self.sent[0] = Some(Sent {
                 first_seq: a.first_seq,
                 last_seq: b.last_seq,
                 granted_total: a.granted_total.max(b.granted_total),
-            };
+                fallback: a.fallback.max(b.fallback),
+                sent_at: a.sent_at.min(b.sent_at),
+            });
             self.sent.copy_within(2..OUTSTANDING, 1);
             self.len -= 1;
         }
-        self.sent[self.len] = Sent {
+        self.sent[self.len] = Some(Sent {
             first_seq: seq,
             last_seq: seq,
             granted_total,
-        };
+            fallback,
+            sent_at,
+        });
         self.len += 1;
     }
 
@@ -64,17 +73,21 @@ impl Outstanding {
         self.iter().map(|s| s.granted_total).max().unwrap_or(0)
     }
 
-    fn find(&self, seq: u64) -> Option<u64> {
+    fn fallback(&self) -> u64 {
+        self.iter().map(|s| s.fallback).max().unwrap_or(0)
+    }
+
+    fn find(&self, seq: u64) -> Option<Sent> {
         self.iter()
             .find(|s| s.first_seq <= seq && seq <= s.last_seq)
-            .map(|s| s.granted_total)
+            .copied()
     }
 
     /// The sidecar holds `seq`: it will never take a lease at or below it.
     fn acked(&mut self, seq: u64) {
         let mut kept = 0;
         for i in 0..self.len {
-            if self.sent[i].last_seq > seq {
+            if self.sent[i].is_some_and(|s| s.last_seq > seq) {
                 self.sent[kept] = self.sent[i];
                 kept += 1;
             }
@@ -154,6 +167,18 @@ pub(super) struct Holder {
     /// Accounting expiry: the last lease's send time + ttl + grace.
     expires: Instant,
     standing: Standing,
+    /// The largest fallback capacity among the lease it holds and those it
+    /// may still receive (kept through an expiry: its sidecar falls back on
+    /// the last lease it took).
+    fallback: u64,
+    /// From when its sidecar may be on fallback, as far as the reservation
+    /// goes: a lifetime after the send of the newest lease it acknowledged
+    /// (or of its first lease). Its sidecar admits on fallback only
+    /// `fallback_after` after receiving its newest lease, later still.
+    fallback_from: Option<Instant>,
+    /// When the last of its fallback calls is out of every window: its last
+    /// lease's end + `fallback_after` + `fallback_for` + the window.
+    fallback_until: Instant,
 }
 
 impl Holder {
@@ -201,6 +226,9 @@ impl Holder {
             next_seq: acked_seq.saturating_add(1),
             expires: now + lifetime,
             standing,
+            fallback: 0,
+            fallback_from: None,
+            fallback_until: now,
         }
     }
 
@@ -230,6 +258,22 @@ impl Holder {
     /// `top - admitted`: calls it may admit (or has admitted) unreported.
     pub(super) fn reservation(&self) -> u64 {
         self.top().saturating_sub(self.admitted)
+    }
+
+    /// Calls per window its sidecar may admit on fallback and not yet
+    /// report, as reserved at `now`: its fallback capacity from
+    /// `fallback_from` until `fallback_until`, else nothing.
+    pub(super) fn fallback_reservation(&self, now: Instant) -> u64 {
+        match self.fallback_from {
+            Some(from) if now >= from && now < self.fallback_until => self.fallback,
+            _ => 0,
+        }
+    }
+
+    /// Until when it must be kept for its fallback reservation (`None`:
+    /// it has no fallback capacity).
+    pub(super) fn fallback_until(&self) -> Option<Instant> {
+        (self.fallback > 0).then_some(self.fallback_until)
     }
 
     /// When its leases expired unreported, if they did.
@@ -278,10 +322,20 @@ impl Holder {
     /// The process is gone (a newer epoch of its node reported at `now`):
     /// whatever it may have admitted unreported happened before `now`, and
     /// before its accounting expiry.
+    /// Fallback calls it may have made are in windows after `now` too: its
+    /// fallback reservation becomes consumption stamped `now`.
     pub(super) fn close(&mut self, now: Instant, consumed: &mut Consumed) {
         if self.expired_at().is_none() {
             consumed.push(now.min(self.expires), Used::leased(self.reservation()));
         }
+        let unleased = self.fallback_reservation(now);
+        consumed.push(
+            now,
+            Used {
+                leased: 0,
+                unleased,
+            },
+        );
     }
 
     /// Accounts a report received at `now`: new calls become consumption
@@ -291,6 +345,7 @@ impl Holder {
         &mut self,
         now: Instant,
         window: Duration,
+        lifetime: Duration,
         report: &Report,
         consumed: &mut Consumed,
     ) -> bool {
@@ -376,14 +431,20 @@ impl Holder {
         if held.seq > self.acked_seq {
             // The total is the one this allocator sent under that seq, never
             // the one reported: a report cannot widen its own lease.
-            let Some(granted) = self.outstanding.find(held.seq) else {
+            let Some(sent) = self.outstanding.find(held.seq) else {
                 // A seq never sent to this holder: not a lease it holds. What
                 // it was sent stays reserved.
                 return false;
             };
             self.acked_seq = held.seq;
-            self.acked_total = granted;
+            self.acked_total = sent.granted_total;
             self.outstanding.acked(held.seq);
+            // It took that lease, so it falls back on it or a later one: not
+            // before its receipt + `fallback_after`. Reserving from a
+            // lifetime after its send leaves every lease sent before then a
+            // window and more to end and drain.
+            self.fallback = sent.fallback.max(self.outstanding.fallback());
+            self.fallback_from = self.fallback_from.max(Some(sent.sent_at + lifetime));
             self.next_seq = self.next_seq.max(held.seq.saturating_add(1));
         }
         // Holding a lease sent after the expiry, it sent this report after
@@ -401,11 +462,23 @@ impl Holder {
         self.next_seq = self.next_seq.max(next);
     }
 
-    /// A lease up to `granted_total` is sent at `now`; returns its seq.
-    pub(super) fn sent(&mut self, now: Instant, granted_total: u64, lifetime: Duration) -> u64 {
+    /// A lease up to `granted_total`, with `fallback` calls per window on
+    /// fallback, is sent at `now`; its sidecar's fallback calls are out of
+    /// every window by `fallback_until`. Returns its seq.
+    pub(super) fn sent(
+        &mut self,
+        now: Instant,
+        granted_total: u64,
+        lifetime: Duration,
+        fallback: u64,
+        fallback_until: Instant,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq = seq.saturating_add(1);
-        self.outstanding.push(seq, granted_total);
+        self.outstanding.push(seq, granted_total, fallback, now);
+        self.fallback = self.fallback.max(fallback);
+        self.fallback_from = self.fallback_from.or(Some(now + lifetime));
+        self.fallback_until = self.fallback_until.max(fallback_until);
         if let Standing::Reviving { post_top, .. } = &mut self.standing {
             *post_top = (*post_top).max(granted_total);
         }

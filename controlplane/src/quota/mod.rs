@@ -74,10 +74,56 @@
 //! again (rule 4): it is closed and seen as new.
 //!
 //! **Unleased calls** (`unleased_total`) are consumption too, so grants
-//! leave room for them, but the guarantee is for leased calls. A sidecar
-//! whose lease ran out while the control plane is unreachable may admit
-//! `fallback = max / holders` calls per window on its own: the fleet stays
-//! within `max` in that mode only while the set of holders does not change.
+//! leave room for them. Calls `allow` lets through are outside every bound.
+//!
+//! # Partitions: fallback within `max`
+//!
+//! A sidecar cut off from the control plane once its lease has ended may,
+//! under `fallback`, admit calls on its own. For the fleet to stay within
+//! `max` then, those calls need capacity the others cannot be granted, and
+//! it must be there before the first of them: a window in which the other
+//! sidecars spent `max` before the cut must not also hold fallback calls.
+//! Every [`Lease`] therefore bounds fallback in rate and in time, and the
+//! allocator reserves it over that time ([`Lease::fallback`] `F` = `max ÷
+//! holders`, `lifetime` = ttl + grace, `W` the window):
+//!
+//! 5. (sidecar) it admits on fallback at most `F` calls in any window, only
+//!    from `fallback_after = 2 × lifetime + W` after receiving its newest
+//!    lease, and only until `fallback_after + fallback_for` after that
+//!    lease's end (`fallback_for`: [`AllocatorConfig::fallback_horizon`]);
+//!    before its first lease it admits nothing on fallback.
+//! 6. (allocator) a holder's **fallback reservation** is `F` (the largest it
+//!    was sent among the lease it acknowledged and later ones) from
+//!    `R = lifetime` after the send of the newest lease it acknowledged
+//!    holding (or of its first lease), until its accounting expiry +
+//!    `fallback_after + fallback_for + W`. It counts in `Σ reservation` and
+//!    so in every grant's room. While the holder keeps reporting, `R` stays
+//!    ahead of the clock and nothing is reserved.
+//!
+//! Why connected and cut-off sidecars stay within `max` together: by rule
+//! 2 the sidecar's newest lease is the acknowledged one or later, received
+//! no earlier than its send, so its first fallback call comes at `R +
+//! lifetime + W` or later. Every lease sent before `R` ends by `R + ttl`, and
+//! every charge or consumption stamped before `R + lifetime` is out of the
+//! window by then; a window holding a fallback call therefore holds, beside
+//! it, only calls under leases sent from `R` on, each granted with `F` in
+//! the sum (a reservation that begins may lift the sum above `max`: as
+//! after a shrink, nothing new is granted until it is back under). Its
+//! fallback calls number at most `F` per window (rule 5), its
+//! last is made before its last lease's end + `fallback_after +
+//! fallback_for`, at most its accounting expiry + the same, so they are out
+//! of every window when the reservation ends. When it reports again its
+//! fallback calls become consumption stamped at receipt (no earlier than
+//! the calls), and once it acknowledges a new lease `R` moves ahead again.
+//! A holder replaced by a new process of its node has its reservation
+//! charged as consumption at that moment.
+//!
+//! The price: a cut-off sidecar refuses for `fallback_after` before falling
+//! back, and stops after `fallback_for`; a holder that is gone (or cut off)
+//! keeps `F` out of the others' reach until its fallback could no longer be
+//! in any window. A zero horizon turns fallback off: `F = 0`, nothing
+//! reserved. The argument assumes the sidecars' and control plane's clocks
+//! run at the same rate, as leases already do.
 //!
 //! **Spec changes.** A bucket takes the [`LimitSpec`] of the newest policy
 //! version reported. If `max` shrinks or the window grows, nothing new is
@@ -140,7 +186,10 @@
 //! control plane keeps them in its data dir): nothing new is granted until
 //! each has reported, or until a deadline for nodes that never come back,
 //! so the first node back is not granted from a window that looks emptier
-//! than it is.
+//! than it is. A new allocator does not know its predecessor's fallback
+//! reservations: a node that stays silent past that deadline may still
+//! admit on fallback (until its last lease's end + `fallback_after +
+//! fallback_for`) with nothing reserved for it here.
 
 mod allocator;
 mod consumed;
@@ -226,8 +275,16 @@ pub struct Lease {
     /// Report again within this.
     pub refresh: Duration,
     /// Calls per window the sidecar may admit alone once its lease has
-    /// expired and the control plane is unreachable.
+    /// expired and the control plane is unreachable, from `fallback_after`
+    /// after receiving this lease (its newest) until `fallback_after +
+    /// fallback_for` after this lease's end; outside that, nothing.
     pub fallback: u64,
+    /// Two lease lifetimes and the window: the time the control plane needs
+    /// to reserve the fallback capacity and drain every lease sent before.
+    pub fallback_after: Duration,
+    /// How long a cut-off sidecar may admit on fallback at most (the
+    /// horizon), and so how long its capacity stays reserved for it.
+    pub fallback_for: Duration,
 }
 
 /// The allocator's timing.
@@ -244,6 +301,10 @@ pub struct AllocatorConfig {
     /// Learn for a bucket's whole window more after a restart: exact even if
     /// a sidecar stays silent through learning (see the module docs).
     pub learn_whole_window: bool,
+    /// The fallback horizon: how long a sidecar cut off from the control
+    /// plane may admit on fallback, once it may start (see the module docs).
+    /// Its capacity is reserved that long, and a window more.
+    pub fallback_horizon: Duration,
 }
 
 impl Default for AllocatorConfig {
@@ -253,6 +314,7 @@ impl Default for AllocatorConfig {
             refresh: Duration::from_secs(1),
             grace: Duration::from_secs(1),
             learn_whole_window: false,
+            fallback_horizon: Duration::from_secs(300),
         }
     }
 }
@@ -268,5 +330,7 @@ pub enum QuotaError {
     ClosedEpoch { node_id: String, epoch: u64 },
 }
 
+#[cfg(test)]
+mod partition_tests;
 #[cfg(test)]
 mod simulation_tests;

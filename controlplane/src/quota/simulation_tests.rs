@@ -224,6 +224,8 @@ impl Sim {
             refresh: Duration::from_millis(p.refresh),
             grace: Duration::from_millis(p.grace),
             learn_whole_window: p.strict,
+            // Leases only: `partition_tests` counts fallback calls too.
+            fallback_horizon: Duration::ZERO,
         };
         let base = Instant::now();
         let mut sim = Self {

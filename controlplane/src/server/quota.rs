@@ -420,6 +420,8 @@ fn lease_proto(id: &BucketId, lease: Lease) -> LeaseProto {
         ttl_ms: millis(lease.ttl),
         refresh_ms: millis(lease.refresh),
         fallback: lease.fallback,
+        fallback_after_ms: millis(lease.fallback_after),
+        fallback_for_ms: millis(lease.fallback_for),
     }
 }
 

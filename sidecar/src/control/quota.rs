@@ -14,10 +14,13 @@
 //!   plane answers within one round trip; the refusal's `retry_after` says so.
 //! - **No valid lease and the control plane unreachable**: the limit's
 //!   `on_unavailable` decides — `fallback` counts locally against the fallback
-//!   capacity the control plane last set (`max` ÷ the nodes it knew; `max`
-//!   itself before the sidecar ever heard from it, as a standalone sidecar
-//!   would), `deny` refuses, `allow` admits. Calls admitted without a lease are
-//!   counted (`unleased_total`) and reported when the stream is back.
+//!   capacity its newest lease set (`max` ÷ the nodes the control plane
+//!   knew), only from `fallback_after` after that lease's receipt until
+//!   `fallback_after + fallback_for` after its end, the span over which the
+//!   control plane reserves that capacity for it (nothing before its first
+//!   lease: nothing is reserved for it); `deny` refuses, `allow` admits.
+//!   Calls admitted without a lease are counted (`unleased_total`) and
+//!   reported when the stream is back.
 //!
 //! A lease's ttl runs from when the sidecar *sent* the report it answers, which
 //! is no later than when the control plane sent it: the sidecar stops using a
@@ -110,6 +113,16 @@ struct Held {
     expires: Duration,
 }
 
+/// What the newest lease allows on fallback: `capacity` calls per window,
+/// from `from` until `until` (on the counters' clock). The control plane
+/// reserves that much for this sidecar over that span and no longer.
+#[derive(Debug, Clone, Copy)]
+struct Fallback {
+    capacity: u64,
+    from: Duration,
+    until: Duration,
+}
+
 /// One fleet bucket, as this sidecar sees it.
 #[derive(Debug)]
 struct LeaseBucket {
@@ -131,8 +144,8 @@ struct LeaseBucket {
     leased_window: SlidingWindow,
     /// Unleased admissions over the recent window (the fallback budget).
     unleased_window: SlidingWindow,
-    /// The fallback capacity per window the control plane last set.
-    fallback: Option<u64>,
+    /// The fallback the control plane last set.
+    fallback: Option<Fallback>,
     /// The last call, to forget idle buckets.
     last_hit: Duration,
     /// A call was refused for want of lease capacity since the last report.
@@ -264,8 +277,19 @@ impl FleetCounters {
             OnUnavailable::Deny => Verdict::Refused(refresh),
             OnUnavailable::Allow => Verdict::Unleased,
             OnUnavailable::Fallback => {
-                let cap = b.fallback.unwrap_or(b.max);
-                match b.unleased_window.check(now, b.window, cap) {
+                // Only what the control plane reserved for this sidecar:
+                // nothing before its first lease, nor before or after the
+                // span its newest lease names.
+                let Some(f) = b.fallback else {
+                    return Verdict::Refused(refresh);
+                };
+                if now < f.from {
+                    return Verdict::Refused(f.from - now);
+                }
+                if now >= f.until {
+                    return Verdict::Refused(refresh);
+                }
+                match b.unleased_window.check(now, b.window, f.capacity) {
                     None => Verdict::Unleased,
                     Some(retry_after) => Verdict::Refused(retry_after),
                 }
@@ -385,6 +409,8 @@ impl FleetCounters {
     /// Takes the leases of one answer; `sent` is when the report it answers
     /// was sent (on the counters' clock).
     fn take(&self, answer: &QuotaLeases, sent: Duration) -> usize {
+        // Received now, and no earlier than the report it answers was sent.
+        let received = self.now().max(sent);
         let mut state = self.lock();
         let mut taken = 0;
         for lease in &answer.leases {
@@ -406,12 +432,18 @@ impl FleetCounters {
                 continue;
             }
             b.taken_seq = Some(lease.seq);
+            let expires = sent + Duration::from_millis(lease.ttl_ms);
             b.lease = Some(Held {
                 seq: lease.seq,
                 granted_total: lease.granted_total,
-                expires: sent + Duration::from_millis(lease.ttl_ms),
+                expires,
             });
-            b.fallback = Some(lease.fallback);
+            let after = Duration::from_millis(lease.fallback_after_ms);
+            b.fallback = Some(Fallback {
+                capacity: lease.fallback,
+                from: received + after,
+                until: expires + after + Duration::from_millis(lease.fallback_for_ms),
+            });
             taken += 1;
             if lease.refresh_ms > 0 {
                 state.refresh = Duration::from_millis(lease.refresh_ms).max(EARLY_REPORT_GAP);

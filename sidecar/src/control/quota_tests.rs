@@ -40,6 +40,9 @@ fn lease(seq: u64, granted_total: u64, ttl: Duration, fallback: u64) -> Lease {
         ttl_ms: ttl.as_millis() as u64,
         refresh_ms: 1000,
         fallback,
+        // On fallback at once once it has ended, for a minute.
+        fallback_after_ms: 0,
+        fallback_for_ms: 60_000,
     }
 }
 
@@ -169,14 +172,43 @@ fn unreachable_control_plane_follows_on_unavailable() {
 }
 
 #[test]
-fn fallback_before_any_lease_counts_like_a_standalone_sidecar() {
+fn fallback_before_any_lease_admits_nothing() {
+    // The control plane has reserved nothing for this sidecar.
     let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     let id = counter();
     let g = [charge(&id, Scope::Global, 4, OnUnavailable::Fallback)];
-    let n = (0..10).filter(|_| admitted(&fc, &g, at(1))).count();
-    assert_eq!(n, 4);
-    // The window slides: a minute later the budget is back.
-    assert!(admitted(&fc, &g, at(62)));
+    assert!(!admitted(&fc, &g, at(1)));
+    assert!(!admitted(&fc, &g, at(62)));
+}
+
+#[test]
+fn fallback_admits_only_over_the_span_its_newest_lease_names() {
+    let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
+    fc.stream_opened();
+    let id = counter();
+    let g = [charge(&id, Scope::Global, 100, OnUnavailable::Fallback)];
+    assert!(!admitted(&fc, &g, at(0)));
+    // Sent at 5 s, ended at 15 s; fallback from receipt + 30 s (35 s) until
+    // its end + 30 s + 60 s (105 s), 2 calls per window.
+    let mut l = lease(1, 0, at(10), 2);
+    l.fallback_after_ms = 30_000;
+    l.fallback_for_ms = 60_000;
+    fc.take(&answer(vec![l]), at(5));
+    fc.stream_closed();
+    assert!(!admitted(&fc, &g, at(20)), "not yet reserved for it");
+    assert_eq!(
+        fc.acquire(&g, at(20)),
+        Admission::Refused {
+            index: 0,
+            retry_after: at(15)
+        },
+        "refused until its fallback may start"
+    );
+    let n = (0..5).filter(|_| admitted(&fc, &g, at(35))).count();
+    assert_eq!(n, 2, "its capacity per window");
+    assert!(admitted(&fc, &g, at(100)), "a window later, again");
+    assert!(!admitted(&fc, &g, at(105)), "past its horizon");
+    assert!(!admitted(&fc, &g, at(200)));
 }
 
 #[test]
@@ -449,6 +481,8 @@ mod double {
                                 ttl_ms: 60_000,
                                 refresh_ms: 100,
                                 fallback: 1,
+                                fallback_after_ms: 0,
+                                fallback_for_ms: 60_000,
                             })
                             .collect();
                     }
