@@ -9,6 +9,7 @@
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
 //! | [`legacy_sse`] | a hand-made legacy HTTP+SSE client: the stream's endpoint and messages |
+//! | [`link`] | a TCP proxy a test can cut, to partition a pod from the control plane |
 //! | [`recorder`] | a recording MCP upstream (Streamable HTTP and legacy SSE), to assert what reached the upstream |
 //! | [`scratch`] | a temporary directory per test |
 //! | [`sidecar`] | `tollgate-sidecar` with a policy file, and its built-in demo upstream |
@@ -28,6 +29,7 @@
 pub mod bins;
 pub mod controlplane;
 pub mod legacy_sse;
+pub mod link;
 pub mod net;
 pub mod peers;
 pub mod process;

@@ -13,7 +13,10 @@
 //!   passed (the time the control plane needs to reserve their fallback);
 //!   restarted after their leases ended, it grants nothing until every node
 //!   it served before has reported, and then nothing more than what is left
-//!   of `max`.
+//!   of `max`;
+//! - one of three pods cut off from the control plane (its link cut, the pod
+//!   running): connected and cut-off pods together admit at most `max` in
+//!   any window, the cut-off one on fallback within what is reserved for it.
 //!
 //! The control plane runs with short leases (`--lease-ttl 2s --lease-grace
 //! 500ms`) so that its re-learning after a start takes 2.5 s, not 11 s.
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_e2e::controlplane::ControlPlane;
+use tollgate_e2e::link::Link;
 use tollgate_e2e::net;
 use tollgate_e2e::recorder::Recorder;
 use tollgate_e2e::{Scratch, Sidecar, sidecar};
@@ -67,19 +71,7 @@ impl Fleet {
             _state: state,
             started,
         };
-        let version = fleet.cp.push(policy);
-        let want = format!("ready: policy v{version}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for sc in &fleet.sidecars {
-            while sc.readiness().trim() != want {
-                assert!(
-                    Instant::now() < deadline,
-                    "a sidecar is not enforcing v{version}: {}",
-                    sc.readiness()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        push_and_wait(&fleet.cp, policy, &fleet.sidecars);
         fleet
     }
 
@@ -106,6 +98,23 @@ impl Fleet {
         let out = self.cp.cli(&["limits", "--json"]);
         assert!(out.status.success(), "tollgate limits: {}", out.stderr);
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+}
+
+/// Pushes `policy` and waits until every sidecar enforces it.
+fn push_and_wait(cp: &ControlPlane, policy: &Value, sidecars: &[Sidecar]) {
+    let version = cp.push(policy);
+    let want = format!("ready: policy v{version}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for sc in sidecars {
+        while sc.readiness().trim() != want {
+            assert!(
+                Instant::now() < deadline,
+                "a sidecar is not enforcing v{version}: {}",
+                sc.readiness()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -396,4 +405,116 @@ fn a_second_sidecar_with_a_node_id_in_use_is_refused_and_the_first_keeps_its_lea
     );
     fleet.sidecars.push(twin);
     fleet._state.push(state);
+}
+
+/// One call through one pod: when it was sent and answered, and whether it
+/// was admitted.
+struct Sent {
+    pod: usize,
+    sent: Instant,
+    answered: Instant,
+    admitted: bool,
+}
+
+/// The most admitted calls that certainly fell inside one window: calls
+/// sent after the window's start and answered by its end (a call is
+/// admitted somewhere in between), over every window ending at an answer.
+fn most_in_a_window(calls: &[Sent], window: Duration) -> usize {
+    let admitted: Vec<&Sent> = calls.iter().filter(|c| c.admitted).collect();
+    admitted
+        .iter()
+        .map(|end| {
+            admitted
+                .iter()
+                .filter(|c| c.answered <= end.answered && c.sent + window > end.answered)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_pod_cut_off_from_the_control_plane_keeps_the_fleet_within_max() {
+    const MAX: usize = 30;
+    const WINDOW: Duration = Duration::from_secs(3);
+    // Leases of 2 s + 500 ms; a cut-off pod waits two of those and a window
+    // (8 s) after its newest lease, then falls back for at most 4 s.
+    let cp = ControlPlane::start_with_args(&[
+        "--lease-ttl",
+        "2s",
+        "--lease-grace",
+        "500ms",
+        "--fallback-horizon",
+        "4s",
+    ]);
+    let recorder = Recorder::start();
+    let link = Link::to(cp.grpc);
+    let state: Vec<Scratch> = (0..3).map(|i| Scratch::new(&format!("part-{i}"))).collect();
+    let pods: Vec<Sidecar> = (0..3)
+        .map(|i| {
+            let url = if i == 2 { link.url() } else { cp.url() };
+            sidecar::builder()
+                .upstream(recorder.url())
+                .node_id(format!("part-{i}"))
+                .control_plane(url, state[i].path())
+                .start()
+        })
+        .collect();
+    let policy = json!({"version": "1", "default": "allow", "tools": {"echo": {"limits": [
+        {"counter": "echo", "window": 3, "max": MAX, "scope": "global", "on_unavailable": "fallback"}
+    ]}}});
+    push_and_wait(&cp, &policy, &pods);
+    // Every pod busy, round robin, every 5 ms: far more than the limit.
+    // The third pod's link to the control plane is cut after 4 s; the calls
+    // go on past the end of its fallback.
+    let started = Instant::now();
+    let mut cut_at = None;
+    let mut calls = Vec::new();
+    let mut id = 0u64;
+    while started.elapsed() < Duration::from_secs(22) {
+        if cut_at.is_none() && started.elapsed() >= Duration::from_secs(4) {
+            link.cut();
+            cut_at = Some(Instant::now());
+        }
+        for (pod, sc) in pods.iter().enumerate() {
+            let sent = Instant::now();
+            let admitted = call(sc.listen, id, None);
+            calls.push(Sent {
+                pod,
+                sent,
+                answered: Instant::now(),
+                admitted,
+            });
+            id += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cut_at = cut_at.unwrap_or(started);
+    let admitted = calls.iter().filter(|c| c.admitted).count();
+    // Past its lease's end (2 s after its last report), every call the cut-off
+    // pod admits is on fallback.
+    let on_fallback = calls
+        .iter()
+        .filter(|c| c.pod == 2 && c.admitted && c.sent > cut_at + Duration::from_secs(3))
+        .count();
+    let connected_after = calls
+        .iter()
+        .filter(|c| c.pod < 2 && c.admitted && c.sent > cut_at)
+        .count();
+    let most = most_in_a_window(&calls, WINDOW);
+    eprintln!(
+        "{} calls, {admitted} admitted; after the cut, {connected_after} by the connected pods and {on_fallback} on fallback by the cut-off one; at most {most} in a window",
+        calls.len()
+    );
+    assert_eq!(echo_calls(&recorder), admitted);
+    assert!(
+        on_fallback > 0,
+        "the cut-off pod admitted nothing on fallback"
+    );
+    assert!(connected_after > 0, "the connected pods admitted nothing");
+    assert!(
+        most <= MAX,
+        "{most} calls admitted in one window over the three pods, over max {MAX}"
+    );
+    drop(pods);
 }
