@@ -92,8 +92,6 @@ struct Bucket {
     consumed: Consumed,
     /// Few per bucket: scanned linearly.
     holders: Vec<Holder>,
-    /// The fallback reservations as of the last [`Bucket::expire`].
-    noticed_fallback: u64,
 }
 
 impl Allocator {
@@ -235,10 +233,13 @@ impl Allocator {
             let leased = bucket.consumed.in_window(now, bucket.spec.window).leased;
             let reserved = bucket.reserved(now);
             // A fallback reservation that began since the bucket was last
-            // looked at lifts the ceiling at the next look.
-            let begun = bucket
-                .fallback_reserved(now)
-                .saturating_sub(bucket.noticed_fallback);
+            // settled lifts the ceiling at the next settle.
+            let begun = bucket.holders.iter().fold(0u64, |sum, h| {
+                sum.saturating_add(
+                    h.fallback_reservation(now)
+                        .saturating_sub(h.noticed_fallback),
+                )
+            });
             if leased.saturating_add(reserved) > bucket.ceiling.saturating_add(begun) {
                 return Err(format!(
                     "bucket {}/{}/{:?}: {leased} consumed + {reserved} reserved > {} (max {})",
@@ -309,7 +310,6 @@ impl Bucket {
             ceiling: report.spec.max,
             consumed: Consumed::new(now, report.spec.window),
             holders: Vec::new(),
-            noticed_fallback: 0,
         }
     }
 
@@ -318,12 +318,6 @@ impl Bucket {
         self.holders.iter().fold(0u64, |sum, h| {
             sum.saturating_add(h.reservation())
                 .saturating_add(h.fallback_reservation(now))
-        })
-    }
-
-    fn fallback_reserved(&self, now: Instant) -> u64 {
-        self.holders.iter().fold(0u64, |sum, h| {
-            sum.saturating_add(h.fallback_reservation(now))
         })
     }
 
@@ -368,29 +362,34 @@ impl Bucket {
 
     /// Charges every holder whose accounting expiry has passed, and drops
     /// consumption older than the horizon.
-    ///
-    /// A fallback reservation that begins lifts the sum by time alone, maybe
-    /// above `max`: as after a shrink, the ceiling starts from the sum and
-    /// drains, and nothing new is granted meanwhile.
     fn expire(&mut self, now: Instant) {
         for h in &mut self.holders {
             h.expire(now, &mut self.consumed);
         }
         self.consumed.expire(now, self.horizon);
-        let fallback = self.fallback_reserved(now);
-        if fallback > self.noticed_fallback {
-            self.ceiling = u64::MAX;
-        }
-        self.noticed_fallback = fallback;
     }
 
-    /// Lowers the ceiling toward `max` as the sum drains.
-    fn settle(&mut self, now: Instant) {
-        let sum = self
-            .consumed
+    /// Leased consumption in the window and every reservation.
+    fn sum(&self, now: Instant) -> u64 {
+        self.consumed
             .in_window(now, self.spec.window)
             .leased
-            .saturating_add(self.reserved(now));
+            .saturating_add(self.reserved(now))
+    }
+
+    /// Lowers the ceiling toward `max` as the sum drains. A fallback
+    /// reservation that begins lifts the sum by time alone, maybe above
+    /// `max`: as after a shrink, the ceiling starts from the sum and drains,
+    /// and nothing new is granted meanwhile.
+    fn settle(&mut self, now: Instant) {
+        for h in &mut self.holders {
+            let fallback = h.fallback_reservation(now);
+            if fallback > h.noticed_fallback {
+                self.ceiling = u64::MAX;
+            }
+            h.noticed_fallback = fallback;
+        }
+        let sum = self.sum(now);
         self.ceiling = self.spec.max.max(self.ceiling.min(sum));
     }
 
@@ -459,7 +458,8 @@ impl Bucket {
         };
         self.settle(now);
 
-        let granted_total = if grants.awaiting || now < self.learning_until {
+        let relearning = grants.awaiting || now < self.learning_until;
+        let granted_total = if relearning {
             // Renew what it holds, nothing more.
             let h = &self.holders[i];
             if holds_lease {
@@ -483,6 +483,18 @@ impl Bucket {
         let fallback_for = config.fallback_horizon;
         let fallback_until = now + lifetime + fallback_after + fallback_for + self.spec.window;
         let seq = self.holders[i].sent(now, granted_total, lifetime, fallback, fallback_until);
+        // A larger fallback than it was sent before (fewer holders) may lift
+        // a reservation under way: its sidecar can use it only a wait after
+        // receipt, as when a reservation begins.
+        self.settle(now);
+        if relearning {
+            // A renewal of what an earlier control plane granted is bounded
+            // by that one's sum, not by the fallback reservations this one
+            // began: with them the sum may pass `max`. Those leases end
+            // before any of these holders may fall back, and nothing new is
+            // granted until the sum has drained under `max`.
+            self.ceiling = self.ceiling.max(self.sum(now));
+        }
         *next_seq = seq.saturating_add(1);
         Ok(Lease {
             seq,

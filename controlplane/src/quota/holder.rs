@@ -179,6 +179,9 @@ pub(super) struct Holder {
     /// When the last of its fallback calls is out of every window: its last
     /// lease's end + `fallback_after` + `fallback_for` + the window.
     fallback_until: Instant,
+    /// Its fallback reservation as its bucket last settled: one that grew
+    /// since lifts the bucket's ceiling.
+    pub(super) noticed_fallback: u64,
 }
 
 impl Holder {
@@ -229,6 +232,7 @@ impl Holder {
             fallback: 0,
             fallback_from: None,
             fallback_until: now,
+            noticed_fallback: 0,
         }
     }
 

@@ -116,7 +116,11 @@
 //! fallback calls become consumption stamped at receipt (no earlier than
 //! the calls), and once it acknowledges a new lease `R` moves ahead again.
 //! A holder replaced by a new process of its node has its reservation
-//! charged as consumption at that moment.
+//! charged as consumption at that moment. A reservation that begins or grows
+//! (a larger `F` sent) lifts the ceiling as above; so does a renewal while
+//! re-learning (bounded by the earlier control plane's sum, not by this
+//! one's fallback reservations), whose leases end before any holder here
+//! may fall back.
 //!
 //! The price: a cut-off sidecar refuses for `fallback_after` before falling
 //! back, and stops after `fallback_for`; a holder that is gone (or cut off)

@@ -224,8 +224,10 @@ impl Sim {
             refresh: Duration::from_millis(p.refresh),
             grace: Duration::from_millis(p.grace),
             learn_whole_window: p.strict,
-            // Leases only: `partition_tests` counts fallback calls too.
-            fallback_horizon: Duration::ZERO,
+            // Fallback reservations come and go with the partitions; the
+            // log checks leased calls (`partition_tests` counts fallback
+            // calls too, with sidecars that keep its span).
+            ..AllocatorConfig::default()
         };
         let base = Instant::now();
         let mut sim = Self {
