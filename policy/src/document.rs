@@ -196,7 +196,9 @@ pub struct Limit {
 #[serde(rename_all = "snake_case")]
 pub enum OnUnavailable {
     /// Count locally against the fallback capacity the control plane last
-    /// set (the limit's max divided by the nodes it knew).
+    /// set (the limit's max divided by the nodes it knew), within the span
+    /// after the newest lease that the control plane reserves it for
+    /// (`--fallback-horizon`); refuse outside it.
     #[default]
     Fallback,
     /// Refuse every call the limit governs.
