@@ -22,10 +22,17 @@ pub struct Allocator {
     /// (`None`: none can be, nothing to re-learn).
     prior_leases_end: Option<Instant>,
     /// Nodes an earlier control plane served that have not reported to this
-    /// one: until each has (or `awaiting_until` passes), nothing new is
-    /// granted, since they may have admitted calls on fallback.
+    /// one: until each has (or `awaiting_until` passes, and then the span in
+    /// which it may admit on fallback), nothing new is granted, since they
+    /// may have admitted calls on fallback.
     awaiting: HashSet<String>,
     awaiting_until: Instant,
+    /// When every lease the earlier control plane sent had ended (`None`:
+    /// not known): a node silent since may admit on fallback until this +
+    /// its wait + the horizon, counted in windows a window more.
+    prior_leases_ended: Option<Instant>,
+    /// The nodes still silent at `awaiting_until` were named.
+    named_silent: bool,
     /// The seq of the next lease, whatever its bucket and holder.
     next_seq: u64,
     buckets: HashMap<BucketKey, Bucket>,
@@ -114,6 +121,8 @@ impl Allocator {
             prior_leases_end: prior_leases_end.filter(|end| *end > now),
             awaiting: HashSet::new(),
             awaiting_until: now,
+            prior_leases_ended: None,
+            named_silent: false,
             next_seq: 1,
             buckets: HashMap::new(),
         }
@@ -130,18 +139,77 @@ impl Allocator {
         self.awaiting_until = self.awaiting_until.max(until);
     }
 
-    /// Still waiting for a node an earlier control plane served.
-    fn is_awaiting(&self, now: Instant) -> bool {
-        !self.awaiting.is_empty() && now < self.awaiting_until
+    /// The nodes [`Allocator::await_nodes`] names were last sent a lease by
+    /// an earlier control plane whose leases had all ended by `ended` (its
+    /// marker, even if long past). One that stays silent may be cut off and
+    /// admitting on fallback until `ended + fallback_after + fallback_for`,
+    /// calls counted in a window until a window later: a bucket grants
+    /// nothing new while any of them is silent, until then (see the module
+    /// docs). Assumes the earlier control plane ran with the same ttl, grace
+    /// and fallback horizon.
+    pub fn await_fallback(&mut self, ended: Instant) {
+        self.prior_leases_ended = Some(
+            self.prior_leases_ended
+                .map_or(ended, |before| before.max(ended)),
+        );
     }
 
-    /// Once the wait for nodes has run out: the nodes that never reported,
-    /// sorted (each is given up on once; an empty list otherwise).
+    /// Until when a node silent since the earlier control plane may have
+    /// fallback calls in a window of a bucket with this window.
+    fn silent_fallback_end(&self, window: Duration) -> Option<Instant> {
+        let ended = self.prior_leases_ended?;
+        let lifetime = self.config.lease_ttl.min(window) + self.config.grace;
+        let fallback_after = lifetime * 2 + window;
+        Some(ended + fallback_after + self.config.fallback_horizon + window)
+    }
+
+    /// Still waiting, on a bucket with this window, for a node an earlier
+    /// control plane served.
+    fn is_awaiting(&self, now: Instant, window: Duration) -> bool {
+        !self.awaiting.is_empty()
+            && (now < self.awaiting_until
+                || self
+                    .silent_fallback_end(window)
+                    .is_some_and(|end| now < end))
+    }
+
+    /// The longest window of any bucket known now.
+    fn longest_window(&self) -> Duration {
+        self.buckets
+            .values()
+            .map(|b| b.horizon.max(b.spec.window))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The nodes that may still admit on fallback calls that count in a
+    /// window of a bucket known now: those holding (or having held) leases
+    /// here whose fallback reservation has not ended, and those an earlier
+    /// control plane served that have not reported and are still waited
+    /// for. O(holders).
+    pub fn may_fall_back(&self, now: Instant) -> HashSet<&str> {
+        let mut nodes: HashSet<&str> = self
+            .buckets
+            .values()
+            .flat_map(|b| &b.holders)
+            .filter(|h| h.fallback_until().is_some_and(|until| now < until))
+            .map(|h| h.node_id.as_str())
+            .collect();
+        if self.is_awaiting(now, self.longest_window()) {
+            nodes.extend(self.awaiting.iter().map(String::as_str));
+        }
+        nodes
+    }
+
+    /// Once the first wait for nodes has run out: the nodes that have not
+    /// reported, sorted, named once (an empty list otherwise). Buckets keep
+    /// waiting for them while their fallback calls may be in a window.
     pub fn give_up_waiting(&mut self, now: Instant) -> Vec<String> {
-        if self.awaiting.is_empty() || now < self.awaiting_until {
+        if self.named_silent || self.awaiting.is_empty() || now < self.awaiting_until {
             return Vec::new();
         }
-        let mut silent: Vec<String> = self.awaiting.drain().collect();
+        self.named_silent = true;
+        let mut silent: Vec<String> = self.awaiting.iter().cloned().collect();
         silent.sort();
         silent
     }
@@ -159,7 +227,7 @@ impl Allocator {
     /// True while this allocator re-learns after its start (for the whole
     /// window more per bucket with `learn_whole_window`).
     pub fn is_learning(&self, now: Instant) -> bool {
-        self.prior_leases_end.is_some_and(|end| now < end) || self.is_awaiting(now)
+        self.prior_leases_end.is_some_and(|end| now < end) || self.is_awaiting(now, Duration::ZERO)
     }
 
     /// Accounts one sidecar's report on one bucket, received at `now`, and
@@ -180,8 +248,12 @@ impl Allocator {
         // This report is accounted before the lease is computed: when it is
         // the last awaited node's, its calls are in and granting may resume.
         self.awaiting.remove(&holder.node_id);
+        let window = self
+            .buckets
+            .get(key)
+            .map_or(report.spec.window, |b| b.horizon.max(report.spec.window));
         let grants = Grants {
-            awaiting: self.is_awaiting(now),
+            awaiting: self.is_awaiting(now, window),
             config: self.config,
         };
         let next_seq = &mut self.next_seq;
@@ -258,7 +330,6 @@ impl Allocator {
 
     /// Every bucket, sorted by key, as it stands at `now`.
     pub fn snapshot(&self, now: Instant) -> Vec<BucketView> {
-        let awaiting = self.is_awaiting(now);
         let mut views: Vec<BucketView> = self
             .buckets
             .iter()
@@ -290,7 +361,8 @@ impl Allocator {
                     consumed: used.total(),
                     unleased: used.unleased,
                     reserved: b.reserved(now),
-                    learning: awaiting || now < b.learning_until,
+                    learning: self.is_awaiting(now, b.horizon.max(b.spec.window))
+                        || now < b.learning_until,
                     holders,
                 }
             })
@@ -460,9 +532,14 @@ impl Bucket {
 
         let relearning = grants.awaiting || now < self.learning_until;
         let granted_total = if relearning {
-            // Renew what it holds, nothing more.
+            // Renew what it holds, nothing more; while a node of the
+            // earlier control plane is silent, not even that: it may be
+            // admitting on fallback, and what the earlier control plane
+            // granted before reserving for it must not outlive its leases.
             let h = &self.holders[i];
-            if holds_lease {
+            if grants.awaiting {
+                h.admitted()
+            } else if holds_lease {
                 h.top().max(h.admitted())
             } else {
                 h.admitted()

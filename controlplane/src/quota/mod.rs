@@ -188,12 +188,29 @@
 //! may still have admitted calls on fallback that only their reports tell.
 //! [`Allocator::await_nodes`] names the nodes the predecessor served (the
 //! control plane keeps them in its data dir): nothing new is granted until
-//! each has reported, or until a deadline for nodes that never come back,
-//! so the first node back is not granted from a window that looks emptier
-//! than it is. A new allocator does not know its predecessor's fallback
-//! reservations: a node that stays silent past that deadline may still
-//! admit on fallback (until its last lease's end + `fallback_after +
-//! fallback_for`) with nothing reserved for it here.
+//! each has reported, so the first node back is not granted from a window
+//! that looks emptier than it is. A new allocator does not know its
+//! predecessor's fallback reservations, so a node still silent once the
+//! first deadline has passed is waited for as long as it may admit fallback
+//! calls counted in a window: [`Allocator::await_fallback`] takes `E`, when
+//! the predecessor's last lease ended (the marker in the data dir, even long
+//! past), and a bucket of window `W` grants nothing new while such a node is
+//! silent, until `E + fallback_after + fallback_for + W` (rule 5: the node's
+//! newest lease ended by `E`, its last fallback call is made before that
+//! end + `fallback_after + fallback_for`). While any node is waited for, a
+//! holder is renewed at what it admitted, not at the lease it holds: unused
+//! room the predecessor granted before it reserved a cut-off node's fallback
+//! must not outlive the predecessor's leases. Only calls under the
+//! predecessor's own leases (which end by `E`, as under the predecessor)
+//! and the silent nodes' fallback calls (each within the `F` the
+//! predecessor reserved for it) are made meanwhile, so the argument above
+//! holds across the restart. This assumes the predecessor ran with the same
+//! ttl, grace, horizon and windows; a window that shrank across the restart
+//! is waited for at its new length. Which buckets a silent node held, and its
+//! `F`, are not kept, so the wait holds every bucket, not only the node's.
+//! The control plane keeps a node written down while it may still admit
+//! such calls (its fallback reservation here, or the wait above for the
+//! longest window it knows).
 
 mod allocator;
 mod consumed;

@@ -37,6 +37,9 @@ struct Node {
     lease: Option<(Lease, Instant, Instant)>,
     /// Its fallback admissions, for its own per-window count.
     fallback_log: VecDeque<Instant>,
+    /// Its admissions under leases, for the trailing-window count it
+    /// reports to a control plane that first sees it.
+    leased_log: VecDeque<Instant>,
     cut: bool,
 }
 
@@ -52,6 +55,7 @@ impl Node {
             unleased: 0,
             lease: None,
             fallback_log: VecDeque::new(),
+            leased_log: VecDeque::new(),
             cut: false,
         }
     }
@@ -78,7 +82,11 @@ impl Node {
             }),
             demand: if self.busy { MAX } else { 0 },
             standby: 1,
-            window_admitted: 0,
+            window_admitted: self
+                .leased_log
+                .iter()
+                .filter(|t| **t + WINDOW > now)
+                .count() as u64,
         }
     }
 
@@ -96,6 +104,7 @@ impl Node {
             if self.busy {
                 while self.admitted < lease.granted_total {
                     self.admitted += 1;
+                    self.leased_log.push_back(now);
                     calls.push(now);
                 }
             }
@@ -137,6 +146,45 @@ fn busiest_window(calls: &[Instant]) -> (usize, Instant) {
     best
 }
 
+/// One step of the simulation at `now`: the third pod is cut off (and
+/// turns busy) from 20 s after `start`; every pod admits what it may,
+/// the connected ones report once a second, staggered, and admit again;
+/// then the allocator ticks. Whether a lease was sent.
+fn advance(
+    alloc: &mut Allocator,
+    nodes: &mut [Node; 3],
+    start: Instant,
+    now: Instant,
+    step: u64,
+    calls: &mut Vec<Instant>,
+) -> bool {
+    if now >= start + Duration::from_secs(20) && !nodes[2].cut {
+        nodes[2].cut = true;
+        nodes[2].busy = true;
+        alloc.disconnect(&nodes[2].key);
+    }
+    for node in nodes.iter_mut() {
+        node.call(now, calls);
+    }
+    let mut sent = false;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if node.cut || !(step + i as u64).is_multiple_of(4) {
+            continue;
+        }
+        let report = node.report(now);
+        let lease = alloc
+            .report(now, &node.key, &bucket(), &report)
+            .unwrap_or_else(|e| panic!("{e}"));
+        node.lease = Some((lease, now, now + lease.ttl));
+        sent = true;
+    }
+    for node in nodes.iter_mut() {
+        node.call(now, calls);
+    }
+    alloc.tick(now);
+    sent
+}
+
 #[test]
 fn connected_and_partitioned_pods_never_exceed_max_in_a_window() {
     let start = Instant::now();
@@ -154,29 +202,7 @@ fn connected_and_partitioned_pods_never_exceed_max_in_a_window() {
     let end = start + Duration::from_secs(900);
     let mut step = 0u64;
     while now < end {
-        if now >= start + Duration::from_secs(20) && !nodes[2].cut {
-            nodes[2].cut = true;
-            nodes[2].busy = true;
-            alloc.disconnect(&nodes[2].key);
-        }
-        for node in &mut nodes {
-            node.call(now, &mut calls);
-        }
-        // Reports once a second, staggered.
-        for (i, node) in nodes.iter_mut().enumerate() {
-            if node.cut || !(step + i as u64).is_multiple_of(4) {
-                continue;
-            }
-            let report = node.report(now);
-            let lease = alloc
-                .report(now, &node.key, &bucket(), &report)
-                .unwrap_or_else(|e| panic!("{e}"));
-            node.lease = Some((lease, now, now + lease.ttl));
-        }
-        for node in &mut nodes {
-            node.call(now, &mut calls);
-        }
-        alloc.tick(now);
+        advance(&mut alloc, &mut nodes, start, now, step, &mut calls);
         alloc
             .check_invariant(now)
             .unwrap_or_else(|e| panic!("at {:?}: {e}", now - start));
@@ -245,4 +271,110 @@ fn a_silent_holder_stays_reserved_until_its_fallback_is_out_of_every_window() {
     assert_eq!(reserved(&mut alloc, from + second), lease.fallback);
     assert_eq!(reserved(&mut alloc, until - second), lease.fallback);
     assert_eq!(reserved(&mut alloc, until + second), 0);
+}
+
+#[test]
+fn a_control_plane_restarted_while_a_pod_is_cut_off_leaves_room_for_its_fallback() {
+    // As above, but the control plane restarts 150 s in, while pod-c is cut
+    // off and admitting on fallback; it never reports to the new one. The
+    // new one knows the nodes served and when the last lease ended (its
+    // data dir), nothing of pod-c's reservation.
+    let start = Instant::now();
+    let config = AllocatorConfig::default();
+    let lifetime = config.lease_ttl + config.grace;
+    let mut alloc = Allocator::resume(start, config, None);
+    let mut nodes = [
+        Node::new("pod-a", true),
+        Node::new("pod-b", true),
+        Node::new("pod-c", false),
+    ];
+    let restart = start + Duration::from_secs(150);
+    let mut restarted = None;
+    // When the last lease sent has ended: the marker.
+    let mut leases_end = start;
+    let mut calls = Vec::new();
+    let mut fallback_before = 0;
+    let mut now = start;
+    let end = start + Duration::from_secs(900);
+    let mut step = 0u64;
+    while now < end {
+        if now >= restart && restarted.is_none() {
+            restarted = Some(now);
+            fallback_before = nodes[2].unleased;
+            alloc = Allocator::resume(now, config, Some(leases_end));
+            alloc.await_nodes(
+                nodes.iter().map(|n| n.key.node_id.clone()),
+                now + Duration::from_secs(35),
+            );
+            alloc.await_fallback(leases_end);
+        }
+        if advance(&mut alloc, &mut nodes, start, now, step, &mut calls) {
+            leases_end = leases_end.max(now + lifetime);
+        }
+        now += STEP;
+        step += 1;
+    }
+    let restarted = restarted.unwrap_or_else(|| unreachable!("restarted at 150 s"));
+    let after = calls.iter().filter(|t| **t >= restarted).count() as u64;
+    let fallback_after = nodes[2].unleased - fallback_before;
+    assert!(
+        fallback_after > 0,
+        "pod-c admitted nothing on fallback after the restart"
+    );
+    assert!(
+        after > fallback_after,
+        "the connected pods were never granted again after the restart"
+    );
+    let (most, at) = busiest_window(&calls);
+    assert!(
+        most as u64 <= MAX,
+        "{most} calls in the window ending {:?} after the start, over max {MAX} ({fallback_after} on fallback after the restart)",
+        at - start
+    );
+}
+
+#[test]
+fn a_node_silent_since_a_restart_is_waited_for_until_its_fallback_is_out_of_the_window() {
+    let start = Instant::now();
+    let config = AllocatorConfig::default();
+    // The earlier control plane's last lease ended 30 s before the restart.
+    let ended = start;
+    let now = start + Duration::from_secs(30);
+    let mut alloc = Allocator::resume(now, config, Some(ended));
+    alloc.await_nodes(["pod-c".to_owned()], now + Duration::from_secs(35));
+    alloc.await_fallback(ended);
+    let lifetime = config.lease_ttl + config.grace;
+    let until = ended + lifetime * 2 + WINDOW + config.fallback_horizon + WINDOW;
+    let second = Duration::from_secs(1);
+    let mut a = Node::new("pod-a", true);
+    // pod-a reports every second from `from` to `at` (so it says which
+    // lease it holds) and is answered at once: its last grant.
+    let mut from = now;
+    let mut granted = |alloc: &mut Allocator, at: Instant| {
+        let mut total = 0;
+        while from <= at {
+            alloc.tick(from);
+            let lease = alloc
+                .report(from, &a.key, &bucket(), &a.report(from))
+                .unwrap_or_else(|e| panic!("{e}"));
+            a.lease = Some((lease, from, from + lease.ttl));
+            total = lease.granted_total;
+            from += second;
+        }
+        from = at + second;
+        total
+    };
+    assert_eq!(granted(&mut alloc, now), 0);
+    // Named once the first wait is over, and still waited for.
+    let after_wait = now + Duration::from_secs(35);
+    assert_eq!(alloc.give_up_waiting(after_wait), ["pod-c".to_owned()]);
+    assert!(alloc.give_up_waiting(after_wait).is_empty());
+    assert_eq!(granted(&mut alloc, after_wait), 0);
+    assert!(alloc.may_fall_back(until - second).contains("pod-c"));
+    assert_eq!(granted(&mut alloc, until - second), 0);
+    assert!(alloc.snapshot(until - second).iter().all(|b| b.learning));
+    // Its fallback calls are out of every window: granted again, and the
+    // node may be forgotten.
+    assert_eq!(granted(&mut alloc, until), MAX);
+    assert!(!alloc.may_fall_back(until).contains("pod-c"));
 }

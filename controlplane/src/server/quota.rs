@@ -115,13 +115,15 @@ impl QuotaLedger {
     /// An allocator started now. It re-learns until the leases an earlier
     /// control plane on this data dir sent have all ended (`marker` says
     /// when), and grants nothing new until every node that one served
-    /// (`served` lists them) has reported, for at most [`AWAIT_SERVED`].
-    /// With neither (a new data dir), it grants at once.
+    /// (`served` lists them) has reported: for [`AWAIT_SERVED`], and on each
+    /// bucket, while one is still silent, until the calls it may admit on
+    /// fallback (bounded by the marker's time) are out of the bucket's
+    /// window. With neither (a new data dir), it grants at once.
     pub fn new(config: AllocatorConfig, marker: PathBuf, served: PathBuf) -> Self {
         let now = Instant::now();
         let marker = LeaseMarker::open(marker);
         let prior_end = marker.prior_end(now);
-        if let Some(end) = prior_end {
+        if let Some(end) = prior_end.filter(|end| *end > now) {
             tracing::info!(
                 "leases an earlier control plane sent may be in use for {:?} more: re-learning what the sidecars hold until then",
                 end - now
@@ -132,9 +134,16 @@ impl QuotaLedger {
         if !prior_nodes.is_empty() {
             tracing::info!(
                 nodes = prior_nodes.len(),
-                "an earlier control plane served quota to these nodes: granting nothing new until each has reported what it admitted on fallback (at most {AWAIT_SERVED:?})"
+                "an earlier control plane served quota to these nodes: granting nothing new until each has reported what it admitted on fallback (for {AWAIT_SERVED:?}; for a node still silent then, until the calls it may admit on fallback are out of each bucket's window)"
             );
             allocator.await_nodes(prior_nodes, now + AWAIT_SERVED);
+            // A node silent past that wait may be cut off and still admit
+            // on fallback until its last lease's end + its wait + the
+            // horizon: each bucket keeps waiting until those calls are out
+            // of its window.
+            if let Some(end) = prior_end {
+                allocator.await_fallback(end);
+            }
         }
         Self {
             state: Mutex::new(State {
@@ -286,19 +295,22 @@ impl QuotaLedger {
         Ok(answer)
     }
 
-    /// Charges expired leases and forgets what left every window; stops
-    /// waiting for nodes an earlier control plane served once
-    /// [`AWAIT_SERVED`] has passed.
+    /// Charges expired leases and forgets what left every window; names the
+    /// nodes an earlier control plane served still silent once
+    /// [`AWAIT_SERVED`] has passed; forgets served nodes that are gone and
+    /// can no longer admit on fallback.
     pub fn tick(&self) {
-        if let Ok(mut state) = self.lock() {
-            let now = state.now();
+        if let Ok(mut guard) = self.lock() {
+            let now = guard.now();
+            let state = &mut *guard;
             state.allocator.tick(now);
-            state.served.prune(now);
+            let allocator = &state.allocator;
+            state.served.prune(now, || allocator.may_fall_back(now));
             let silent = state.allocator.give_up_waiting(now);
             if !silent.is_empty() {
                 tracing::warn!(
                     nodes = ?silent,
-                    "granting again without a report from {} node(s) an earlier control plane served (waited {AWAIT_SERVED:?}): calls they admitted on fallback are counted only once they report",
+                    "{} node(s) an earlier control plane served have not reported within {AWAIT_SERVED:?}: each bucket grants nothing new until the calls they may admit on fallback are out of its window",
                     silent.len()
                 );
             }
@@ -671,10 +683,19 @@ impl LeaseMarker {
         Self { path, until }
     }
 
-    /// When the earlier control plane's leases end, on this process's clock.
+    /// When the earlier control plane's leases end (or ended: a time
+    /// before `now` once they have), on this process's clock; `None` with
+    /// no marker.
     fn prior_end(&self, now: Instant) -> Option<Instant> {
-        let left = self.until.duration_since(SystemTime::now()).ok()?;
-        Some(now + left.min(MARKER_HORIZON))
+        if self.until == UNIX_EPOCH {
+            return None;
+        }
+        match self.until.duration_since(SystemTime::now()) {
+            Ok(left) => Some(now + left.min(MARKER_HORIZON)),
+            // Earlier than this clock can tell: `now` is later than the
+            // true time, which only makes waits on it longer.
+            Err(past) => Some(now.checked_sub(past.duration()).unwrap_or(now)),
+        }
     }
 
     /// Makes the file say at least `until`.
@@ -734,8 +755,22 @@ mod marker_tests {
             .and_then(|m| m.modified())
             .expect("mtime");
         assert_eq!(before, after);
-        // A marker in the past: nothing to re-learn.
-        std::fs::write(&path, "1000\n").expect("write");
-        assert_eq!(LeaseMarker::open(path).prior_end(now), None);
+        // A marker in the past: nothing to re-learn, but the successor
+        // still learns when the last lease ended.
+        let ended = SystemTime::now() - Duration::from_secs(60);
+        let ms = ended
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        std::fs::write(&path, format!("{ms}\n")).expect("write");
+        let end = LeaseMarker::open(path)
+            .prior_end(now)
+            .expect("the last lease's end");
+        assert!(end < now, "{end:?} {now:?}");
+        let ago = now - end;
+        assert!(
+            ago > Duration::from_secs(59) && ago <= Duration::from_secs(61),
+            "{ago:?}"
+        );
     }
 }

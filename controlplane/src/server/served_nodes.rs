@@ -8,15 +8,19 @@
 //! it believes emptier than it is. So a node is written down before it is
 //! sent its first lease (which is also what sets its fallback), and the
 //! successor grants nothing new until each node written down has reported or
-//! [`AWAIT_SERVED`] has passed (see `Allocator::await_nodes`).
+//! [`AWAIT_SERVED`] has passed, and on a bucket, for a node still silent then,
+//! until the calls it may admit on fallback are out of the bucket's window
+//! (see `Allocator::await_nodes` and `Allocator::await_fallback`). A node is
+//! therefore kept written down while it may still admit such calls.
 //!
 //! The file holds one JSON string (a node id) per line. A node is appended
 //! when its first stream opens — one short write, no sync, so thousands of
 //! nodes connecting at once cost thousands of small writes, not thousands of
 //! rewrites — and the file is rewritten (atomically, synced) only when nodes
-//! gone for longer than [`KEEP_CLOSED`] are dropped from it.
+//! gone for longer than [`KEEP_CLOSED`], and past their fallback, are dropped
+//! from it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,9 +32,10 @@ use tokio::time::Instant;
 /// sidecar still running and able to reach it has reported by then.
 pub const AWAIT_SERVED: Duration = Duration::from_secs(35);
 
-/// How long a node whose streams all closed stays written down: one that is
-/// still running retries within its 30 s backoff, so one silent for longer
-/// is gone (or cut off, which the fallback bound covers).
+/// How long a node whose streams all closed stays written down at least:
+/// one that is still running retries within its 30 s backoff. One silent
+/// for longer is gone or cut off, and stays written down while it may still
+/// admit calls on fallback counted in a window (see [`ServedNodes::prune`]).
 pub const KEEP_CLOSED: Duration = Duration::from_secs(35);
 
 #[derive(Debug, Clone, Copy)]
@@ -111,12 +116,21 @@ impl ServedNodes {
         }
     }
 
-    /// Drops nodes closed for longer than [`KEEP_CLOSED`] and rewrites the
-    /// file if any were.
-    pub fn prune(&mut self, now: Instant) {
+    /// Drops nodes closed for longer than [`KEEP_CLOSED`] that can no
+    /// longer admit calls on fallback counted in a window (`may_fall_back`
+    /// names those that can: their fallback reservation here, or their wait
+    /// as nodes an earlier control plane served, has not ended; asked only
+    /// when a node is closed that long), and rewrites the file if any were.
+    pub fn prune<'a>(&mut self, now: Instant, may_fall_back: impl FnOnce() -> HashSet<&'a str>) {
+        let stale =
+            |s: &Served| s.open == 0 && now.saturating_duration_since(s.since) >= KEEP_CLOSED;
+        if !self.nodes.values().any(stale) {
+            return;
+        }
+        let keep = may_fall_back();
         let before = self.nodes.len();
         self.nodes
-            .retain(|_, s| s.open > 0 || now.saturating_duration_since(s.since) < KEEP_CLOSED);
+            .retain(|node, s| !stale(s) || keep.contains(node.as_str()));
         if self.nodes.len() == before {
             return;
         }
@@ -213,7 +227,7 @@ mod tests {
         served.disconnected("pod-a", Instant::now());
         served.disconnected("pod \"b\"\nwith a newline", Instant::now());
         tokio::time::advance(KEEP_CLOSED).await;
-        served.prune(Instant::now());
+        served.prune(Instant::now(), HashSet::new);
         assert_eq!(read(&path), ["pod-a"]);
 
         // A successor reads pod-a back, and keeps it written down until it
@@ -221,10 +235,17 @@ mod tests {
         let (mut next, prior) = ServedNodes::open(path.clone(), Instant::now());
         assert_eq!(prior, ["pod-a"]);
         tokio::time::advance(KEEP_CLOSED - Duration::from_secs(1)).await;
-        next.prune(Instant::now());
+        next.prune(Instant::now(), HashSet::new);
         assert_eq!(read(&path), ["pod-a"]);
+        // Still able to admit on fallback: kept, however long it is gone.
         tokio::time::advance(Duration::from_secs(1)).await;
-        next.prune(Instant::now());
+        next.prune(Instant::now(), || HashSet::from(["pod-a"]));
+        assert_eq!(read(&path), ["pod-a"]);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        next.prune(Instant::now(), || HashSet::from(["pod-a"]));
+        assert_eq!(read(&path), ["pod-a"]);
+        // Once it cannot, dropped.
+        next.prune(Instant::now(), HashSet::new);
         assert!(read(&path).is_empty());
     }
 
