@@ -169,3 +169,32 @@ pub fn post_mcp(addr: SocketAddr, session: Option<&str>, body: &str) -> Reply {
     request(addr, "POST", "/mcp", &headers, Some(body.as_bytes()))
         .unwrap_or_else(|e| panic!("POST /mcp to {addr}: {e}"))
 }
+
+/// Opens an MCP session on `/mcp` at `addr` by hand (`initialize`, then
+/// `notifications/initialized`): the session id and the `initialize` reply.
+pub fn open_mcp_session(addr: SocketAddr, client: &str) -> (String, Reply) {
+    let init = post_mcp(
+        addr,
+        None,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"{client}","version":"1"}}}}}}"#
+        ),
+    );
+    assert_eq!(init.status, 200, "initialize: {}", init.text());
+    let session = init
+        .header("mcp-session-id")
+        .unwrap_or_else(|| panic!("no session id: {:?}", init.headers))
+        .to_owned();
+    let done = post_mcp(
+        addr,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(
+        done.status,
+        202,
+        "notifications/initialized: {}",
+        done.text()
+    );
+    (session, init)
+}

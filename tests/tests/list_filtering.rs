@@ -128,26 +128,11 @@ fn list_replies_are_filtered_whatever_the_upstream_does_with_the_id() {
         .start();
     let addr = sidecar.listen;
 
-    let init = net::post_mcp(
-        addr,
-        None,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"list-filtering","version":"1"}}}"#,
-    );
-    assert_eq!(init.status, 200, "{}", init.text());
-    let session = init
-        .header("mcp-session-id")
-        .unwrap_or_else(|| panic!("no session id: {:?}", init.headers))
-        .to_owned();
+    let (session, init) = net::open_mcp_session(addr, "list-filtering");
     let first_event = events(&init.text())
         .into_iter()
         .find_map(|(id, _)| id)
         .unwrap_or_else(|| panic!("the initialize reply has no event id: {}", init.text()));
-    let initialized = net::post_mcp(
-        addr,
-        Some(&session),
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    );
-    assert_eq!(initialized.status, 202, "{}", initialized.text());
 
     // The upstream answers `2.0` as `2`: the reply is still filtered, and
     // carries the id as the client wrote it.

@@ -25,23 +25,7 @@ fn policy() -> Value {
 
 /// A new MCP session through `sidecar`; its id.
 fn session(sidecar: &Sidecar) -> String {
-    let init = net::post_mcp(
-        sidecar.listen,
-        None,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"risk-classes","version":"1"}}}"#,
-    );
-    assert_eq!(init.status, 200, "{}", init.text());
-    let id = init
-        .header("mcp-session-id")
-        .unwrap_or_else(|| panic!("no session id: {:?}", init.headers))
-        .to_owned();
-    let done = net::post_mcp(
-        sidecar.listen,
-        Some(&id),
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    );
-    assert_eq!(done.status, 202, "{}", done.text());
-    id
+    net::open_mcp_session(sidecar.listen, "risk-classes").0
 }
 
 /// The reply's JSON-RPC message (JSON, or the first SSE event with data).
