@@ -35,6 +35,35 @@ const MIGRATIONS: &[&str] = &[
          nacked_at    INTEGER NOT NULL,
          PRIMARY KEY (node_id, version)
      ) WITHOUT ROWID;",
+    // Operator tokens (only a salted hash is kept), the audit trail of
+    // operator actions, and the deployment's own secrets (e.g. the key that
+    // salts grant token hashes in distributed bundles).
+    "CREATE TABLE tokens (
+         id          TEXT    PRIMARY KEY,
+         name        TEXT    NOT NULL,
+         role        TEXT    NOT NULL,
+         salt        BLOB    NOT NULL,
+         hash        BLOB    NOT NULL,
+         created_at  INTEGER NOT NULL,
+         created_by  TEXT    NOT NULL,
+         revoked_at  INTEGER
+     );
+     CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+     CREATE TABLE audit (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         at          INTEGER NOT NULL,
+         actor       TEXT    NOT NULL,
+         action      TEXT    NOT NULL,
+         target      TEXT    NOT NULL,
+         outcome     TEXT    NOT NULL,
+         detail      TEXT    NOT NULL
+     );
+     CREATE INDEX audit_by_time ON audit (at);
+     CREATE TABLE secrets (
+         name        TEXT    PRIMARY KEY,
+         value       BLOB    NOT NULL,
+         created_at  INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 impl SqliteStore {
