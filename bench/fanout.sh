@@ -8,6 +8,7 @@
 #
 #   bench/fanout.sh                          N = 1000 and 10000, 3 pushes each
 #   NODES="10000" PUSHES=5 bench/fanout.sh   one size, more pushes
+#   MTLS=1 NODES=10000 bench/fanout.sh       secured: TLS, node identity from client certificates
 #
 # Environment (defaults in brackets):
 #   NODES ["1000 10000"]     fleet sizes, one fresh control plane each
@@ -17,6 +18,9 @@
 #   MAX_OPENING [256]        the control plane's --max-opening-streams (admission throttle)
 #   POLICY [examples/full-policy.json]   the document every version is derived from
 #   PIN [0]                  1: control plane alone on CPU 1, the simulated fleet on CPU 0
+#   MTLS [0]                 1: `tollgate certs init`, serve with --tls-cert/--tls-key/--client-ca;
+#                            every simulated sidecar gets its own certificate and connection
+#                            (as real sidecars do), so STREAMS_PER_CONN is 1
 #   PORT [18300]             the control plane's gRPC port on 127.0.0.1 (HTTP port is PORT+1)
 #   TIMEOUT [60]             seconds any one phase may take
 #   CARGO_TARGET_DIR [<repo>/target]
@@ -36,6 +40,8 @@ OPEN_CONCURRENCY="${OPEN_CONCURRENCY:-256}"
 MAX_OPENING="${MAX_OPENING:-256}"
 POLICY="${POLICY:-$root/examples/full-policy.json}"
 PIN="${PIN:-0}"
+MTLS="${MTLS:-0}"
+[[ "$MTLS" == 1 ]] && STREAMS_PER_CONN=1
 PORT="${PORT:-18300}"
 TIMEOUT="${TIMEOUT:-60}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
@@ -96,13 +102,23 @@ for n in $NODES; do
   done
   log="$work/cp-$n.log"
   # taskset execs the program, so $! is the control plane's own pid.
+  security=(--insecure-dev)
+  addr="http://127.0.0.1:$PORT"
+  client_tls=()
+  if [[ "$MTLS" == 1 ]]; then
+    certs="$work/certs-$n"
+    "$bin/tollgate" certs init "$certs" >/dev/null
+    security=(--tls-cert "$certs/control-plane.pem" --tls-key "$certs/control-plane-key.pem" --client-ca "$certs/ca.pem")
+    addr="https://127.0.0.1:$PORT"
+    client_tls=(--tls-dir "$certs")
+  fi
   "${cp_pin[@]}" "$bin/tollgate" serve --grpc "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" \
-    --data "$work/data-$n" --max-opening-streams "$MAX_OPENING" >"$log" 2>&1 &
+    --data "$work/data-$n" --max-opening-streams "$MAX_OPENING" "${security[@]}" >"$log" 2>&1 &
   cp_pid=$!
   wait_port "$PORT" "$cp_pid" "$log"
   say "N=$n: control plane pid $cp_pid on 127.0.0.1:$PORT"
   out="$work/fanout-$n.out"
-  "${fleet_pin[@]}" "$bin/tollgate-fanout" --addr "http://127.0.0.1:$PORT" --cp-pid "$cp_pid" --nodes "$n" \
+  "${fleet_pin[@]}" "$bin/tollgate-fanout" --addr "$addr" "${client_tls[@]}" --cp-pid "$cp_pid" --nodes "$n" \
     --streams-per-conn "$STREAMS_PER_CONN" --open-concurrency "$OPEN_CONCURRENCY" \
     --policy "$POLICY" --pushes "$PUSHES" --timeout "$TIMEOUT" | tee "$out" ||
     fail "N=$n: the benchmark failed (control plane log: $log)"
@@ -113,5 +129,7 @@ for n in $NODES; do
 done
 
 echo
-echo "fan-out summary ($pinning; $STREAMS_PER_CONN streams per connection; policy $(basename "$POLICY"))"
+tls_note=""
+[[ "$MTLS" == 1 ]] && tls_note="; mTLS, one certificate and connection per node"
+echo "fan-out summary ($pinning; $STREAMS_PER_CONN streams per connection$tls_note; policy $(basename "$POLICY"))"
 for line in "${results[@]}"; do echo "  ${line#RESULT }"; done

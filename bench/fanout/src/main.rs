@@ -18,6 +18,7 @@
 mod policy;
 mod proc;
 mod sidecar;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +65,12 @@ struct Args {
     /// Prefix of the simulated node ids.
     #[arg(long, default_value = "fanout")]
     id_prefix: String,
+    /// mTLS: the `tollgate certs init` directory of a control plane serving
+    /// with --client-ca. Each simulated sidecar gets a certificate of its
+    /// own from that CA and its own connection, as real sidecars do
+    /// (--streams-per-conn is then 1).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,10 +93,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", args.policy.display()))?;
     let base = policy::Base::parse(&base)?;
     let salt = fastrand::u64(..);
-    let endpoint = Endpoint::from_shared(args.addr.clone())
+    let mut endpoint = Endpoint::from_shared(args.addr.clone())
         .with_context(|| format!("{} is not a URL", args.addr))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
+    let tls = match &args.tls_dir {
+        Some(dir) => {
+            let tls = tls::Fleet::load(dir)?;
+            endpoint = endpoint
+                .tls_config(tls.server_only())
+                .context("the CA cannot be used")?;
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    let streams_per_conn = if tls.is_some() {
+        1
+    } else {
+        args.streams_per_conn
+    };
 
     let mut admin = AdminClient::new(
         endpoint
@@ -102,15 +124,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let rss_before = args.cp_pid.and_then(proc::rss);
 
     // ---- connect N sidecars and let them sync on v1 ----
-    let conns = args.nodes.div_ceil(args.streams_per_conn);
+    let conns = args.nodes.div_ceil(streams_per_conn);
     let mut channels = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .context("cannot open a connection")?,
+    if let Some(tls) = &tls {
+        // One certificate and one connection per node, made before the
+        // clock starts (as sidecars have theirs before they connect).
+        let made = Instant::now();
+        let mut endpoints = Vec::with_capacity(args.nodes);
+        for index in 0..args.nodes {
+            let id = node_id(&args.id_prefix, index);
+            endpoints.push(endpoint.clone().tls_config(tls.node(&id)?)?);
+        }
+        eprintln!(
+            "fanout: issued {} node certificates in {}",
+            args.nodes,
+            ms(made.elapsed())
         );
+        let handshaking = Instant::now();
+        let handshakes = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
+        let mut connecting = tokio::task::JoinSet::new();
+        for (index, e) in endpoints.into_iter().enumerate() {
+            let handshakes = handshakes.clone();
+            connecting.spawn(async move {
+                let _permit = handshakes.acquire().await;
+                (index, e.connect().await)
+            });
+        }
+        let mut made: Vec<Option<Channel>> = vec![None; args.nodes];
+        while let Some(joined) = connecting.join_next().await {
+            let (index, channel) = joined.context("a connect task failed")?;
+            made[index] = Some(channel.context("cannot open an mTLS connection")?);
+        }
+        channels.extend(made.into_iter().flatten());
+        eprintln!(
+            "fanout: {} mTLS connections open after {}",
+            channels.len(),
+            ms(handshaking.elapsed())
+        );
+    } else {
+        for _ in 0..conns {
+            channels.push(
+                endpoint
+                    .connect()
+                    .await
+                    .context("cannot open a connection")?,
+            );
+        }
     }
     let board = Arc::new(Board::new(args.nodes));
     board.expect(v1);
@@ -119,13 +178,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for index in 0..args.nodes {
         let me = Identity {
             index,
-            id: format!("{}-{index:05}", args.id_prefix),
+            id: node_id(&args.id_prefix, index),
             labels: vec![
                 ("app".to_owned(), "fanout".to_owned()),
                 ("shard".to_owned(), (index % 16).to_string()),
             ],
         };
-        let channel = channels[index / args.streams_per_conn].clone();
+        let channel = channels[index / streams_per_conn].clone();
         tokio::spawn(sidecar::run(me, channel, board.clone(), open.clone()));
     }
     wait_all(&board, args.nodes, connecting, timeout, "ACK v1").await?;
@@ -134,9 +193,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let table_v1 = connecting.elapsed();
     let (_, refused, _) = board.streams();
     println!(
-        "fanout: {} nodes on {conns} HTTP/2 connection(s) ({} streams each): all ACKed v{v1} {} after the first open; status table: all SYNCED on v{v1} at +{}; opens refused (UNAVAILABLE, retried): {refused}",
+        "fanout: {} nodes on {conns} HTTP/2 connection(s) ({} streams each{}): all ACKed v{v1} {} after the first open; status table: all SYNCED on v{v1} at +{}; opens refused (UNAVAILABLE, retried): {refused}",
         args.nodes,
-        args.streams_per_conn,
+        streams_per_conn,
+        if tls.is_some() { ", mTLS" } else { "" },
         ms(synced_v1),
         ms(table_v1),
     );
@@ -226,6 +286,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The id of simulated node `index` (a DNS name, as node certificates need).
+fn node_id(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index:05}")
 }
 
 /// CPU seconds used so far by the control plane (0 when unknown) and by

@@ -47,6 +47,7 @@ use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
 use tollgate_proto::{MAX_BUCKETS_PER_REPORT, MAX_QUOTA_MESSAGE_BYTES, MAX_REPORT_BYTES};
 
+use super::client::{Recovery, classify};
 use super::dial::Dial;
 
 use crate::control::backoff::{Backoff, BackoffConfig};
@@ -832,7 +833,14 @@ impl Reporter {
             .await
         {
             Ok(r) => r.into_inner(),
-            Err(s) => return format!("{:?}: {}", s.code(), s.message()),
+            Err(s) => {
+                // Refused (identity, permission): retry from the backoff cap,
+                // as the policy stream does.
+                if classify(s.code()) == Recovery::Refused {
+                    backoff.saturate();
+                }
+                return format!("{:?}: {}", s.code(), s.message());
+            }
         };
         self.counters.stream_opened();
         self.metrics.quota_connected(true);
