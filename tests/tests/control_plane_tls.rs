@@ -324,3 +324,34 @@ fn replace(from: &Path, to: &Path) {
     std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     std::fs::rename(&tmp, to).unwrap_or_else(|e| panic!("rename to {}: {e}", to.display()));
 }
+
+#[test]
+fn development_mode_is_asked_for_and_said() {
+    // Neither --client-ca nor --insecure-dev: no start, and the error says
+    // what to give.
+    let data = Scratch::new("no-identity");
+    let out = std::process::Command::new(tollgate_e2e::bins::tollgate())
+        .args(["serve", "--grpc", "127.0.0.1:0", "--data"])
+        .arg(data.join("data"))
+        .output()
+        .expect("run tollgate serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without node identity");
+    assert!(
+        stderr.contains("--client-ca") && stderr.contains("--insecure-dev"),
+        "{stderr}"
+    );
+
+    // --insecure-dev (the harness's default): /readyz and the log say so.
+    let mut cp = ControlPlane::start();
+    let ready = tollgate_e2e::net::get(cp.http, "/readyz").expect("readyz");
+    assert_eq!(ready.status, 200);
+    assert!(ready.text().contains("insecure-dev"), "{}", ready.text());
+    assert!(
+        cp.process()
+            .output()
+            .contains("node ids are taken as declared"),
+        "{}",
+        cp.process().output()
+    );
+}

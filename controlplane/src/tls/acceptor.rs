@@ -248,3 +248,45 @@ pub fn incoming(
     });
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::certs;
+
+    #[test]
+    fn changed_files_are_read_again_and_broken_ones_keep_the_last_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = vec!["localhost".to_owned()];
+        certs::init(dir.path(), &names, false).expect("init");
+        let files = TlsFiles {
+            cert: dir.path().join(certs::SERVER_CERT),
+            key: dir.path().join(certs::SERVER_KEY),
+            client_ca: Some(dir.path().join(certs::CA_CERT)),
+        };
+        let reloading = ReloadingConfig::load(files.clone(), &[b"h2"]).expect("load");
+        let first = reloading.current();
+        assert!(Arc::ptr_eq(&first, &reloading.current()), "unchanged files");
+
+        // Half a rotation: a key that is not PEM. The last good stays.
+        certs::write_private(&files.key, "not a key").expect("write");
+        assert!(Arc::ptr_eq(&first, &reloading.current()));
+
+        // The whole rotation: a new CA, certificate and key.
+        certs::init(dir.path(), &names, true).expect("rotate");
+        let rotated = reloading.current();
+        assert!(
+            !Arc::ptr_eq(&first, &rotated),
+            "new files, new configuration"
+        );
+        assert_eq!(rotated.alpn_protocols, vec![b"h2".to_vec()]);
+
+        // A missing file at start is an error that names it.
+        let missing = TlsFiles {
+            cert: dir.path().join("absent.pem"),
+            ..files
+        };
+        let err = ReloadingConfig::load(missing, &[]).err().expect("refused");
+        assert!(err.to_string().contains("absent.pem"), "{err}");
+    }
+}
