@@ -170,6 +170,13 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let dial = Dial::new(&config.control_plane, config.tls.clone())?;
+    if config.tls.is_none() {
+        tracing::warn!(
+            control_plane = %config.control_plane,
+            "plaintext control plane: bundles and quota travel unencrypted and unauthenticated \
+             (a development setup); use an https:// control plane with --ca, --cert and --key"
+        );
+    }
     let state = config.state_dir.as_ref().map(StateDir::open).transpose()?;
     let applied = state
         .as_ref()
