@@ -366,6 +366,7 @@ impl NodeStream {
             nonce: nonce.clone(),
             rollout_id: String::new(),
             bundle: latest.content.to_vec(),
+            grant_key: Vec::new(),
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.last_sent = Some((nonce, latest.version, latest.content_hash.clone()));
