@@ -126,26 +126,27 @@ pub(crate) fn encode_hex32(bytes: &[u8; 32]) -> String {
 /// distributes: every `/grants/<id>/token_sha256` becomes
 /// `token_hmac_sha256` under `key`. Everything else is left as it is.
 ///
-/// Returns how many grants were keyed. A `token_sha256` that is not 64 hex
-/// digits (which no validated file has) is removed rather than sent as it
-/// is: it may be a token pasted by mistake. The grant then has no token, and
-/// whoever loads the result refuses it, naming the grant.
+/// Returns how many grants it changed (0: `file` is as it was). A
+/// `token_sha256` that is not 64 hex digits (which no validated file has) is
+/// removed rather than passed on: it may be a token pasted by mistake. The
+/// grant then has no token, and whoever loads the result refuses it, naming
+/// the grant.
 pub fn key_grant_tokens(file: &mut Value, key: &GrantKey) -> usize {
     let Some(grants) = file.get_mut("grants").and_then(Value::as_object_mut) else {
         return 0;
     };
-    let mut keyed = 0;
+    let mut changed = 0;
     for grant in grants.values_mut().filter_map(Value::as_object_mut) {
         let Some(plain) = grant.remove("token_sha256") else {
             continue;
         };
+        changed += 1;
         if let Some(digest) = plain.as_str().and_then(decode_hex32) {
             let hmac = encode_hex32(&key.token_hmac(&digest));
             grant.insert("token_hmac_sha256".to_owned(), Value::String(hmac));
-            keyed += 1;
         }
     }
-    keyed
+    changed
 }
 
 /// Whether a policy file (as JSON) names any grant's token by
@@ -217,7 +218,8 @@ mod tests {
             }
         });
         let key = GrantKey::new([3; 32]);
-        assert_eq!(key_grant_tokens(&mut file, &key), 1);
+        assert_eq!(key_grant_tokens(&mut file, &key), 2);
+        assert!(needs_grant_key(&file));
         let digest = decode_hex32(token).expect("hex");
         assert_eq!(
             file["grants"]["ci"],
