@@ -9,8 +9,10 @@ mod common;
 
 use common::{FakeSidecar, admin, push, start, wait_for};
 use tollgate_policy::GrantKey;
+use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::node_state::State;
-use tollgate_proto::v1::{GetVersionRequest, PolicyResponse};
+use tollgate_proto::v1::{GetVersionRequest, PolicyResponse, PolicyVersion};
+use tonic::transport::Channel;
 
 /// Two token hashes, as an operator writes them in a policy.
 const ALICE_SHA256: &str = "1b2a2bac9c1d5b0fe96e9e77b1f43ea7a83d8e43c7e35e7b2b5a6b0b7a3e2c1d";
@@ -62,6 +64,15 @@ fn check_keyed(got: &PolicyResponse) -> GrantKey {
     key
 }
 
+/// Version `n` as stored (what `tollgate policy show` prints).
+async fn version_as_stored(admin: &mut AdminClient<Channel>, n: u64) -> PolicyVersion {
+    admin
+        .get_version(GetVersionRequest { version: n })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test]
 async fn nodes_get_keyed_grants_and_operators_see_what_they_pushed() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,11 +86,7 @@ async fn nodes_get_keyed_grants_and_operators_see_what_they_pushed() {
     wait_for(&mut admin, "a", |n| n.state == State::Synced as i32).await;
 
     // The stored version is the operator's, token hashes and all.
-    let stored = admin
-        .get_version(GetVersionRequest { version: 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = version_as_stored(&mut admin, 1).await;
     let text = String::from_utf8(stored.content).unwrap();
     assert!(
         text.contains(ALICE_SHA256) && text.contains(BOB_SHA256),
@@ -98,11 +105,7 @@ async fn nodes_get_keyed_grants_and_operators_see_what_they_pushed() {
     );
     let plain = node.recv().await;
     assert!(plain.grant_key.is_empty());
-    let stored = admin
-        .get_version(GetVersionRequest { version: 2 })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = version_as_stored(&mut admin, 2).await;
     assert_eq!(plain.bundle, stored.content);
     assert_eq!(plain.content_hash, stored.content_hash);
     cp.shutdown().await.unwrap();
@@ -186,11 +189,7 @@ async fn a_node_running_the_stored_form_is_sent_the_keyed_one() {
     let cp = start(dir.path()).await;
     let mut client = admin(cp.grpc_addr).await;
     push(&mut client, &bundle()).await;
-    let stored = client
-        .get_version(GetVersionRequest { version: 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = version_as_stored(&mut client, 1).await;
     let mut node = FakeSidecar::connect(cp.grpc_addr, "old", Some((1, stored.content_hash))).await;
     let got = node.recv().await;
     check_keyed(&got);

@@ -214,16 +214,10 @@ impl Client {
         } = response;
         let actual = content_hash(&bundle);
         if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&actual) {
-            return self.refuse(
-                version,
-                nonce,
-                ErrorDetail {
-                    message: format!(
-                        "version {version}: content_hash {claimed} is not the bundle's SHA-256 {actual}"
-                    ),
-                    errors: Vec::new(),
-                },
+            let message = format!(
+                "version {version}: content_hash {claimed} is not the bundle's SHA-256 {actual}"
             );
+            return self.refuse(version, nonce, only(message));
         }
         let grant_key = if grant_key.is_empty() {
             None
@@ -237,14 +231,7 @@ impl Client {
                         GrantKey::LEN,
                         self.running()
                     );
-                    return self.refuse(
-                        version,
-                        nonce,
-                        ErrorDetail {
-                            message,
-                            errors: Vec::new(),
-                        },
-                    );
+                    return self.refuse(version, nonce, only(message));
                 }
             }
         };
@@ -256,14 +243,7 @@ impl Client {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("version {version}: compiling failed: {e}");
-                return self.refuse(
-                    version,
-                    nonce,
-                    ErrorDetail {
-                        message,
-                        errors: Vec::new(),
-                    },
-                );
+                return self.refuse(version, nonce, only(message));
             }
         };
         let bundle = match compiled {
@@ -283,14 +263,7 @@ impl Client {
                      without the control plane's grant_key to check them with; keeping {}",
                     self.running()
                 );
-                return self.refuse(
-                    version,
-                    nonce,
-                    ErrorDetail {
-                        message,
-                        errors: Vec::new(),
-                    },
-                );
+                return self.refuse(version, nonce, only(message));
             }
         };
         let label = version_label(version);
@@ -377,6 +350,14 @@ impl Client {
             Some(a) => format!("v{}", a.version),
             None => "no policy (deny all)".to_owned(),
         }
+    }
+}
+
+/// A refusal with a message and no field errors.
+fn only(message: String) -> ErrorDetail {
+    ErrorDetail {
+        message,
+        errors: Vec::new(),
     }
 }
 

@@ -172,6 +172,27 @@ fn fleet_config(addr: SocketAddr, state_dir: &std::path::Path) -> FleetConfig {
     }
 }
 
+/// Stops the sidecar's task and the control plane, then starts a sidecar on
+/// the same state dir: whatever it enforces comes from disk alone.
+fn restart_offline(
+    task: tokio::task::JoinHandle<()>,
+    session: Session,
+    cp: ControlPlaneDouble,
+    state_dir: &std::path::Path,
+) -> (Arc<PolicyStore>, tokio::task::JoinHandle<()>) {
+    task.abort();
+    drop(session);
+    let addr = cp.kill();
+    let store = Arc::new(PolicyStore::default());
+    let task = start(
+        fleet_config(addr, state_dir),
+        Arc::clone(&store),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    (store, task)
+}
+
 fn version(store: &PolicyStore) -> Option<String> {
     store.load().map(|s| s.version.to_string())
 }
@@ -278,16 +299,7 @@ async fn applies_acks_nacks_reconnects_and_restores() {
     assert!(hello.response_nonce.is_empty());
 
     // Restart the sidecar with the control plane down: v1 at once, from disk.
-    task.abort();
-    drop(s);
-    let addr = cp.kill();
-    let store = Arc::new(PolicyStore::default());
-    let task = start(
-        fleet_config(addr, tmp.path()),
-        Arc::clone(&store),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
+    let (store, task) = restart_offline(task, s, cp, tmp.path());
     assert_eq!(version(&store).as_deref(), Some("v1"));
     assert!(store.is_ready());
     task.abort();
@@ -352,16 +364,7 @@ async fn keyed_bundles_need_their_key_and_restore_with_it() {
     assert_eq!(saved.grant_key, Some(key));
 
     // Restarted with the control plane down, it identifies callers from disk.
-    task.abort();
-    drop(s);
-    let addr = cp.kill();
-    let store = Arc::new(PolicyStore::default());
-    let task = start(
-        fleet_config(addr, tmp.path()),
-        Arc::clone(&store),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
+    let (store, task) = restart_offline(task, s, cp, tmp.path());
     assert_eq!(grant(&store).as_deref(), Some("ci"));
     task.abort();
 }
