@@ -19,6 +19,9 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    /// The CA (PEM) that signed an https:// control plane's certificate.
+    #[arg(long, global = true, env = "TOLLGATE_CA", value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +33,9 @@ enum Command {
     Policy(cli::policy::PolicyCommand),
     /// Run the control plane.
     Serve(cli::serve::ServeArgs),
+    /// Make development certificates: a CA, the control plane's, sidecars'.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCommand),
     /// Show every sidecar's policy status.
     Status(cli::fleet::StatusArgs),
     /// Show fleet-wide rate limits: each bucket and the leases its nodes hold.
@@ -38,9 +44,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca) = cli.ca.clone() {
+        cli::fleet::set_ca(ca);
+    }
     let result = match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd, &cli.addr),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Certs(cmd) => cli::certs::run(cmd),
         Command::Status(args) => cli::fleet::status(&cli.addr, &args),
         Command::Limits(args) => cli::limits::limits(&cli.addr, &args),
     };

@@ -13,7 +13,7 @@ use tollgate_proto::v1::{
     GetVersionRequest, ListVersionsRequest, NodeState, NodeStatusRequest, PushPolicyRequest,
     node_state::State,
 };
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::diff::diff;
 
@@ -46,12 +46,36 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The CA an `https://` control plane's certificate is checked against
+/// (`--ca`), set once at start.
+static CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets `--ca` for every connection this process makes.
+pub fn set_ca(path: PathBuf) {
+    let _ = CA.set(path);
+}
+
 pub(crate) async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    AdminClient::connect(addr.to_owned())
-        .await
-        .with_context(|| {
-            format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
-        })
+    let mut endpoint = Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr {addr:?} is not a URL like https://HOST:PORT"))?;
+    match (addr.starts_with("https://"), CA.get()) {
+        (true, Some(ca)) => {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .with_context(|| format!("--ca {} cannot be used", ca.display()))?;
+        }
+        (true, None) => anyhow::bail!(
+            "{addr} speaks TLS: pass --ca (or set TOLLGATE_CA) with the CA that signed its \
+             certificate (ca.pem from `tollgate certs init`)"
+        ),
+        (false, _) => {}
+    }
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
+    })?;
+    Ok(AdminClient::new(channel))
 }
 
 pub fn push(addr: &str, args: &PushArgs) -> anyhow::Result<ExitCode> {
@@ -259,6 +283,7 @@ fn node_json(n: &NodeState) -> Value {
         "nack_error": n.nack_error,
         "quota_conflict": n.quota_conflict,
         "quota_conflict_at": n.quota_conflict_at,
+        "identity": n.identity,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The operator CLI, one module per command group.
 
+pub mod certs;
 pub mod fleet;
 pub mod limits;
 pub mod policy;
