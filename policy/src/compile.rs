@@ -18,7 +18,7 @@ use crate::conditions::{CompiledCondition, RegexCache};
 use crate::document::*;
 use crate::error::{Errors, child};
 use crate::glob::{self, Pattern};
-use crate::grant_key::{GrantKey, TokenHashing, decode_hex32};
+use crate::grant_key::{GrantKey, TokenHashing, decode_hex32, grant_tokens};
 
 /// A compiled bundle: what the sidecar swaps in and decides with.
 #[derive(Debug)]
@@ -336,71 +336,6 @@ impl Bundle {
             Policies::PerServer(m) => m.get(server),
         }
     }
-}
-
-/// The grant table of a bundle: grant ids by token hash, and how the hashes
-/// are made. Every grant names its token the same way as the first grant
-/// that names one; keyed grants need `grant_key`.
-fn grant_tokens(
-    b: &BundleDocument,
-    grant_key: Option<&GrantKey>,
-    errs: &mut Errors,
-) -> (TokenHashing, HashMap<[u8; 32], Arc<str>>) {
-    const PLAIN: &str = "token_sha256";
-    const KEYED: &str = "token_hmac_sha256";
-    let form = b
-        .grants
-        .iter()
-        .find_map(|(id, g)| match (&g.token_sha256, &g.token_hmac_sha256) {
-            (Some(_), None) => Some((id, PLAIN)),
-            (None, Some(_)) => Some((id, KEYED)),
-            _ => None,
-        });
-    let hashing = match (form, grant_key) {
-        (Some((_, KEYED)), Some(key)) => TokenHashing::HmacSha256(key.clone()),
-        _ => TokenHashing::Sha256,
-    };
-    let mut by_token = HashMap::new();
-    for (id, grant) in &b.grants {
-        let at = child("/grants", id);
-        let (field, hex) = match (&grant.token_sha256, &grant.token_hmac_sha256) {
-            (Some(hex), None) => (PLAIN, hex),
-            (None, Some(hex)) => (KEYED, hex),
-            // Neither or both: reported while reading.
-            _ => continue,
-        };
-        let here = child(&at, field);
-        if let Some((first, form)) = form.filter(|(_, form)| *form != field) {
-            errs.push(
-                &here,
-                format!(
-                    "grant `{first}` names its token by `{form}`, and every grant of a bundle \
-                     must name it the same way; write `{PLAIN}` for every grant (a control \
-                     plane keys them all when it distributes the bundle)"
-                ),
-            );
-            continue;
-        }
-        if field == KEYED && grant_key.is_none() {
-            errs.push(
-                &here,
-                "a keyed token hash is only usable with the grant key of the control plane \
-                 that distributed the bundle, and none came with it; in a policy file, name \
-                 the token by `token_sha256` (`printf %s TOKEN | sha256sum`)",
-            );
-            continue;
-        }
-        let Some(digest) = decode_hex32(hex) else {
-            continue; // reported while reading
-        };
-        if let Some(other) = by_token.insert(digest, id.as_str().into()) {
-            errs.push(
-                &here,
-                format!("grant `{other}` has the same token; each token must identify one grant"),
-            );
-        }
-    }
-    (hashing, by_token)
 }
 
 /// What one bundle's compile shares across its policies: the counter ids seen so

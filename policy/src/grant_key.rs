@@ -10,14 +10,22 @@
 //! with its deployment's [`GrantKey`]. The key travels beside the bundle,
 //! never in it.
 //!
-//! A sidecar identifies a caller with one SHA-256 of the token, plus one HMAC
-//! when the bundle is keyed; neither allocates.
+//! Compiling a bundle builds its grant table from either form (one form a
+//! bundle, keyed grants only with their key); a sidecar then identifies a
+//! caller with one SHA-256 of the token, plus one HMAC when the bundle is
+//! keyed, and neither allocates.
 
 use std::fmt;
 
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::document::BundleDocument;
+use crate::error::{Errors, child};
 
 /// A deployment's grant key: the HMAC-SHA256 key of `token_hmac_sha256`.
 ///
@@ -95,6 +103,71 @@ impl TokenHashing {
             TokenHashing::HmacSha256(key) => key.token_hmac(digest),
         }
     }
+}
+
+/// The grant table of a bundle: grant ids by token hash, and how the hashes
+/// are made. Every grant names its token the same way as the first grant
+/// that names one; keyed grants need `grant_key`.
+pub(crate) fn grant_tokens(
+    b: &BundleDocument,
+    grant_key: Option<&GrantKey>,
+    errs: &mut Errors,
+) -> (TokenHashing, HashMap<[u8; 32], Arc<str>>) {
+    const PLAIN: &str = "token_sha256";
+    const KEYED: &str = "token_hmac_sha256";
+    let form = b
+        .grants
+        .iter()
+        .find_map(|(id, g)| match (&g.token_sha256, &g.token_hmac_sha256) {
+            (Some(_), None) => Some((id, PLAIN)),
+            (None, Some(_)) => Some((id, KEYED)),
+            _ => None,
+        });
+    let hashing = match (form, grant_key) {
+        (Some((_, KEYED)), Some(key)) => TokenHashing::HmacSha256(key.clone()),
+        _ => TokenHashing::Sha256,
+    };
+    let mut by_token = HashMap::new();
+    for (id, grant) in &b.grants {
+        let at = child("/grants", id);
+        let (field, hex) = match (&grant.token_sha256, &grant.token_hmac_sha256) {
+            (Some(hex), None) => (PLAIN, hex),
+            (None, Some(hex)) => (KEYED, hex),
+            // Neither or both: reported while reading.
+            _ => continue,
+        };
+        let here = child(&at, field);
+        if let Some((first, form)) = form.filter(|(_, form)| *form != field) {
+            errs.push(
+                &here,
+                format!(
+                    "grant `{first}` names its token by `{form}`, and every grant of a bundle \
+                     must name it the same way; write `{PLAIN}` for every grant (a control \
+                     plane keys them all when it distributes the bundle)"
+                ),
+            );
+            continue;
+        }
+        if field == KEYED && grant_key.is_none() {
+            errs.push(
+                &here,
+                "a keyed token hash is only usable with the grant key of the control plane \
+                 that distributed the bundle, and none came with it; in a policy file, name \
+                 the token by `token_sha256` (`printf %s TOKEN | sha256sum`)",
+            );
+            continue;
+        }
+        let Some(digest) = decode_hex32(hex) else {
+            continue; // reported while reading
+        };
+        if let Some(other) = by_token.insert(digest, id.as_str().into()) {
+            errs.push(
+                &here,
+                format!("grant `{other}` has the same token; each token must identify one grant"),
+            );
+        }
+    }
+    (hashing, by_token)
 }
 
 /// The 32 bytes of 64 hex digits (either case), or `None`.
