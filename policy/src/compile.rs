@@ -18,13 +18,15 @@ use crate::conditions::{CompiledCondition, RegexCache};
 use crate::document::*;
 use crate::error::{Errors, child};
 use crate::glob::{self, Pattern};
+use crate::grant_key::{GrantKey, TokenHashing, decode_hex32, grant_tokens};
 
 /// A compiled bundle: what the sidecar swaps in and decides with.
 #[derive(Debug)]
 pub struct Bundle {
     pub(crate) policies: Policies,
-    /// Grant id by lower-case hex token hash.
-    pub(crate) grants_by_token: HashMap<String, Arc<str>>,
+    /// Grant id by token hash (raw bytes), hashed as `token_hashing` says.
+    pub(crate) grants_by_token: HashMap<[u8; 32], Arc<str>>,
+    pub(crate) token_hashing: TokenHashing,
     /// Grant ids and labels.
     pub(crate) grants: BTreeMap<Arc<str>, BTreeMap<String, String>>,
     /// Policies attached to a grant, by grant, then server.
@@ -147,8 +149,14 @@ pub struct ApprovalSpec {
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Bundle {
-    /// Compiles a read document; errors are appended to `errs`.
-    pub(crate) fn compile(file: &PolicyFile, errs: &mut Errors) -> Bundle {
+    /// Compiles a read document; errors are appended to `errs`. `grant_key`
+    /// is the key of keyed grants (`token_hmac_sha256`); a bundle with keyed
+    /// grants and no key is an error.
+    pub(crate) fn compile(
+        file: &PolicyFile,
+        grant_key: Option<&GrantKey>,
+        errs: &mut Errors,
+    ) -> Bundle {
         let mut counters = CounterRegistry::default();
         let mut stats = Stats::default();
         match file {
@@ -157,6 +165,7 @@ impl Bundle {
                 Bundle {
                     policies: Policies::Single(Box::new(policy)),
                     grants_by_token: HashMap::new(),
+                    token_hashing: TokenHashing::Sha256,
                     grants: BTreeMap::new(),
                     grant_policies: HashMap::new(),
                     stats,
@@ -170,20 +179,12 @@ impl Bundle {
                         compile_policy(doc, &at, Some(name), &mut counters, &mut stats, errs);
                     servers.insert(name.as_str().into(), policy);
                 }
-                let mut grants_by_token = HashMap::new();
+                let (token_hashing, grants_by_token) = grant_tokens(b, grant_key, errs);
                 let mut grants = BTreeMap::new();
                 let mut grant_policies = HashMap::new();
                 for (id, grant) in &b.grants {
                     let at = child("/grants", id);
                     let id: Arc<str> = id.as_str().into();
-                    if let Some(other) =
-                        grants_by_token.insert(grant.token_sha256.clone(), Arc::clone(&id))
-                    {
-                        errs.push(
-                            &child(&at, "token_sha256"),
-                            format!("grant `{other}` has the same token; each token must identify one grant"),
-                        );
-                    }
                     grants.insert(Arc::clone(&id), grant.labels.clone());
                     for (server, doc) in &grant.policies {
                         if !b.servers.contains_key(server) {
@@ -204,6 +205,7 @@ impl Bundle {
                 Bundle {
                     policies: Policies::PerServer(servers),
                     grants_by_token,
+                    token_hashing,
                     grants,
                     grant_policies,
                     stats,
@@ -217,9 +219,22 @@ impl Bundle {
         self.stats
     }
 
-    /// The grant a bearer token's SHA-256 (lower-case hex) identifies.
+    /// The grant a bearer token identifies: one SHA-256 of the token, and
+    /// one HMAC when the bundle's grants are keyed. Does not allocate.
+    pub fn grant_for_token(&self, token: &[u8]) -> Option<&Arc<str>> {
+        if self.grants_by_token.is_empty() {
+            return None;
+        }
+        self.grants_by_token
+            .get(&self.token_hashing.of_token(token))
+    }
+
+    /// The grant a bearer token's SHA-256 (hex, either case) identifies, in
+    /// either form of the bundle.
     pub fn grant_for_token_sha256(&self, hex: &str) -> Option<&Arc<str>> {
-        self.grants_by_token.get(hex)
+        let digest = decode_hex32(hex)?;
+        self.grants_by_token
+            .get(&self.token_hashing.of_sha256(&digest))
     }
 
     /// Whether the bundle names grants (then every call must carry a known token).

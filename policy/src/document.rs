@@ -33,18 +33,35 @@ pub struct BundleDocument {
     /// configuration (`/mcp/<name>`).
     pub servers: BTreeMap<String, PolicyDocument>,
     /// Callers, by grant id. A bearer token whose SHA-256 matches a grant's
-    /// `token_sha256` identifies the call as that grant's.
+    /// `token_sha256` (or, in a bundle as a control plane distributes it,
+    /// whose keyed hash matches `token_hmac_sha256`) identifies the call as
+    /// that grant's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, Grant>,
 }
 
-/// One caller's identity and, optionally, its own policies.
+/// One caller's identity and, optionally, its own policies. The token is
+/// named by exactly one of `token_sha256` and `token_hmac_sha256`, and every
+/// grant of a bundle uses the same one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["token_sha256"]},
+    {"required": ["token_hmac_sha256"]}
+]))]
 pub struct Grant {
-    /// Lower-case hex SHA-256 of the caller's bearer token (64 characters).
-    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
-    pub token_sha256: String,
+    /// Lower-case hex SHA-256 of the caller's bearer token (64 characters):
+    /// how policy files name the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub token_sha256: Option<String>,
+    /// Lower-case hex HMAC-SHA256 of the token's raw SHA-256 digest, keyed
+    /// with the control plane's grant key (64 characters): how a control
+    /// plane sends the token to sidecars, with the key beside the bundle.
+    /// Not for policy files: without the key, nothing can check it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub token_hmac_sha256: Option<String>,
     /// Free-form labels, reported with every decision for this grant.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

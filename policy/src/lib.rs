@@ -21,7 +21,8 @@
 //! ```
 //!
 //! The risk-class table is in [`classes`]; the window algorithm in [`limits`];
-//! the evaluation order in [`evaluate`].
+//! the evaluation order in [`evaluate`]; how grants name tokens, and the
+//! keyed form a control plane distributes, in [`grant_key`].
 
 pub mod classes;
 mod compile;
@@ -30,6 +31,7 @@ pub mod document;
 mod error;
 pub mod evaluate;
 mod glob;
+pub mod grant_key;
 pub mod limits;
 mod schema;
 mod validate;
@@ -40,6 +42,7 @@ pub use conditions::Arguments;
 pub use document::PolicyFile;
 pub use error::{PolicyError, PolicyErrors};
 pub use evaluate::{Call, Decision, LimitInfo, Listing, Outcome};
+pub use grant_key::{GrantKey, key_grant_tokens, needs_grant_key};
 pub use limits::{Admission, Charge, Counters, DEFAULT_SESSION_BUCKETS, LocalCounters};
 pub use schema::json_schema;
 
@@ -64,18 +67,36 @@ pub fn load(text: &str) -> Result<Bundle, PolicyErrors> {
 
 /// [`load`] for an already parsed value.
 pub fn load_value(value: &serde_json::Value) -> Result<Bundle, PolicyErrors> {
-    read(value).and_then(|file| compile(&file))
+    load_distributed(value, None)
+}
+
+/// [`load_value`] for a bundle as a control plane distributes it: its
+/// grants may name tokens by `token_hmac_sha256`, keyed with `grant_key`
+/// (which came beside the bundle). Grants named by `token_sha256` load as
+/// they always do, with or without a key.
+pub fn load_distributed(
+    value: &serde_json::Value,
+    grant_key: Option<&GrantKey>,
+) -> Result<Bundle, PolicyErrors> {
+    read_with(value, grant_key).and_then(|file| compile_distributed(&file, grant_key))
 }
 
 /// Reads and checks the structure of a file without compiling it.
 pub fn read(value: &serde_json::Value) -> Result<PolicyFile, PolicyErrors> {
+    read_with(value, None)
+}
+
+fn read_with(
+    value: &serde_json::Value,
+    grant_key: Option<&GrantKey>,
+) -> Result<PolicyFile, PolicyErrors> {
     let mut errs = error::Errors::default();
     let file = validate::read_file(value, &mut errs);
     match file {
         Some(file) if errs.is_empty() => Ok(file),
         Some(file) => {
             // Still compile what was valid, so cross-document errors show too.
-            let _ = Bundle::compile(&file, &mut errs);
+            let _ = Bundle::compile(&file, grant_key, &mut errs);
             errs.into_result(file)
         }
         None => errs.into_result(PolicyFile::Bundle(Default::default())),
@@ -84,7 +105,16 @@ pub fn read(value: &serde_json::Value) -> Result<PolicyFile, PolicyErrors> {
 
 /// Compiles a read file, with the checks that span the whole document.
 pub fn compile(file: &PolicyFile) -> Result<Bundle, PolicyErrors> {
+    compile_distributed(file, None)
+}
+
+/// [`compile`] with the grant key of a distributed bundle (see
+/// [`load_distributed`]).
+pub fn compile_distributed(
+    file: &PolicyFile,
+    grant_key: Option<&GrantKey>,
+) -> Result<Bundle, PolicyErrors> {
     let mut errs = error::Errors::default();
-    let bundle = Bundle::compile(file, &mut errs);
+    let bundle = Bundle::compile(file, grant_key, &mut errs);
     errs.into_result(bundle)
 }

@@ -35,7 +35,7 @@ pub(crate) fn read_file(v: &Value, errs: &mut Errors) -> Option<PolicyFile> {
 }
 
 const BUNDLE_FIELDS: &[&str] = &["servers", "grants"];
-const GRANT_FIELDS: &[&str] = &["token_sha256", "labels", "policies"];
+const GRANT_FIELDS: &[&str] = &["token_sha256", "token_hmac_sha256", "labels", "policies"];
 const POLICY_FIELDS: &[&str] = &[
     "version",
     "default",
@@ -82,22 +82,38 @@ fn read_bundle(v: &Value, at: &str, errs: &mut Errors) -> Option<BundleDocument>
 
 fn read_grant(v: &Value, at: &str, errs: &mut Errors) -> Option<Grant> {
     let m = object(v, at, errs, GRANT_FIELDS, "a grant")?;
-    let token_sha256 = required(
-        m,
-        at,
-        "token_sha256",
-        errs,
-        "the SHA-256 of the grant's bearer token in hex",
-        |v, at, errs| {
-            let s = string(v, at, errs)?;
-            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Some(s.to_ascii_lowercase())
-            } else {
-                errs.push(at, format!("expected 64 hex digits (the SHA-256 of the token, e.g. from `printf %s TOKEN | sha256sum`), found {:?}", s));
-                None
-            }
-        },
-    );
+    let token_sha256 = optional(m, at, "token_sha256", errs, |v, at, errs| {
+        hex32(
+            v,
+            at,
+            errs,
+            "the SHA-256 of the token, e.g. from `printf %s TOKEN | sha256sum`",
+        )
+    });
+    let token_hmac_sha256 = optional(m, at, "token_hmac_sha256", errs, |v, at, errs| {
+        hex32(
+            v,
+            at,
+            errs,
+            "the keyed hash of the token, as a control plane distributes it",
+        )
+    });
+    match (
+        m.contains_key("token_sha256"),
+        m.contains_key("token_hmac_sha256"),
+    ) {
+        (false, false) => errs.push(
+            at,
+            "missing field `token_sha256`: expected the SHA-256 of the grant's bearer token in hex \
+             (`printf %s TOKEN | sha256sum`)",
+        ),
+        (true, true) => errs.push(
+            at,
+            "a grant names its token once: `token_sha256` (in policy files) or \
+             `token_hmac_sha256` (in bundles a control plane distributes), not both; remove one",
+        ),
+        _ => {}
+    }
     let labels = m
         .get("labels")
         .map(|v| {
@@ -111,10 +127,22 @@ fn read_grant(v: &Value, at: &str, errs: &mut Errors) -> Option<Grant> {
         .map(|v| map_of(v, &child(at, "policies"), errs, "server", read_policy))
         .unwrap_or_default();
     Some(Grant {
-        token_sha256: token_sha256.unwrap_or_default(),
+        token_sha256,
+        token_hmac_sha256,
         labels,
         policies,
     })
+}
+
+/// 64 hex digits, read as lower case; `what` says what they are.
+fn hex32(v: &Value, at: &str, errs: &mut Errors, what: &str) -> Option<String> {
+    let s = string(v, at, errs)?;
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(s.to_ascii_lowercase())
+    } else {
+        errs.push(at, format!("expected 64 hex digits ({what}), found {s:?}"));
+        None
+    }
 }
 
 fn read_policy(v: &Value, at: &str, errs: &mut Errors) -> Option<PolicyDocument> {

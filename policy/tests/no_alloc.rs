@@ -88,3 +88,25 @@ fn glob_default_and_limit_paths_allocate_nothing_once_warm() {
     eprintln!("allocations per 1000 decisions: {counts:?}");
     assert!(counts.iter().all(|&(_, n)| n == 0), "{counts:?}");
 }
+
+#[test]
+fn identifying_a_caller_allocates_nothing_in_either_form() {
+    let sha256_of_test = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let mut file = serde_json::json!({
+        "servers": {"s": {"version": "1", "default": "allow"}},
+        "grants": {"ci": {"token_sha256": sha256_of_test}}
+    });
+    let plain = tollgate_policy::load_value(&file).expect("valid");
+    let key = tollgate_policy::GrantKey::new([9; 32]);
+    tollgate_policy::key_grant_tokens(&mut file, &key);
+    let keyed = tollgate_policy::load_distributed(&file, Some(&key)).expect("valid");
+    for bundle in [&plain, &keyed] {
+        let n = allocation_counter::measure(|| {
+            for _ in 0..100 {
+                assert!(bundle.grant_for_token(b"test").is_some());
+                assert!(bundle.grant_for_token(b"wrong").is_none());
+            }
+        });
+        assert_eq!(n.count_total, 0);
+    }
+}

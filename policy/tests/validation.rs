@@ -582,7 +582,7 @@ fn upper_case_token_is_read_as_lower_case() {
     let Ok(PolicyFile::Bundle(bundle)) = read(&value) else {
         panic!("a valid bundle");
     };
-    assert_eq!(bundle.grants["g"].token_sha256, TOKEN);
+    assert_eq!(bundle.grants["g"].token_sha256.as_deref(), Some(TOKEN));
     let compiled = load_value(&value).expect("valid");
     assert_eq!(
         compiled.grant_for_token_sha256(TOKEN).map(|g| &**g),

@@ -1,11 +1,14 @@
 //! Who is calling: the grant a bearer token identifies, or the sidecar's own
 //! node id when the bundle has no grants (egress mode counts per pod).
+//!
+//! The bundle holds token hashes only, in the operator's form (SHA-256) or
+//! the keyed form a control plane distributes (HMAC-SHA256 of that digest);
+//! [`Bundle::grant_for_token`] hashes the presented token the same way.
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::HeaderName;
-use sha2::{Digest, Sha256};
 use tollgate_policy::Bundle;
 
 /// Why a call could not be identified.
@@ -41,14 +44,8 @@ pub fn identify(
     else {
         return Err(IdentityError::Missing(header.to_string()));
     };
-    let digest = Sha256::digest(token.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        hex.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
     bundle
-        .grant_for_token_sha256(&hex)
+        .grant_for_token(token.as_bytes())
         .cloned()
         .ok_or_else(|| IdentityError::Unknown(header.to_string()))
 }
@@ -90,6 +87,28 @@ mod tests {
             "ci"
         );
         headers.insert(&h, "Bearer nope".parse().unwrap());
+        assert_eq!(
+            identify(&headers, &h, &bundle, &node),
+            Err(IdentityError::Unknown("authorization".into()))
+        );
+    }
+
+    #[test]
+    fn keyed_bundles_identify_with_their_key() {
+        let key = tollgate_policy::GrantKey::new([5; 32]);
+        let mut value: serde_json::Value = serde_json::from_str(BUNDLE).unwrap();
+        tollgate_policy::key_grant_tokens(&mut value, &key);
+        let node: Arc<str> = "pod-1".into();
+        let h = http::header::AUTHORIZATION;
+        let mut headers = HeaderMap::new();
+        headers.insert(&h, "Bearer test".parse().unwrap());
+        let bundle = tollgate_policy::load_distributed(&value, Some(&key)).unwrap();
+        assert_eq!(
+            identify(&headers, &h, &bundle, &node).unwrap().as_ref(),
+            "ci"
+        );
+        let other = tollgate_policy::GrantKey::new([6; 32]);
+        let bundle = tollgate_policy::load_distributed(&value, Some(&other)).unwrap();
         assert_eq!(
             identify(&headers, &h, &bundle, &node),
             Err(IdentityError::Unknown("authorization".into()))

@@ -57,7 +57,7 @@ impl Admin for AdminService {
         let content = match push::prepare(
             &req.content,
             server,
-            latest.as_ref().map(|l| (l.version, &l.content[..])),
+            latest.as_ref().map(|l| (l.version, &l.stored[..])),
         ) {
             Ok(content) => content,
             Err(errors) => {
@@ -86,7 +86,8 @@ impl Admin for AdminService {
             tracing::info!(version, hash = %stored.content_hash, "policy pushed");
             cp.metrics.pushes.inc();
             cp.metrics.latest_version.set(version as i64);
-            cp.latest.send_replace(Some(Arc::new(Latest::from(stored))));
+            let latest = Latest::new(stored, &cp.grant_key);
+            cp.latest.send_replace(Some(Arc::new(latest)));
         }
         Ok(Response::new(PushPolicyResponse {
             accepted: true,

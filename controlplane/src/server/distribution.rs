@@ -23,6 +23,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistribution;
 use tollgate_proto::v1::{ErrorDetail, Node, PolicyRequest, PolicyResponse};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::distributed::distribute;
 use super::drain::{Latch, Tracked};
 use super::{ControlPlane, Latest};
 use crate::status::{NodeStatus, Session, unix_now};
@@ -152,7 +153,9 @@ struct Closed;
 
 /// The stored version a node's report (a request without a nonce) says it
 /// runs, if its content hash is that version's: the latest's, or the one its
-/// `version_info` names, read back from the store. `None` for anything else
+/// `version_info` names, read back from the store — in the form this
+/// control plane sends, or as stored (what a control plane that did not key
+/// grants sent). `None` for anything else
 /// — a policy that did not come from this control plane, or a store that
 /// cannot be read (logged; the node's quota reports under that version are
 /// then refused until it is sent a version or reports again).
@@ -168,10 +171,17 @@ async fn stored_version_run(cp: &ControlPlane, node: &str, req: &PolicyRequest) 
     if version == 0 || version > latest.version {
         return None;
     }
-    match cp.store(move |s| s.get(version)).await {
-        Ok(stored) => stored
-            .filter(|v| v.content_hash == req.content_hash)
-            .map(|v| v.version),
+    let key = cp.grant_key.clone();
+    let reported = req.content_hash.clone();
+    // Keying the version is CPU work: done on the blocking pool with the read.
+    let runs = cp.store(move |s| {
+        Ok(s.get(version)?.is_some_and(|v| {
+            v.content_hash == reported
+                || distribute(&v.content, &v.content_hash, &key).content_hash == reported
+        }))
+    });
+    match runs.await {
+        Ok(runs) => runs.then_some(version),
         Err(status) => {
             tracing::warn!(
                 node,
@@ -368,6 +378,7 @@ impl NodeStream {
             nonce: nonce.clone(),
             rollout_id: String::new(),
             bundle: latest.content.to_vec(),
+            grant_key: latest.grant_key.to_vec(),
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.last_sent = Some((nonce, latest.version, latest.content_hash.clone()));

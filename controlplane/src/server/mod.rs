@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod admission;
+mod distributed;
 mod distribution;
 pub mod drain;
 mod http;
@@ -26,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tollgate_policy::GrantKey;
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
@@ -110,20 +112,31 @@ pub enum ServeError {
     Tls(#[from] TlsError),
 }
 
-/// The version every node should run, as sent on the wire.
+/// The version every node should run: as sent on the wire (derived once
+/// per version by the `distributed` module), and as stored.
 #[derive(Debug)]
 pub struct Latest {
     pub version: u64,
+    /// SHA-256 of `content`: what nodes report, ACK and NACK.
     pub content_hash: String,
+    /// The bundle as sent, its grants keyed.
     pub content: Bytes,
+    /// Sent beside `content`; empty when it has no keyed grants.
+    pub grant_key: Bytes,
+    /// The operator's form, as stored: what `push --server` merges into.
+    pub stored: Bytes,
 }
 
-impl From<StoredVersion> for Latest {
-    fn from(v: StoredVersion) -> Self {
+impl Latest {
+    /// Version `v`, prepared for sending with `key`.
+    pub fn new(v: StoredVersion, key: &GrantKey) -> Self {
+        let sent = distributed::distribute(&v.content, &v.content_hash, key);
         Self {
             version: v.version,
-            content_hash: v.content_hash,
-            content: Bytes::from(v.content),
+            content_hash: sent.content_hash,
+            content: sent.content,
+            grant_key: sent.grant_key,
+            stored: Bytes::from(v.content),
         }
     }
 }
@@ -132,6 +145,8 @@ impl From<StoredVersion> for Latest {
 pub struct ControlPlane {
     store: Arc<dyn PolicyStore>,
     latest: watch::Sender<Option<Arc<Latest>>>,
+    /// Keys the grants of every bundle sent (see [`distributed`]).
+    grant_key: GrantKey,
     fleet: Fleet,
     metrics: Metrics,
     /// Pushes are serialized so versions reach the watch in order.
@@ -152,7 +167,10 @@ impl ControlPlane {
     /// Opens the store in `config.data` and loads the latest version.
     pub fn open(config: &Config) -> Result<Self, StoreError> {
         let store = SqliteStore::open(&config.data)?;
-        let latest = store.latest()?.map(|v| Arc::new(Latest::from(v)));
+        let grant_key = distributed::grant_key(&store, crate::status::unix_now())?;
+        let latest = store
+            .latest()?
+            .map(|v| Arc::new(Latest::new(v, &grant_key)));
         let metrics = Metrics::new();
         metrics
             .latest_version
@@ -160,6 +178,7 @@ impl ControlPlane {
         Ok(Self {
             store: Arc::new(store),
             latest: watch::Sender::new(latest),
+            grant_key,
             fleet: Fleet::new(config.stale_after),
             metrics,
             push_lock: tokio::sync::Mutex::new(()),

@@ -1,7 +1,8 @@
 //! Where policy versions live: an append-only list of immutable versions,
-//! numbered 1, 2, 3… and addressed by the SHA-256 of their content; and,
-//! per node, the versions it refused (NACKed), so that a refused version is
-//! never resent to that node, even by a control plane restarted since.
+//! numbered 1, 2, 3… and addressed by the SHA-256 of their content; per
+//! node, the versions it refused (NACKed), so that a refused version is
+//! never resent to that node, even by a control plane restarted since; and
+//! the deployment's secrets, made once and kept for its lifetime.
 //!
 //! The trait is synchronous (SQLite is); async callers run it on the blocking
 //! pool. PostgreSQL for several replicas implements the same trait later.
@@ -57,6 +58,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the policy store lock was poisoned by a panic")]
     Poisoned,
+    #[error("the deployment secret `{name}` cannot be made or read: {reason}")]
+    Secret { name: String, reason: String },
     #[error(
         "the store in {path} has schema version {found}, newer than this tollgate knows \
          ({known}); run the tollgate release that wrote it, or a newer one"
@@ -100,6 +103,17 @@ pub trait PolicyStore: Send + Sync + 'static {
 
     /// The versions `node_id` refused, oldest version first.
     fn nacks(&self, node_id: &str) -> Result<Vec<Nack>, StoreError>;
+
+    /// The deployment secret `name`: the stored value, or, when there is
+    /// none yet, `make()`'s, stored durably before it is returned. Every later
+    /// call, in this process or another on the same store, returns the same
+    /// value.
+    fn secret_or_create(
+        &self,
+        name: &str,
+        make: &mut dyn FnMut() -> Result<Vec<u8>, StoreError>,
+        created_at: i64,
+    ) -> Result<Vec<u8>, StoreError>;
 
     /// Makes everything written so far durable in the store's main file, for
     /// a clean stop.

@@ -236,6 +236,33 @@ impl PolicyStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn secret_or_create(
+        &self,
+        name: &str,
+        make: &mut dyn FnMut() -> Result<Vec<u8>, StoreError>,
+        created_at: i64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut conn = self.conn()?;
+        // IMMEDIATE: another process opening the same store waits here, so
+        // the two cannot each make a different secret.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(value) = found {
+            return Ok(value);
+        }
+        let value = make()?;
+        tx.execute(
+            "INSERT INTO secrets (name, value, created_at) VALUES (?1, ?2, ?3)",
+            params![name, value, created_at],
+        )?;
+        tx.commit()?;
+        Ok(value)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let conn = self.conn()?;
         // Commits are already durable (synchronous = FULL); the checkpoint

@@ -147,3 +147,48 @@ fn flushing_empties_the_write_ahead_log() {
     store.flush().expect("flush");
     assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
 }
+
+#[test]
+fn a_secret_is_made_once_and_kept_across_reopens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let made = std::cell::Cell::new(0);
+    let make = |value: u8| {
+        let made = &made;
+        move || -> Result<Vec<u8>, StoreError> {
+            made.set(made.get() + 1);
+            Ok(vec![value; 4])
+        }
+    };
+    let a = store.secret_or_create("k", &mut make(1), 10).expect("made");
+    assert_eq!(a, [1; 4]);
+    let again = store
+        .secret_or_create("k", &mut make(2), 11)
+        .expect("read back");
+    assert_eq!(again, a, "the stored secret, not a new one");
+    let other = store
+        .secret_or_create("other", &mut make(3), 12)
+        .expect("made");
+    assert_eq!(other, [3; 4], "each name has its own secret");
+    drop(store);
+
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let reopened = store
+        .secret_or_create("k", &mut make(4), 13)
+        .expect("read back");
+    assert_eq!(reopened, a);
+    assert_eq!(made.get(), 2, "made once for `k` and once for `other`");
+
+    // A failure to make one stores nothing.
+    let mut failing = || -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Secret {
+            name: "f".into(),
+            reason: "no randomness".into(),
+        })
+    };
+    assert!(store.secret_or_create("f", &mut failing, 14).is_err());
+    assert_eq!(
+        store.secret_or_create("f", &mut make(5), 15).expect("made"),
+        [5; 4]
+    );
+}

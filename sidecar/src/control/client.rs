@@ -1,9 +1,10 @@
 //! The policy-distribution stream, from the sidecar's side.
 //!
 //! One task: connect (one HTTP/2 connection), open `StreamPolicy`, send the
-//! node and what it runs, then for each response compile the bundle on a
-//! blocking thread, swap it in whole, persist it, and ACK — or keep the old
-//! snapshot and NACK with every validation error. When the stream ends, wait
+//! node and what it runs, then for each response compile the bundle (its
+//! keyed grants with the `grant_key` that came beside it) on a blocking
+//! thread, swap it in whole, persist both, and ACK — or keep the old snapshot
+//! and NACK with every validation error, or with what is missing. When the stream ends, wait
 //! a [`Backoff`] delay and start over; the snapshot in force never changes
 //! because of a lost stream.
 
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::{PolicyStore, Snapshot};
 use futures_util::Stream;
 use tokio::sync::mpsc;
+use tollgate_policy::{Bundle, GrantKey};
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{ErrorDetail, FieldError, Node, PolicyRequest, PolicyResponse};
 use tonic::Code;
@@ -215,57 +217,45 @@ impl Client {
             nonce,
             rollout_id,
             bundle,
+            grant_key,
         } = response;
         let actual = content_hash(&bundle);
         if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&actual) {
-            return self.refuse(
-                version,
-                nonce,
-                ErrorDetail {
-                    message: format!(
-                        "version {version}: content_hash {claimed} is not the bundle's SHA-256 {actual}"
-                    ),
-                    errors: Vec::new(),
-                },
+            let message = format!(
+                "version {version}: content_hash {claimed} is not the bundle's SHA-256 {actual}"
             );
+            return self.refuse(version, nonce, only(message));
         }
+        let grant_key = if grant_key.is_empty() {
+            None
+        } else {
+            match GrantKey::from_slice(&grant_key) {
+                Some(key) => Some(key),
+                None => {
+                    let message = format!(
+                        "version {version}: grant_key is {} bytes, a grant key is {}; keeping {}",
+                        grant_key.len(),
+                        GrantKey::LEN,
+                        self.running()
+                    );
+                    return self.refuse(version, nonce, only(message));
+                }
+            }
+        };
         // Compiling a large bundle is CPU work: keep it off the request threads.
-        let compiled = tokio::task::spawn_blocking(move || {
-            let result = match std::str::from_utf8(&bundle) {
-                Ok(text) => tollgate_policy::load(text).map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(|e| FieldError {
-                            pointer: e.pointer.clone(),
-                            message: e.message.clone(),
-                        })
-                        .collect()
-                }),
-                Err(e) => Err(vec![FieldError {
-                    pointer: String::new(),
-                    message: format!("the bundle is not UTF-8: {e}"),
-                }]),
-            };
-            (result, bundle)
-        })
-        .await;
+        let key = grant_key.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || (compile(&bundle, key.as_ref()), bundle)).await;
         let (compiled, bytes) = match compiled {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("version {version}: compiling failed: {e}");
-                return self.refuse(
-                    version,
-                    nonce,
-                    ErrorDetail {
-                        message,
-                        errors: Vec::new(),
-                    },
-                );
+                return self.refuse(version, nonce, only(message));
             }
         };
         let bundle = match compiled {
             Ok(b) => b,
-            Err(errors) => {
+            Err(Unusable::Invalid(errors)) => {
                 let n = errors.len();
                 let message = format!(
                     "version {version} is invalid ({n} error{}), keeping {}",
@@ -273,6 +263,14 @@ impl Client {
                     self.running()
                 );
                 return self.refuse(version, nonce, ErrorDetail { message, errors });
+            }
+            Err(Unusable::NoGrantKey) => {
+                let message = format!(
+                    "version {version} names its grants' tokens by token_hmac_sha256, but came \
+                     without the control plane's grant_key to check them with; keeping {}",
+                    self.running()
+                );
+                return self.refuse(version, nonce, only(message));
             }
         };
         let label = version_label(version);
@@ -287,7 +285,7 @@ impl Client {
             version,
             content_hash: actual,
         };
-        self.persist(&applied, bytes).await;
+        self.persist(&applied, bytes, grant_key).await;
         self.applied = Some(applied);
         self.request(None, nonce, None)
     }
@@ -295,7 +293,7 @@ impl Client {
     /// Writes the bundle in force to the state dir. A failure is logged, not
     /// NACKed: the bundle is valid and in force; only a restart while the
     /// control plane is down would miss it.
-    async fn persist(&self, applied: &Applied, bytes: Vec<u8>) {
+    async fn persist(&self, applied: &Applied, bytes: Vec<u8>, grant_key: Option<GrantKey>) {
         let Some(dir) = self.state.clone() else {
             return;
         };
@@ -303,6 +301,7 @@ impl Client {
             version: applied.version,
             content_hash: applied.content_hash.clone(),
             bytes,
+            grant_key,
         };
         let failed = match tokio::task::spawn_blocking(move || dir.save(&saved)).await {
             Ok(Ok(())) => return,
@@ -359,6 +358,46 @@ impl Client {
             None => "no policy (deny all)".to_owned(),
         }
     }
+}
+
+/// A refusal with a message and no field errors.
+fn only(message: String) -> ErrorDetail {
+    ErrorDetail {
+        message,
+        errors: Vec::new(),
+    }
+}
+
+/// Why a received bundle cannot be put in force.
+enum Unusable {
+    /// It is not a valid policy: every error, with its JSON pointer.
+    Invalid(Vec<FieldError>),
+    /// Its grants are keyed, and no key came with it.
+    NoGrantKey,
+}
+
+/// Compiles a received bundle with the grant key that came with it.
+fn compile(bundle: &[u8], grant_key: Option<&GrantKey>) -> Result<Bundle, Unusable> {
+    let value: serde_json::Value = serde_json::from_slice(bundle).map_err(|e| {
+        Unusable::Invalid(vec![FieldError {
+            pointer: String::new(),
+            message: format!("the bundle is not valid JSON: {e}"),
+        }])
+    })?;
+    if grant_key.is_none() && tollgate_policy::needs_grant_key(&value) {
+        return Err(Unusable::NoGrantKey);
+    }
+    tollgate_policy::load_distributed(&value, grant_key).map_err(|errors| {
+        Unusable::Invalid(
+            errors
+                .iter()
+                .map(|e| FieldError {
+                    pointer: e.pointer.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+        )
+    })
 }
 
 /// An error and its causes (tonic's transport error alone says only "transport error").

@@ -45,12 +45,18 @@ impl Session {
     }
 
     async fn send(&self, version: u64, bundle: &str, nonce: &str) {
+        self.send_keyed(version, bundle, nonce, &[]).await;
+    }
+
+    /// Sends `bundle` with `grant_key` beside it.
+    async fn send_keyed(&self, version: u64, bundle: &str, nonce: &str, grant_key: &[u8]) {
         let response = PolicyResponse {
             version,
             content_hash: content_hash(bundle.as_bytes()),
             nonce: nonce.into(),
             rollout_id: String::new(),
             bundle: bundle.as_bytes().to_vec(),
+            grant_key: grant_key.to_vec(),
         };
         self.responses.send(Ok(response)).await.unwrap();
     }
@@ -167,6 +173,27 @@ fn fleet_config(addr: SocketAddr, state_dir: &std::path::Path) -> FleetConfig {
     }
 }
 
+/// Stops the sidecar's task and the control plane, then starts a sidecar on
+/// the same state dir: whatever it enforces comes from disk alone.
+fn restart_offline(
+    task: tokio::task::JoinHandle<()>,
+    session: Session,
+    cp: ControlPlaneDouble,
+    state_dir: &std::path::Path,
+) -> (Arc<PolicyStore>, tokio::task::JoinHandle<()>) {
+    task.abort();
+    drop(session);
+    let addr = cp.kill();
+    let store = Arc::new(PolicyStore::default());
+    let task = start(
+        fleet_config(addr, state_dir),
+        Arc::clone(&store),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    (store, task)
+}
+
 fn version(store: &PolicyStore) -> Option<String> {
     store.load().map(|s| s.version.to_string())
 }
@@ -238,6 +265,7 @@ async fn applies_acks_nacks_reconnects_and_restores() {
         nonce: "n3".into(),
         rollout_id: String::new(),
         bundle: br#"{"version": "1", "default": "deny"}"#.to_vec(),
+        grant_key: Vec::new(),
     };
     s.responses.send(Ok(forged)).await.unwrap();
     let nack = s.next().await;
@@ -272,18 +300,73 @@ async fn applies_acks_nacks_reconnects_and_restores() {
     assert!(hello.response_nonce.is_empty());
 
     // Restart the sidecar with the control plane down: v1 at once, from disk.
+    let (store, task) = restart_offline(task, s, cp, tmp.path());
+    assert_eq!(version(&store).as_deref(), Some("v1"));
+    assert!(store.is_ready());
     task.abort();
-    drop(s);
-    let addr = cp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_bundles_need_their_key_and_restore_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlaneDouble::start("127.0.0.1:0".parse().unwrap());
     let store = Arc::new(PolicyStore::default());
     let task = start(
-        fleet_config(addr, tmp.path()),
+        fleet_config(cp.addr, tmp.path()),
         Arc::clone(&store),
         Arc::new(Metrics::new()),
     )
     .unwrap();
-    assert_eq!(version(&store).as_deref(), Some("v1"));
-    assert!(store.is_ready());
+    let mut s = cp.session().await;
+    let _hello = s.next().await;
+
+    let key = tollgate_policy::GrantKey::new([11; 32]);
+    let mut keyed = serde_json::json!({
+        "servers": {"s": {"version": "1", "default": "allow"}},
+        // SHA-256 of "test".
+        "grants": {"ci": {"token_sha256":
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}
+    });
+    tollgate_policy::key_grant_tokens(&mut keyed, &key);
+    let keyed = keyed.to_string();
+
+    // Without the key: refused, saying what is missing.
+    s.send(1, &keyed, "n1").await;
+    let nack = s.next().await;
+    let detail = nack.error_detail.expect("a NACK");
+    assert!(
+        detail
+            .message
+            .contains("without the control plane's grant_key"),
+        "{detail:?}"
+    );
+    // A key of the wrong length: refused too.
+    s.send_keyed(1, &keyed, "n2", &[11; 16]).await;
+    let detail = s.next().await.error_detail.expect("a NACK");
+    assert!(
+        detail.message.contains("grant_key is 16 bytes"),
+        "{detail:?}"
+    );
+    assert!(!store.is_ready());
+
+    // With it: applied, and callers are identified.
+    s.send_keyed(1, &keyed, "n3", key.as_bytes()).await;
+    let ack = s.next().await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let grant = |store: &PolicyStore| {
+        let snapshot = store.load().expect("a policy in force");
+        snapshot
+            .bundle
+            .grant_for_token(b"test")
+            .map(|g| g.to_string())
+    };
+    assert_eq!(grant(&store).as_deref(), Some("ci"));
+    let saved = StateDir::open(tmp.path()).unwrap().load().unwrap().unwrap();
+    assert_eq!(saved.grant_key, Some(key));
+
+    // Restarted with the control plane down, it identifies callers from disk.
+    let (store, task) = restart_offline(task, s, cp, tmp.path());
+    assert_eq!(grant(&store).as_deref(), Some("ci"));
     task.abort();
 }
 
@@ -295,6 +378,7 @@ async fn corrupt_state_dir_is_ignored_and_denies_all() {
         version: 4,
         content_hash: content_hash(V1.as_bytes()),
         bytes: V1.as_bytes().to_vec(),
+        grant_key: None,
     })
     .unwrap();
     std::fs::write(tmp.path().join("bundle.json"), "{garbage").unwrap();

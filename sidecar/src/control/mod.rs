@@ -224,10 +224,12 @@ fn restore(dir: &StateDir, store: &PolicyStore, metrics: &Metrics) -> Option<App
         }
     };
     // Runs once before serving: compiling here, not on a blocking thread, is fine.
-    let bundle = match std::str::from_utf8(&saved.bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|text| tollgate_policy::load(text).map_err(|e| e.to_string()))
-    {
+    let bundle = match serde_json::from_slice::<serde_json::Value>(&saved.bytes)
+        .map_err(|e| format!("not valid JSON: {e}"))
+        .and_then(|value| {
+            tollgate_policy::load_distributed(&value, saved.grant_key.as_ref())
+                .map_err(|e| e.to_string())
+        }) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(

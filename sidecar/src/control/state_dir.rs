@@ -1,14 +1,20 @@
 //! The last good bundle on disk, so a sidecar restarted while the control
 //! plane is down enforces it at once instead of denying everything.
 //!
-//! Two files in the state dir: `bundle.json` (the bundle's bytes as the
-//! control plane sent them) and `bundle.meta.json` (`{"version": N,
-//! "content_hash": "<sha256 hex>"}`). Each is written to a temporary file,
-//! fsynced, renamed over the old one, and the directory is fsynced. The bundle
-//! is written first and the meta last; on load the bundle's SHA-256 must match
-//! the meta's hash, so a crash between the two renames, a torn write or a hand
-//! edit reads as "no saved bundle" (deny all until the control plane answers)
-//! rather than as a policy nobody sent.
+//! Up to three files in the state dir: `bundle.json` (the bundle's bytes as
+//! the control plane sent them), `grant.key` (the control plane's grant key,
+//! 32 raw bytes, present when the bundle's grants are keyed) and
+//! `bundle.meta.json` (`{"version": N, "content_hash": "<sha256 hex>"}`, and
+//! `"grant_key_sha256": "<sha256 hex of the key>"` when there is a key). Each
+//! is written to a temporary file (0600), fsynced, renamed over the old one,
+//! and the directory is fsynced. The key and the bundle are written first and
+//! the meta last; on load the bundle's SHA-256 and the key's must match the
+//! meta's, so a crash between renames, a torn write or a hand edit reads as
+//! "no saved bundle" (deny all until the control plane answers) rather than
+//! as a policy nobody sent, or one checked against the wrong key.
+//!
+//! The key is kept beside the bundle, not in it: `bundle.json` alone (copied
+//! into a support ticket, say) holds only keyed token hashes.
 
 use std::fs::File;
 use std::io::Write;
@@ -17,9 +23,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tollgate_policy::GrantKey;
 
 const BUNDLE: &str = "bundle.json";
 const META: &str = "bundle.meta.json";
+const KEY: &str = "grant.key";
 
 /// A bundle the control plane sent and this sidecar applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +38,17 @@ pub struct SavedBundle {
     pub content_hash: String,
     /// The bundle, as the JSON policy file.
     pub bytes: Vec<u8>,
+    /// The key of its keyed grants, when the control plane sent one.
+    pub grant_key: Option<GrantKey>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     version: u64,
     content_hash: String,
+    /// SHA-256 (hex) of `grant.key`, when the bundle came with a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grant_key_sha256: Option<String>,
 }
 
 /// Why the state dir could not be read or written.
@@ -122,23 +135,65 @@ impl StateDir {
                 meta.content_hash
             )));
         }
+        let grant_key = match &meta.grant_key_sha256 {
+            None => None,
+            Some(expected) => {
+                let key = std::fs::read(self.dir.join(KEY))
+                    .map_err(|e| corrupt(format!("{META} names a grant key, but {KEY}: {e}")))?;
+                let actual = content_hash(&key);
+                if actual != *expected {
+                    return Err(corrupt(format!(
+                        "{KEY} has SHA-256 {actual}, {META} says {expected}"
+                    )));
+                }
+                let key = GrantKey::from_slice(&key).ok_or_else(|| {
+                    corrupt(format!(
+                        "{KEY} holds {} bytes, a grant key is {}",
+                        key.len(),
+                        GrantKey::LEN
+                    ))
+                })?;
+                Some(key)
+            }
+        };
         Ok(Some(SavedBundle {
             version: meta.version,
             content_hash: meta.content_hash,
             bytes,
+            grant_key,
         }))
     }
 
     /// Saves `bundle` atomically (see the module doc).
     pub fn save(&self, bundle: &SavedBundle) -> Result<(), StateError> {
+        if let Some(key) = &bundle.grant_key {
+            self.write_atomic(KEY, key.as_bytes())?;
+        }
         self.write_atomic(BUNDLE, &bundle.bytes)?;
         let meta = Meta {
             version: bundle.version,
             content_hash: bundle.content_hash.clone(),
+            grant_key_sha256: bundle
+                .grant_key
+                .as_ref()
+                .map(|k| content_hash(k.as_bytes())),
         };
-        // Serializing a struct of a number and a string cannot fail.
+        // Serializing a struct of a number and strings cannot fail.
         let meta = serde_json::to_vec(&meta).unwrap_or_default();
         self.write_atomic(META, &meta)?;
+        if bundle.grant_key.is_none() {
+            // No saved bundle needs the key any more: keep no copy of it.
+            match std::fs::remove_file(self.dir.join(KEY)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Io {
+                        path: self.dir.join(KEY),
+                        source,
+                    });
+                }
+            }
+        }
         self.sync_dir()
     }
 
@@ -183,7 +238,41 @@ mod tests {
             version,
             content_hash: content_hash(text.as_bytes()),
             bytes: text.as_bytes().to_vec(),
+            grant_key: None,
         }
+    }
+
+    fn keyed(version: u64, text: &str, key: u8) -> SavedBundle {
+        SavedBundle {
+            grant_key: Some(GrantKey::new([key; 32])),
+            ..saved(version, text)
+        }
+    }
+
+    #[test]
+    fn the_grant_key_is_kept_beside_the_bundle_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        dir.save(&keyed(1, r#"{"a":1}"#, 7)).unwrap();
+        assert_eq!(dir.load().unwrap(), Some(keyed(1, r#"{"a":1}"#, 7)));
+        assert_eq!(std::fs::read(tmp.path().join(KEY)).unwrap(), [7; 32]);
+        let bundle = std::fs::read(tmp.path().join(BUNDLE)).unwrap();
+        assert_eq!(bundle, br#"{"a":1}"#, "the key is not in the bundle file");
+
+        // Another control plane's key, written before a crash that left the
+        // old meta: not trusted.
+        std::fs::write(tmp.path().join(KEY), [8; 32]).unwrap();
+        let err = dir.load().unwrap_err();
+        assert!(err.to_string().contains(KEY), "{err}");
+        // A missing key: not trusted either.
+        std::fs::remove_file(tmp.path().join(KEY)).unwrap();
+        assert!(matches!(dir.load(), Err(StateError::Corrupt { .. })));
+
+        // A bundle without keyed grants leaves no key behind.
+        dir.save(&keyed(2, r#"{"b":2}"#, 7)).unwrap();
+        dir.save(&saved(3, r#"{"c":3}"#)).unwrap();
+        assert_eq!(dir.load().unwrap(), Some(saved(3, r#"{"c":3}"#)));
+        assert!(!tmp.path().join(KEY).exists());
     }
 
     #[test]
@@ -220,7 +309,8 @@ mod tests {
         dir.save(&saved(1, r#"{"a":1}"#)).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o700);
-        for name in [BUNDLE, META] {
+        dir.save(&keyed(2, r#"{"a":1}"#, 7)).unwrap();
+        for name in [BUNDLE, META, KEY] {
             assert_eq!(mode(&path.join(name)), 0o600, "{name}");
         }
     }
