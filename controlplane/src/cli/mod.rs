@@ -1,6 +1,9 @@
 //! The operator CLI, one module per command group.
 
+pub mod audit;
 pub mod fleet;
 pub mod limits;
 pub mod policy;
+pub mod remote;
 pub mod serve;
+pub mod tokens;
