@@ -27,6 +27,7 @@ use tollgate_sidecar::control::client::version_label;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::analysis::Call;
@@ -50,9 +51,10 @@ impl Limit {
     /// whose one tool has a limit of `max` calls per `window_s` seconds on
     /// `counter`, with `scope` (`global` or `grant`). The bundle has no
     /// grants, so a `grant` limit is keyed by `node_grant`, the sidecar's
-    /// node id.
+    /// node id. `admin_token` is an operator token with role admin.
     pub async fn new(
         endpoint: &Endpoint,
+        admin_token: &str,
         counter: &str,
         scope: &str,
         max: u64,
@@ -74,7 +76,16 @@ impl Limit {
             .connect()
             .await
             .context("cannot connect to the control plane")?;
-        let mut admin = AdminClient::new(channel.clone());
+        let bearer: MetadataValue<Ascii> = format!("Bearer {admin_token}")
+            .parse()
+            .context("the admin token is not printable ASCII")?;
+        let mut admin = AdminClient::with_interceptor(
+            channel.clone(),
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        );
         let pushed = admin
             .push_policy(PushPolicyRequest {
                 content: text.into_bytes(),
