@@ -123,7 +123,18 @@ struct Entry {
     revoked: bool,
 }
 
-/// The live table of operator tokens, by id.
+/// A token found by [`Authority::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub revoked: bool,
+}
+
+/// The live table of operator tokens, by id. A panic while it was locked
+/// cannot leave it half-changed (each change is one map operation), so a
+/// poisoned lock is used as is.
 #[derive(Debug, Default)]
 pub struct Authority {
     tokens: RwLock<HashMap<String, Entry>>,
@@ -211,15 +222,19 @@ impl Authority {
         }
     }
 
-    /// The live token named `name_or_id`, or any token with that id:
-    /// (id, name, role, revoked).
-    pub fn find(&self, name_or_id: &str) -> Option<(String, String, Role, bool)> {
+    /// The live token named `name_or_id`, or any token with that id.
+    pub fn find(&self, name_or_id: &str) -> Option<Found> {
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens
             .iter()
             .find(|(_, e)| !e.revoked && e.name == name_or_id)
             .or_else(|| tokens.get_key_value(name_or_id))
-            .map(|(id, e)| (id.clone(), e.name.clone(), e.role, e.revoked))
+            .map(|(id, e)| Found {
+                id: id.clone(),
+                name: e.name.clone(),
+                role: e.role,
+                revoked: e.revoked,
+            })
     }
 
     /// How many live tokens have role admin.

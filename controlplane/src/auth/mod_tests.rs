@@ -119,7 +119,7 @@ fn a_revoked_token_is_refused_at_once_and_named() {
     assert!(auth.check(&m, Role::Viewer, "status").is_ok());
     assert_eq!(auth.live_admins(), 1);
     assert_eq!(
-        auth.find("ci").map(|f| f.0),
+        auth.find("ci").map(|f| f.id),
         Some(id.clone()),
         "found by name"
     );
@@ -136,5 +136,5 @@ fn a_revoked_token_is_refused_at_once_and_named() {
         None,
         "a revoked token is not found by name"
     );
-    assert_eq!(auth.find(&id).map(|f| f.3), Some(true), "but by id");
+    assert_eq!(auth.find(&id).map(|f| f.revoked), Some(true), "but by id");
 }

@@ -64,34 +64,26 @@ impl ControlPlane {
         action: Action,
         target: &str,
     ) -> Result<Principal, Status> {
-        match self.auth.check(request.metadata(), need, action.command()) {
-            Ok(who) => Ok(who),
-            Err(e @ AuthError::Forbidden { .. }) => {
-                if let AuthError::Forbidden { name, has, .. } = &e {
-                    tracing::warn!(token = %name, role = %has, action = action.audited_as(), "refused: role too low");
-                    let who = Principal {
-                        name: name.clone(),
-                        role: *has,
-                    };
-                    self.audit(
-                        &who,
-                        action,
-                        target,
-                        &format!("denied: needs role {need}"),
-                        &format!("token role {has}"),
-                    )
-                    .await;
-                }
-                Err(e.into())
-            }
-            Err(e) => {
-                let peer = request
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-                tracing::warn!(%peer, action = action.audited_as(), error = %e, "unauthenticated admin call");
-                Err(e.into())
-            }
+        let e = match self.auth.check(request.metadata(), need, action.command()) {
+            Ok(who) => return Ok(who),
+            Err(e) => e,
+        };
+        if let AuthError::Forbidden { name, has, .. } = &e {
+            tracing::warn!(token = %name, role = %has, action = action.audited_as(), "refused: role too low");
+            let who = Principal {
+                name: name.clone(),
+                role: *has,
+            };
+            let outcome = format!("denied: needs role {need}");
+            self.audit(&who, action, target, &outcome, &format!("token role {has}"))
+                .await;
+        } else {
+            let peer = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+            tracing::warn!(%peer, action = action.audited_as(), error = %e, "unauthenticated admin call");
         }
+        Err(e.into())
     }
 
     /// Appends to the audit trail. The action already happened: a store

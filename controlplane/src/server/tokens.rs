@@ -10,7 +10,7 @@ use tonic::Status;
 
 use super::ControlPlane;
 use super::authorize::Action;
-use crate::auth::{Principal, Role, token};
+use crate::auth::{Found, Principal, Role, token};
 use crate::status::unix_now;
 use crate::store::StoredToken;
 
@@ -136,7 +136,13 @@ impl ControlPlane {
 
     async fn revoke(&self, name_or_id: &str) -> Result<TokenInfo, Status> {
         let _one_change = self.auth.changes.lock().await;
-        let Some((id, name, role, revoked)) = self.auth.find(name_or_id) else {
+        let Some(Found {
+            id,
+            name,
+            role,
+            revoked,
+        }) = self.auth.find(name_or_id)
+        else {
             return Err(Status::not_found(format!(
                 "no live token is named {name_or_id:?} and no token has that id; \
                  `tollgate token list` shows them"

@@ -279,6 +279,7 @@ impl PolicyStore for SqliteStore {
                 StoredToken {
                     id: r.get(0)?,
                     name: r.get(1)?,
+                    // Parsed below, where an unknown role can be named.
                     role: Role::Viewer,
                     salt: r.get(3)?,
                     hash: r.get(4)?,
