@@ -14,16 +14,22 @@ use tollgate_proto::v1::{
 };
 use tonic::Code;
 
-async fn create(admin: &mut common::Admin, name: &str, role: &str) -> String {
-    admin
+async fn try_create(
+    admin: &mut common::Admin,
+    name: &str,
+    role: &str,
+) -> Result<String, tonic::Status> {
+    let created = admin
         .create_token(CreateTokenRequest {
             name: name.to_owned(),
             role: role.to_owned(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
+        .await?;
+    Ok(created.into_inner().token)
+}
+
+async fn create(admin: &mut common::Admin, name: &str, role: &str) -> String {
+    try_create(admin, name, role).await.unwrap()
 }
 
 fn push_request(tool: &str) -> PushPolicyRequest {
@@ -158,19 +164,11 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_admin_is_kept() {
     let mut ops_client = admin_with(addr, &ops).await;
     ops_client.node_status(NodeStatusRequest {}).await.unwrap();
 
-    let err = root
-        .create_token(CreateTokenRequest {
-            name: "ops".to_owned(),
-            role: "viewer".to_owned(),
-        })
-        .await
-        .unwrap_err();
+    let err = try_create(&mut root, "ops", "viewer").await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    let err = root
-        .create_token(CreateTokenRequest {
-            name: "x".to_owned(),
-            role: "root".to_owned(),
-        })
+    let err = try_create(&mut root, "x", "root").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = try_create(&mut root, "no spaces", "viewer")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -253,11 +251,6 @@ async fn a_given_bootstrap_token_is_the_first_admin() {
     let cp = tollgate_controlplane::server::start(config).await.unwrap();
     assert!(!data.join("admin-token").exists());
     let mut c = admin_with(cp.grpc_addr, &token).await;
-    c.create_token(CreateTokenRequest {
-        name: "ci".to_owned(),
-        role: "viewer".to_owned(),
-    })
-    .await
-    .unwrap();
+    create(&mut c, "ci", "viewer").await;
     cp.shutdown().await.unwrap();
 }

@@ -66,10 +66,10 @@ fn create_token(cp: &ControlPlane, name: &str, role: &str) -> String {
     token
 }
 
-/// `tollgate audit --json` as the first admin, one object per line.
-fn audit(cp: &ControlPlane) -> Vec<Value> {
-    let out = cp.cli(&["audit", "--json", "--since", "1h"]);
-    assert_ok(&out, "tollgate audit --json");
+/// `tollgate <args…>` as the first admin: its stdout's JSON lines.
+fn json_lines(cp: &ControlPlane, args: &[&str]) -> Vec<Value> {
+    let out = cp.cli(args);
+    assert_ok(&out, &format!("tollgate {}", args.join(" ")));
     out.stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -171,13 +171,7 @@ fn a_viewer_reads_but_cannot_push_and_a_revoked_token_fails_at_once() {
         &["UNAUTHENTICATED", "revoked"],
     );
 
-    let out = cp.cli(&["token", "list", "--json"]);
-    assert_ok(&out, "tollgate token list --json");
-    let tokens: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let tokens = json_lines(&cp, &["token", "list", "--json"]);
     let view = tokens
         .iter()
         .find(|t| t["name"] == "ci-view")
@@ -185,9 +179,12 @@ fn a_viewer_reads_but_cannot_push_and_a_revoked_token_fails_at_once() {
     assert_eq!(view["role"], "viewer");
     assert!(view["revoked_at"].is_string(), "{view}");
     let secret = viewer.rsplit('_').next().unwrap_or_default();
-    assert!(!out.stdout.contains(secret), "a secret was listed");
+    assert!(
+        !tokens.iter().any(|t| t.to_string().contains(secret)),
+        "a secret was listed"
+    );
 
-    let entries = audit(&cp);
+    let entries = json_lines(&cp, &["audit", "--json", "--since", "1h"]);
     assert!(
         has(
             &entries,

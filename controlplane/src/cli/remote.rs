@@ -30,6 +30,14 @@ pub struct Remote {
 #[derive(Debug, Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
+impl Bearer {
+    /// Sends `token` (`tgt_…`); `None` if it is not printable ASCII.
+    pub fn token(token: &str) -> Option<Self> {
+        let value = format!("Bearer {token}").parse().ok()?;
+        Some(Bearer(Some(value)))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
@@ -76,10 +84,8 @@ impl Remote {
         if token.is_empty() {
             bail!("{source} is empty; it should hold an operator token (tgt_…)");
         }
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| anyhow!("the operator token in {source} is not printable ASCII"))?;
-        Ok(Bearer(Some(value)))
+        Bearer::token(token)
+            .ok_or_else(|| anyhow!("the operator token in {source} is not printable ASCII"))
     }
 }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+pub use tollgate_controlplane::cli::remote::Admin;
+use tollgate_controlplane::cli::remote::Bearer;
 use tollgate_controlplane::server::{self, Config, Running};
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
@@ -21,24 +23,6 @@ use tollgate_proto::v1::{
     PushPolicyRequest, PushPolicyResponse,
 };
 use tonic::Streaming;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-/// An admin client carrying an operator token.
-pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
-
-/// Sends `authorization: Bearer <token>` on every call.
-#[derive(Clone)]
-pub struct Bearer(pub MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
 
 /// The first admin token of each control plane these tests started, by
 /// gRPC address: what [`admin`] sends.
@@ -63,8 +47,7 @@ pub async fn admin_with(addr: SocketAddr, token: &str) -> Admin {
         .connect()
         .await
         .unwrap();
-    let value = format!("Bearer {token}").parse().unwrap();
-    AdminClient::with_interceptor(channel, Bearer(value))
+    AdminClient::with_interceptor(channel, Bearer::token(token).unwrap())
 }
 
 pub const WAIT: Duration = Duration::from_secs(5);
