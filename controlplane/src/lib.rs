@@ -16,3 +16,4 @@ pub mod quota;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod tls;

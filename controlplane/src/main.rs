@@ -24,6 +24,9 @@ struct Cli {
     /// control plane's host.
     #[arg(long, global = true, env = "TOLLGATE_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) that signed an https:// control plane's certificate.
+    #[arg(long, global = true, env = "TOLLGATE_CA", value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +38,9 @@ enum Command {
     Policy(cli::policy::PolicyCommand),
     /// Run the control plane.
     Serve(cli::serve::ServeArgs),
+    /// Make development certificates: a CA, the control plane's, sidecars'.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCommand),
     /// Show every sidecar's policy status.
     Status(cli::fleet::StatusArgs),
     /// Show fleet-wide rate limits: each bucket and the leases its nodes hold.
@@ -51,10 +57,12 @@ fn main() -> ExitCode {
     let remote = cli::remote::Remote {
         addr: cli.addr,
         token_file: cli.token_file,
+        ca: cli.ca,
     };
     let result = match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd, &remote),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Certs(cmd) => cli::certs::run(cmd),
         Command::Status(args) => cli::fleet::status(&remote, &args),
         Command::Limits(args) => cli::limits::limits(&remote, &args),
         Command::Token(cmd) => cli::tokens::run(cmd, &remote),

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub stale_nonces: Counter,
     /// Streams refused by the admission limit.
     pub streams_refused: Counter,
+    /// Policy and quota streams refused for their node identity (no
+    /// certificate, or one naming another node).
+    pub streams_unauthenticated: Counter,
     /// Quota reports received (one per message, of any number of buckets).
     pub quota_reports: Counter,
     /// Leases sent to sidecars.
@@ -49,6 +52,7 @@ impl Metrics {
             nacks: Counter::default(),
             stale_nonces: Counter::default(),
             streams_refused: Counter::default(),
+            streams_unauthenticated: Counter::default(),
             quota_reports: Counter::default(),
             quota_leases: Counter::default(),
             quota_bucket_errors: Counter::default(),
@@ -89,6 +93,11 @@ impl Metrics {
             "streams_refused",
             "Streams refused by the admission limit",
             m.streams_refused.clone(),
+        );
+        r.register(
+            "streams_unauthenticated",
+            "Policy and quota streams refused for their node identity",
+            m.streams_unauthenticated.clone(),
         );
         r.register(
             "quota_reports",

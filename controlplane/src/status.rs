@@ -52,6 +52,9 @@ pub struct NodeStatus {
     /// [`NodeStatus::quota_conflict`]), and when (Unix seconds).
     quota_conflict: String,
     quota_conflict_at: i64,
+    /// The SPIFFE id of the certificate its policy stream came with (""
+    /// when node ids are taken as declared).
+    identity: String,
     /// Versions this node refused, by number: never sent to it again.
     nacked: BTreeMap<u64, Nack>,
     /// Versions this process sent to the node, or that the node said it
@@ -78,6 +81,7 @@ impl NodeStatus {
             nack_error: String::new(),
             quota_conflict: String::new(),
             quota_conflict_at: 0,
+            identity: String::new(),
             nacked: BTreeMap::new(),
             given: BTreeSet::new(),
             remembered: false,
@@ -242,6 +246,7 @@ impl NodeStatus {
             nack_error: self.nack_error.clone(),
             quota_conflict: self.quota_conflict.clone(),
             quota_conflict_at: self.quota_conflict_at,
+            identity: self.identity.clone(),
         }
     }
 }
@@ -293,7 +298,7 @@ impl Fleet {
     /// A stream for `node` opened: the row is created or refreshed, with the
     /// refusals `stored` read from the store if given.
     pub fn connect(&self, node: Node, stored: Option<Vec<Nack>>) -> Session {
-        self.connect_with(node, stored, |_| {})
+        self.connect_with(node, String::new(), stored, |_| {})
     }
 
     /// As [`connect`](Self::connect), and `first` applied to the row in the
@@ -302,6 +307,7 @@ impl Fleet {
     pub fn connect_with(
         &self,
         node: Node,
+        identity: String,
         stored: Option<Vec<Nack>>,
         first: impl FnOnce(&mut NodeStatus),
     ) -> Session {
@@ -314,6 +320,7 @@ impl Fleet {
                 row.remember(stored);
             }
             row.node = node;
+            row.identity = identity;
             row.connected = true;
             row.session += 1;
             first(row);

@@ -173,9 +173,14 @@ async fn a_reconnecting_node_is_never_seen_connected_before_its_report() {
     let fleet = Fleet::new(STALE);
     let mut changes = fleet.subscribe();
     changes.borrow_and_update();
-    fleet.connect_with(node("picky"), Some(vec![nack(2, "too new", 50)]), |n| {
-        n.still_refuses(2, Some(1));
-    });
+    fleet.connect_with(
+        node("picky"),
+        String::new(),
+        Some(vec![nack(2, "too new", 50)]),
+        |n| {
+            n.still_refuses(2, Some(1));
+        },
+    );
     assert!(changes.has_changed().expect("open"));
     assert_eq!(*changes.borrow_and_update(), 1, "one change");
     let row = fleet

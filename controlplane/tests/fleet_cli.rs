@@ -31,7 +31,7 @@ impl Drop for Served {
 
 fn serve(data: &Path) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--grpc", "127.0.0.1:0", "--data"])
+        .args(["serve", "--insecure-dev", "--grpc", "127.0.0.1:0", "--data"])
         .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

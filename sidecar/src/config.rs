@@ -41,9 +41,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Fleet mode: take the policy from this control plane (gRPC URL, e.g.
-    /// http://127.0.0.1:50051) instead of a file.
+    /// https://tollgate.tollgate-system:50051, or http:// for a development
+    /// control plane) instead of a file.
     #[arg(long, value_name = "URL", conflicts_with = "policy")]
     pub control_plane: Option<String>,
+    /// The CA (PEM) that signed an https:// control plane's certificate.
+    #[arg(long, value_name = "PEM", requires = "control_plane")]
+    pub ca: Option<PathBuf>,
+    /// This sidecar's client certificate (PEM) for an https:// control plane
+    /// that verifies node identity; re-read on every reconnect.
+    #[arg(long, value_name = "PEM", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Labels reported to the control plane (`k=v,…`; repeatable; override --labels-file).
     #[arg(
         long,

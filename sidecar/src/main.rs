@@ -164,6 +164,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             node,
             state_dir: args.state_dir.clone(),
             backoff: Default::default(),
+            tls: args.ca.clone().map(|ca| control::dial::ClientTls {
+                ca,
+                identity: args.cert.clone().zip(args.key.clone()),
+            }),
         };
         let counters = Arc::new(control::quota::FleetCounters::new(
             std::time::Instant::now(),

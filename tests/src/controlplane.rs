@@ -39,6 +39,9 @@ pub struct ControlPlane {
     args: Vec<String>,
     /// How many times it was started (labels its output).
     starts: u32,
+    /// Secured: TLS on both ports and node identity from client
+    /// certificates, with the `tollgate certs init` directory here.
+    certs: Option<PathBuf>,
     scratch: Scratch,
 }
 
@@ -61,22 +64,83 @@ impl ControlPlane {
     }
 
     fn start_with(stale_after: Option<&str>, args: &[&str]) -> ControlPlane {
-        let mut cp = ControlPlane {
+        let mut cp = Self::new(stale_after, args);
+        cp.restart();
+        cp
+    }
+
+    fn new(stale_after: Option<&str>, args: &[&str]) -> ControlPlane {
+        ControlPlane {
             process: None,
             grpc: free_addr(),
             http: free_addr(),
             stale_after: stale_after.map(str::to_owned),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             starts: 0,
+            certs: None,
             scratch: Scratch::new("controlplane"),
-        };
+        }
+    }
+
+    /// A secured control plane: `tollgate certs init` in its scratch
+    /// directory, then `tollgate serve` with TLS on both ports and node
+    /// identity from client certificates (`--client-ca`). Without
+    /// [`start_secured`](Self::start_secured) the control plane runs with
+    /// `--insecure-dev`.
+    pub fn start_secured(args: &[&str]) -> ControlPlane {
+        let mut cp = Self::new(None, args);
+        let dir = cp.scratch.join("certs");
+        let out = cp.run_cli(&["certs", "init", path_str(&dir)]);
+        assert!(
+            out.status.success(),
+            "tollgate certs init failed:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        cp.certs = Some(dir);
         cp.restart();
         cp
     }
 
-    /// `http://<grpc>`: what sidecars take as `--control-plane` and the CLI as `--addr`.
+    /// The `tollgate certs init` directory of a secured control plane.
+    pub fn certs_dir(&self) -> &Path {
+        self.certs
+            .as_deref()
+            .unwrap_or_else(|| panic!("the control plane is not secured (start_secured)"))
+    }
+
+    /// `tollgate certs issue` for a node; returns its certificate and key.
+    pub fn issue_node_cert(&self, node: &str, namespace: &str) -> (PathBuf, PathBuf) {
+        let dir = self.certs_dir();
+        let out = self.run_cli(&[
+            "certs",
+            "issue",
+            "--dir",
+            path_str(dir),
+            "--node",
+            node,
+            "--namespace",
+            namespace,
+        ]);
+        assert!(
+            out.status.success(),
+            "tollgate certs issue failed:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        (
+            dir.join(format!("{node}.pem")),
+            dir.join(format!("{node}-key.pem")),
+        )
+    }
+
+    /// `http://<grpc>` (`https://` when secured): what sidecars take as
+    /// `--control-plane` and the CLI as `--addr`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.certs {
+            Some(_) => format!("https://{}", self.grpc),
+            None => format!("http://{}", self.grpc),
+        }
     }
 
     /// The store's directory (`--data`); it outlives restarts.
@@ -132,6 +196,19 @@ impl ControlPlane {
         if let Some(s) = &self.stale_after {
             cmd.arg("--stale-after").arg(s);
         }
+        match &self.certs {
+            Some(dir) => {
+                cmd.arg("--tls-cert")
+                    .arg(dir.join("control-plane.pem"))
+                    .arg("--tls-key")
+                    .arg(dir.join("control-plane-key.pem"))
+                    .arg("--client-ca")
+                    .arg(dir.join("ca.pem"));
+            }
+            None => {
+                cmd.arg("--insecure-dev");
+            }
+        }
         cmd.args(&self.args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -139,14 +216,18 @@ impl ControlPlane {
         cmd.env("NO_COLOR", "1");
         let mut process = Process::spawn(&format!("tollgate serve #{}", self.starts), cmd);
         // The HTTP port is bound only once the store is open and gRPC
-        // listens, so a 200 here means ready. Binding the same ports again
-        // right after a stop can race the old sockets: that shows up as an
-        // early exit, reported with the output.
+        // listens, so a 200 here (an open port, when it speaks TLS) means
+        // ready. Binding the same ports again right after a stop can race
+        // the old sockets: that shows up as an early exit, reported with
+        // the output.
         let deadline = Instant::now() + STARTUP;
         loop {
-            match net::get(self.http, "/readyz") {
-                Ok(r) if r.status == 200 => break,
-                _ => {}
+            let ready = match self.certs {
+                Some(_) => std::net::TcpStream::connect(self.http).is_ok(),
+                None => net::get(self.http, "/readyz").is_ok_and(|r| r.status == 200),
+            };
+            if ready {
+                break;
             }
             process.assert_running();
             assert!(
@@ -176,7 +257,7 @@ impl ControlPlane {
     }
 
     /// Runs `tollgate --addr <url> <args…>` to completion as the first admin
-    /// (`TOLLGATE_TOKEN_FILE=<data>/admin-token`).
+    /// (`TOLLGATE_TOKEN_FILE=<data>/admin-token`), with `--ca` when secured.
     pub fn cli(&self, args: &[&str]) -> Finished {
         let mut cmd = self.cli_command(args);
         cmd.env("TOLLGATE_TOKEN_FILE", self.admin_token_file());
@@ -199,12 +280,24 @@ impl ControlPlane {
     /// settings from the test's own environment.
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bins::tollgate());
-        cmd.arg("--addr").arg(self.url()).args(args);
+        cmd.arg("--addr").arg(self.url());
+        if let Some(dir) = &self.certs {
+            cmd.arg("--ca").arg(dir.join("ca.pem"));
+        }
+        cmd.args(args);
         cmd.env("NO_COLOR", "1")
             .env_remove("TOLLGATE_ADDR")
+            .env_remove("TOLLGATE_CA")
             .env_remove("TOLLGATE_TOKEN")
             .env_remove("TOLLGATE_TOKEN_FILE");
         cmd
+    }
+
+    /// Runs `tollgate <args…>` with nothing added (offline commands).
+    pub fn run_cli(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new(bins::tollgate());
+        cmd.args(args).env("NO_COLOR", "1");
+        process::run("tollgate", cmd, None, CLI_TIMEOUT)
     }
 
     /// Writes `text` to a fresh file in the scratch directory and runs

@@ -252,6 +252,7 @@ fn node_json(n: &NodeState) -> Value {
         "nack_error": n.nack_error,
         "quota_conflict": n.quota_conflict,
         "quota_conflict_at": n.quota_conflict_at,
+        "identity": n.identity,
     })
 }
 

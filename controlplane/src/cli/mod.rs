@@ -1,6 +1,7 @@
 //! The operator CLI, one module per command group.
 
 pub mod audit;
+pub mod certs;
 pub mod fleet;
 pub mod limits;
 pub mod policy;

@@ -1,5 +1,6 @@
-//! How the CLI reaches a control plane: its address, and the operator token
-//! sent as `authorization: Bearer …` on every call. The token comes from
+//! How the CLI reaches a control plane: its address (checked against
+//! `--ca` when it speaks TLS), and the operator token sent as
+//! `authorization: Bearer …` on every call. The token comes from
 //! `--token-file` (or `TOLLGATE_TOKEN_FILE`), else from `TOLLGATE_TOKEN`;
 //! without one, calls go out bare and the control plane's refusal says how
 //! to get one.
@@ -12,7 +13,7 @@ use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// The admin API client every command uses.
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
@@ -24,6 +25,8 @@ pub struct Remote {
     pub addr: String,
     /// The file holding the operator token; wins over `TOLLGATE_TOKEN`.
     pub token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed an `https://` control plane's certificate.
+    pub ca: Option<PathBuf>,
 }
 
 /// Adds the operator token to every call, if there is one.
@@ -54,13 +57,25 @@ impl Remote {
     pub async fn connect(&self) -> anyhow::Result<Admin> {
         let bearer = self.bearer()?;
         let addr = &self.addr;
-        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-            .with_context(|| format!("{addr} is not a URL (set --addr or TOLLGATE_ADDR)"))?
-            .connect()
-            .await
-            .with_context(|| {
-                format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
-            })?;
+        let mut endpoint = Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("--addr {addr:?} is not a URL like https://HOST:PORT"))?;
+        match (addr.starts_with("https://"), &self.ca) {
+            (true, Some(ca)) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("cannot read --ca {}", ca.display()))?;
+                endpoint = endpoint
+                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                    .with_context(|| format!("--ca {} cannot be used", ca.display()))?;
+            }
+            (true, None) => bail!(
+                "{addr} speaks TLS: pass --ca (or set TOLLGATE_CA) with the CA that signed its \
+                 certificate (ca.pem from `tollgate certs init`)"
+            ),
+            (false, _) => {}
+        }
+        let channel = endpoint.connect().await.with_context(|| {
+            format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
+        })?;
         Ok(AdminClient::with_interceptor(channel, bearer))
     }
 

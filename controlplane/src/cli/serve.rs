@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::quota::AllocatorConfig;
 use crate::server::{self, Config};
+use crate::tls::{NodeIdentity, TlsFiles};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -61,6 +62,54 @@ pub struct ServeArgs {
     /// any token exists.
     #[arg(long, value_name = "PATH")]
     bootstrap_token_file: Option<PathBuf>,
+    /// Serve TLS on both ports with this certificate (PEM, chain first);
+    /// re-read when the file changes. `tollgate certs init DIR` makes one.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// mTLS: sidecars present certificates from this CA, and a policy or
+    /// quota stream may only speak for the node its certificate names (DNS
+    /// name = node id, URI = spiffe://TRUST-DOMAIN/ns/NS/sa/SA).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain node certificates must be in.
+    #[arg(long, default_value = crate::tls::certs::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Development only: take node ids as sidecars declare them (no
+    /// --client-ca). Anything that reaches the gRPC port can then speak for
+    /// any node. Said in the log and on /readyz.
+    #[arg(long, conflicts_with = "client_ca")]
+    insecure_dev: bool,
+}
+
+impl ServeArgs {
+    /// TLS files and node identity, or why the combination cannot serve.
+    fn security(&self) -> anyhow::Result<(Option<TlsFiles>, NodeIdentity)> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            _ => None,
+        };
+        let identity = if self.client_ca.is_some() {
+            NodeIdentity::Verified {
+                trust_domain: self.trust_domain.clone(),
+            }
+        } else if self.insecure_dev {
+            NodeIdentity::Declared
+        } else {
+            bail!(
+                "the control plane cannot tell which node a sidecar is: give --client-ca (with \
+                 --tls-cert and --tls-key; `tollgate certs init DIR` makes all three for a start) \
+                 or, for development only, --insecure-dev"
+            );
+        };
+        Ok((tls, identity))
+    }
 }
 
 /// Keeps the data dir to this user: policies, node ids and quota state are
@@ -95,8 +144,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.lease_refresh
         );
     }
+    let (tls, node_identity) = args.security()?;
     private_files(&args.data)?;
     let config = Config {
+        tls,
+        node_identity,
         grpc: args.grpc,
         http: args.http,
         data: args.data,

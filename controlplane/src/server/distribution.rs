@@ -67,6 +67,7 @@ impl PolicyDistribution for Distribution {
                 return Err(Status::unavailable(refused.to_string()));
             }
         };
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_WAIT, inbound.message()).await {
             Ok(Ok(Some(first))) => first,
@@ -82,7 +83,7 @@ impl PolicyDistribution for Distribution {
                 ));
             }
         };
-        let node = first
+        let mut node = first
             .node
             .clone()
             .filter(|n| !n.id.is_empty())
@@ -91,6 +92,7 @@ impl PolicyDistribution for Distribution {
                     "the first request must carry node, with a non-empty node.id",
                 )
             })?;
+        let identity = cp.admit_node("policy", certs, &mut node)?;
         // Once per node and process: what it refused before, perhaps before
         // a restart. Read inside the admission permit, so a storm of
         // reconnects reads the store a bounded number at a time.
@@ -118,7 +120,7 @@ impl PolicyDistribution for Distribution {
             None
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        let stream = NodeStream::open(cp, node, stored, running, tx, &first);
+        let stream = NodeStream::open(cp, (node, identity), stored, running, tx, &first);
         tokio::spawn(stream.run(inbound, first, permit, tracked));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -197,7 +199,7 @@ fn apply_report(row: &mut NodeStatus, latest: Option<&Latest>, req: &PolicyReque
 impl NodeStream {
     fn open(
         cp: Arc<ControlPlane>,
-        node: Node,
+        (node, identity): (Node, String),
         stored: Option<Vec<Nack>>,
         running: Option<u64>,
         tx: mpsc::Sender<Result<PolicyResponse, Status>>,
@@ -208,7 +210,7 @@ impl NodeStream {
         // The node's first report (what it runs) is applied as it connects.
         let report = first.response_nonce.is_empty();
         let current = latest.borrow().clone();
-        let session = cp.fleet.connect_with(node, stored, |row| {
+        let session = cp.fleet.connect_with(node, identity, stored, |row| {
             if report {
                 apply_report(row, current.as_deref(), first);
             }

@@ -16,8 +16,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::ControlPlane;
+use crate::tls::{NodeIdentity, ReloadingConfig, acceptor};
 
-pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
+/// Serves the HTTP port; with `tls`, each connection's handshake first.
+pub async fn serve(
+    listener: TcpListener,
+    cp: Arc<ControlPlane>,
+    tls: Option<Arc<ReloadingConfig>>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -27,12 +33,28 @@ pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
             }
         };
         let cp = cp.clone();
+        let tls = tls.as_ref().map(|t| t.current());
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, cp.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let http = http1::Builder::new();
+            let _ = match tls {
+                Some(config) => match acceptor::handshake(config, stream).await {
+                    Some(tls) => http.serve_connection(TokioIo::new(tls), svc).await,
+                    None => return,
+                },
+                None => http.serve_connection(TokioIo::new(stream), svc).await,
+            };
         });
+    }
+}
+
+/// `ready`, and what a development setup gives up.
+fn readiness(cp: &ControlPlane) -> String {
+    match cp.node_identity {
+        NodeIdentity::Verified { .. } => "ready\n".to_owned(),
+        NodeIdentity::Declared => "ready (insecure-dev: node ids are not verified; any client \
+                                   that reaches the gRPC port can speak for any node)\n"
+            .to_owned(),
     }
 }
 
@@ -42,7 +64,7 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" => (StatusCode::OK, "text/plain", readiness(&cp)),
         "/metrics" => {
             cp.metrics.connected_nodes.set(cp.fleet.connected() as i64);
             cp.metrics.quota_buckets.set(cp.quota.buckets() as i64);

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
+use crate::tls::{NodeIdentity, ReloadingConfig, TlsError, TlsFiles, acceptor};
 use admission::{Admission, Limits};
 use drain::Drain;
 pub use quota::MAX_BUCKETS_PER_REPORT;
@@ -69,6 +70,10 @@ pub struct Config {
     /// Lease timing for fleet-wide limits; a start learns for
     /// `lease_ttl + grace` before granting anything new.
     pub quota: AllocatorConfig,
+    /// TLS on both ports; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    /// Where a stream's node id comes from.
+    pub node_identity: NodeIdentity,
     /// A file holding the first admin token, stored when the store has no
     /// token at all; `None`: generate one into `<data>/admin-token`.
     pub bootstrap_token_file: Option<PathBuf>,
@@ -84,6 +89,8 @@ impl Config {
             max_opening_streams: 256,
             max_waiting_streams: 1024,
             quota: AllocatorConfig::default(),
+            tls: None,
+            node_identity: NodeIdentity::Declared,
             bootstrap_token_file: None,
         }
     }
@@ -112,6 +119,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("the gRPC server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The version every node should run, as sent on the wire.
@@ -150,6 +159,8 @@ pub struct ControlPlane {
     auth: Authority,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
+    /// Where a stream's node id comes from.
+    node_identity: NodeIdentity,
 }
 
 impl ControlPlane {
@@ -211,6 +222,7 @@ impl ControlPlane {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             nonce_seq: AtomicU64::new(0),
+            node_identity: config.node_identity.clone(),
         })
     }
 
@@ -229,6 +241,29 @@ impl ControlPlane {
         match tokio::task::spawn_blocking(move || f(&*store)).await {
             Ok(r) => r.map_err(store_status),
             Err(e) => Err(tonic::Status::internal(format!("store task failed: {e}"))),
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Whether a `stream` ("policy" or "quota") whose connection presented
+    /// `certs` may speak for `node` (see [`crate::tls::peer::admit`]); the
+    /// verified SPIFFE id, or "" when ids are taken as declared. Refusals
+    /// are logged: a certificate speaking for another node is an attack or
+    /// a misconfigured sidecar.
+    pub(crate) fn admit_node(
+        &self,
+        stream: &str,
+        certs: Option<Arc<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>>,
+        node: &mut tollgate_proto::v1::Node,
+    ) -> Result<String, tonic::Status> {
+        match crate::tls::peer::admit(&self.node_identity, certs, node) {
+            Ok(peer) => Ok(peer.map(|p| p.spiffe_id).unwrap_or_default()),
+            Err(status) => {
+                self.metrics.streams_unauthenticated.inc();
+                tracing::warn!(node = %node.id, stream, "{} stream refused: {}", stream, status.message());
+                Err(status)
+            }
         }
     }
 }
@@ -288,25 +323,46 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         })?;
     let (stop_accepting, stop) = oneshot::channel::<()>();
     let (closed, listener_closed) = oneshot::channel::<()>();
-    let incoming = Accepting {
-        inner: TcpListenerStream::new(grpc_listener),
-        _closed: closed,
+    let router = tonic::transport::Server::builder()
+        .add_service(PolicyDistributionServer::new(
+            distribution::Distribution::new(cp.clone()),
+        ))
+        .add_service(
+            QuotaServer::new(quota::QuotaService::new(cp.clone()))
+                .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
+                .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
+        )
+        .add_service(AdminServer::new(admin::AdminService::new(cp.clone())));
+    let stopped = async {
+        let _ = stop.await;
     };
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(PolicyDistributionServer::new(
-                distribution::Distribution::new(cp.clone()),
-            ))
-            .add_service(
-                QuotaServer::new(quota::QuotaService::new(cp.clone()))
-                    .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
-                    .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
+    let (grpc, http_tls) = match &config.tls {
+        Some(files) => {
+            let grpc_tls = Arc::new(ReloadingConfig::load(files.clone(), &[b"h2"])?);
+            // The HTTP port asks no client certificate: probes and scrapers
+            // have none.
+            let http_files = TlsFiles {
+                client_ca: None,
+                ..files.clone()
+            };
+            let http_tls = Arc::new(ReloadingConfig::load(http_files, &[b"http/1.1"])?);
+            let incoming = ReceiverStream::new(acceptor::incoming(grpc_listener, grpc_tls, closed));
+            (
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+                Some(http_tls),
             )
-            .add_service(AdminServer::new(admin::AdminService::new(cp.clone())))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop.await;
-            }),
-    );
+        }
+        None => {
+            let incoming = Accepting {
+                inner: TcpListenerStream::new(grpc_listener),
+                _closed: closed,
+            };
+            (
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+                None,
+            )
+        }
+    };
     // Ends by itself when the control plane drains.
     tokio::spawn(quota::tick(cp.clone()));
     let (http, http_addr) = match config.http {
@@ -316,13 +372,30 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 .local_addr()
                 .map_err(|source| ServeError::Listen { addr, source })?;
             (
-                Some(tokio::spawn(http::serve(listener, cp.clone()))),
+                Some(tokio::spawn(http::serve(listener, cp.clone(), http_tls))),
                 Some(bound),
             )
         }
         None => (None, None),
     };
-    tracing::info!(%grpc_addr, ?http_addr, data = %config.data.display(), "control plane serving");
+    tracing::info!(
+        %grpc_addr,
+        ?http_addr,
+        data = %config.data.display(),
+        tls = config.tls.is_some(),
+        "control plane serving"
+    );
+    match &config.node_identity {
+        NodeIdentity::Verified { trust_domain } => tracing::info!(
+            trust_domain,
+            "node identity from client certificates: a stream may only speak for the node its \
+             certificate names"
+        ),
+        NodeIdentity::Declared => tracing::warn!(
+            "--insecure-dev: node ids are taken as declared; anything that reaches the gRPC port \
+             can speak for any node. Use --client-ca outside development"
+        ),
+    }
     Ok(Running {
         grpc_addr,
         http_addr,

@@ -502,6 +502,7 @@ impl Quota for QuotaService {
                 return Err(Status::unavailable(refused.to_string()));
             }
         };
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REPORT_WAIT, inbound.message()).await {
             Ok(Ok(Some(first))) => first,
@@ -517,17 +518,18 @@ impl Quota for QuotaService {
                 ));
             }
         };
-        let node_id = first
+        let mut node = first
             .node
-            .as_ref()
-            .map(|n| n.id.clone())
-            .filter(|id| !id.is_empty())
+            .clone()
+            .filter(|n| !n.id.is_empty())
             .ok_or_else(|| {
                 Status::invalid_argument(
                     "the first quota report must carry node, with a non-empty node.id (the \
                      sidecar's node id)",
                 )
             })?;
+        cp.admit_node("quota", certs, &mut node)?;
+        let node_id = node.id;
         if first.epoch == 0 {
             return Err(Status::invalid_argument(format!(
                 "node {node_id}: the first quota report must carry a non-zero epoch, random per \

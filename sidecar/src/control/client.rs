@@ -10,18 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::FleetConfig;
+use super::backoff::Backoff;
+use super::dial::Dial;
+use super::state_dir::{SavedBundle, StateDir, content_hash};
+use crate::metrics::Metrics;
+use crate::snapshot::{PolicyStore, Snapshot};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{ErrorDetail, FieldError, Node, PolicyRequest, PolicyResponse};
 use tonic::Code;
-use tonic::transport::Endpoint;
-
-use super::FleetConfig;
-use super::backoff::Backoff;
-use super::state_dir::{SavedBundle, StateDir, content_hash};
-use crate::metrics::Metrics;
-use crate::snapshot::{PolicyStore, Snapshot};
 
 /// The bundle in force, as the control plane names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +76,8 @@ pub fn classify(code: Code) -> Recovery {
 /// How a stream ended.
 #[derive(Debug)]
 enum End {
+    /// The TLS files cannot be read or used.
+    Setup(String),
     /// No connection could be made.
     Connect(tonic::transport::Error),
     /// The stream failed or was refused with a status.
@@ -88,7 +89,7 @@ enum End {
 /// The stream client (see the module doc).
 #[derive(Debug)]
 pub struct Client {
-    endpoint: Endpoint,
+    dial: Dial,
     config: FleetConfig,
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
@@ -99,22 +100,15 @@ pub struct Client {
 impl Client {
     /// A client that reports `applied` as what it runs until it applies another.
     pub fn new(
-        endpoint: Endpoint,
+        dial: Dial,
         config: FleetConfig,
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
         state: Option<StateDir>,
         applied: Option<Applied>,
     ) -> Self {
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            // Notice a dead control plane (or a NAT that dropped the flow)
-            // while the stream is idle, rather than waiting forever.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
         Self {
-            endpoint,
+            dial,
             config,
             store,
             metrics,
@@ -131,6 +125,9 @@ impl Client {
             self.metrics.control_connected(false);
             let url = &self.config.control_plane;
             match &end {
+                End::Setup(e) => {
+                    tracing::error!(control_plane = %url, "cannot connect to the control plane: {e}")
+                }
                 End::Connect(e) => {
                     tracing::warn!(control_plane = %url, "cannot connect to the control plane: {}", chain(e))
                 }
@@ -162,7 +159,17 @@ impl Client {
 
     /// One connection and stream, until it ends.
     async fn session(&mut self, backoff: &mut Backoff) -> End {
-        let channel = match self.endpoint.connect().await {
+        let endpoint = match self.dial.endpoint() {
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(5))
+                // Notice a dead control plane (or a NAT that dropped the flow)
+                // while the stream is idle, rather than waiting forever.
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true),
+            Err(e) => return End::Setup(e),
+        };
+        let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => return End::Connect(e),
         };

@@ -163,6 +163,7 @@ fn fleet_config(addr: SocketAddr, state_dir: &std::path::Path) -> FleetConfig {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(200),
         },
+        tls: None,
     }
 }
 

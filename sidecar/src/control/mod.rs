@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod dial;
 pub mod quota;
 pub mod state_dir;
 
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::{PolicyStore, Snapshot};
 use backoff::BackoffConfig;
 use client::{Applied, Client};
+use dial::{ClientTls, Dial};
 use state_dir::{StateDir, StateError};
 
 /// Everything fleet mode needs to know.
@@ -36,6 +38,9 @@ pub struct FleetConfig {
     pub state_dir: Option<PathBuf>,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
+    /// For an `https://` control plane: the CA to trust and the client
+    /// certificate to present.
+    pub tls: Option<ClientTls>,
 }
 
 /// Why fleet mode could not start.
@@ -164,13 +169,7 @@ pub fn start(
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|e| {
-            ControlError::Url {
-                url: config.control_plane.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let dial = Dial::new(&config.control_plane, config.tls.clone())?;
     let state = config.state_dir.as_ref().map(StateDir::open).transpose()?;
     let applied = state
         .as_ref()
@@ -181,7 +180,7 @@ pub fn start(
             "no policy yet: every tools/call is denied until the control plane sends one"
         );
     }
-    let client = Client::new(endpoint, config, store, metrics, state, applied);
+    let client = Client::new(dial, config, store, metrics, state, applied);
     Ok(tokio::spawn(client.run()))
 }
 
@@ -193,15 +192,9 @@ pub fn start_quota(
     metrics: Arc<Metrics>,
     servers: Vec<String>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(config.control_plane.clone()).map_err(|e| {
-            ControlError::Url {
-                url: config.control_plane.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let dial = Dial::new(&config.control_plane, config.tls.clone())?;
     let reporter = quota::Reporter::new(
-        endpoint,
+        dial,
         config.node.clone(),
         counters,
         store,

@@ -46,7 +46,8 @@ use tollgate_policy::{Admission, Charge, Counters, FleetBucket, LocalCounters};
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
 use tollgate_proto::{MAX_BUCKETS_PER_REPORT, MAX_QUOTA_MESSAGE_BYTES, MAX_REPORT_BYTES};
-use tonic::transport::Endpoint;
+
+use super::dial::Dial;
 
 use crate::control::backoff::{Backoff, BackoffConfig};
 use crate::metrics::Metrics;
@@ -706,7 +707,7 @@ impl Counters for FleetCounters {
 /// Keeps the quota stream open (see the module doc).
 #[derive(Debug)]
 pub struct Reporter {
-    endpoint: Endpoint,
+    dial: Dial,
     node: Node,
     counters: Arc<FleetCounters>,
     store: Arc<PolicyStore>,
@@ -721,9 +722,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for `counters`, speaking to the control plane at `endpoint`.
+    /// A reporter for `counters`, speaking to the control plane `dial` reaches.
     pub fn new(
-        endpoint: Endpoint,
+        dial: Dial,
         node: Node,
         counters: Arc<FleetCounters>,
         store: Arc<PolicyStore>,
@@ -735,7 +736,7 @@ impl Reporter {
         Self {
             servers,
             node_grant,
-            endpoint: endpoint.connect_timeout(Duration::from_secs(5)),
+            dial,
             node,
             counters,
             store,
@@ -754,7 +755,7 @@ impl Reporter {
             self.counters.stream_closed();
             self.metrics.quota_connected(false);
             tracing::warn!(
-                control_plane = %self.endpoint.uri(),
+                control_plane = %self.dial.url(),
                 "the quota stream ended ({end}); fleet-wide limits use their leases until they run out, then on_unavailable"
             );
             backoff.wait().await;
@@ -803,7 +804,11 @@ impl Reporter {
     }
 
     async fn session(&mut self, backoff: &mut Backoff) -> String {
-        let channel = match self.endpoint.connect().await {
+        let endpoint = match self.dial.endpoint() {
+            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Err(e) => return e,
+        };
+        let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => return format!("cannot connect: {e}"),
         };

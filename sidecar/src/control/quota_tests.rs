@@ -553,13 +553,13 @@ async fn a_sidecar_with_more_buckets_than_one_report_carries_splits_them_and_kee
     for s in &sessions {
         fc.acquire(&[charge_of(&id, s)], fc.now());
     }
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+    let dial = Dial::new(&format!("http://{addr}"), None).expect("dial");
     let node = Node {
         id: "pod-1".into(),
         ..Default::default()
     };
     let reporter = Reporter::new(
-        endpoint,
+        dial,
         node,
         Arc::clone(&fc),
         Arc::new(PolicyStore::default()),
