@@ -97,7 +97,7 @@ for n in $NODES; do
   log="$work/cp-$n.log"
   # taskset execs the program, so $! is the control plane's own pid.
   "${cp_pin[@]}" "$bin/tollgate" serve --grpc "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" \
-    --data "$work/data-$n" --max-opening-streams "$MAX_OPENING" >"$log" 2>&1 &
+    --data "$work/data-$n" --max-opening-streams "$MAX_OPENING" --insecure-dev >"$log" 2>&1 &
   cp_pid=$!
   wait_port "$PORT" "$cp_pid" "$log"
   say "N=$n: control plane pid $cp_pid on 127.0.0.1:$PORT"
