@@ -24,6 +24,7 @@ use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{GetVersionRequest, Node, PolicyRequest, PushPolicyRequest};
 use tollgate_sidecar::control::backoff::BackoffConfig;
 use tollgate_sidecar::control::client::version_label;
+use tollgate_sidecar::control::dial::Dial;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
@@ -79,13 +80,11 @@ impl Limit {
         let bearer: MetadataValue<Ascii> = format!("Bearer {admin_token}")
             .parse()
             .context("the admin token is not printable ASCII")?;
-        let mut admin = AdminClient::with_interceptor(
-            channel.clone(),
-            move |mut req: tonic::Request<()>| {
+        let mut admin =
+            AdminClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
                 req.metadata_mut().insert("authorization", bearer.clone());
                 Ok(req)
-            },
-        );
+            });
         let pushed = admin
             .push_policy(PushPolicyRequest {
                 content: text.into_bytes(),
@@ -199,8 +198,11 @@ impl Sidecar {
             .announce(node.clone())
             .await
             .with_context(|| format!("node {id}"))?;
+        // Plaintext, as the in-process control plane serves.
+        let dial =
+            Dial::new(&endpoint.uri().to_string(), None).context("the control plane's URL")?;
         let reporter = Reporter::new(
-            endpoint.clone(),
+            dial,
             node,
             Arc::clone(&counters),
             Arc::clone(&limit.store),

@@ -225,7 +225,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn fleet_run(args: &Args, endpoint: &Endpoint, token: &str) -> anyhow::Result<String> {
     let origin = Instant::now();
     // No grants in the bundle: every sidecar charges the one global bucket.
-    let limit = Arc::new(Limit::new(endpoint, token, "fleet", "global", args.max, args.window, "").await?);
+    let limit = Arc::new(
+        Limit::new(
+            endpoint,
+            token,
+            "fleet",
+            "global",
+            args.max,
+            args.window,
+            "",
+        )
+        .await?,
+    );
     let mut sidecars: Vec<Arc<Sidecar>> = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let id = format!("fleet-{i:02}");
