@@ -119,6 +119,7 @@ for n in $NODES; do
   say "N=$n: control plane pid $cp_pid on 127.0.0.1:$PORT"
   out="$work/fanout-$n.out"
   "${fleet_pin[@]}" "$bin/tollgate-fanout" --addr "$addr" "${client_tls[@]}" --cp-pid "$cp_pid" --nodes "$n" \
+    --token-file "$work/data-$n/admin-token" \
     --streams-per-conn "$STREAMS_PER_CONN" --open-concurrency "$OPEN_CONCURRENCY" \
     --policy "$POLICY" --pushes "$PUSHES" --timeout "$TIMEOUT" | tee "$out" ||
     fail "N=$n: the benchmark failed (control plane log: $log)"

@@ -19,6 +19,11 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    /// A file holding your operator token (else the token itself in
+    /// TOLLGATE_TOKEN). The first admin token is DATA/admin-token on the
+    /// control plane's host.
+    #[arg(long, global = true, env = "TOLLGATE_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     /// The CA (PEM) that signed an https:// control plane's certificate.
     #[arg(long, global = true, env = "TOLLGATE_CA", value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
@@ -40,19 +45,28 @@ enum Command {
     Status(cli::fleet::StatusArgs),
     /// Show fleet-wide rate limits: each bucket and the leases its nodes hold.
     Limits(cli::limits::LimitsArgs),
+    /// Create, list and revoke operator tokens (role admin).
+    #[command(subcommand)]
+    Token(cli::tokens::TokenCommand),
+    /// Show what operators did: pushes, token changes, refused attempts.
+    Audit(cli::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(ca) = cli.ca.clone() {
-        cli::fleet::set_ca(ca);
-    }
+    let remote = cli::remote::Remote {
+        addr: cli.addr,
+        token_file: cli.token_file,
+        ca: cli.ca,
+    };
     let result = match cli.command {
-        Command::Policy(cmd) => cli::policy::run(cmd, &cli.addr),
+        Command::Policy(cmd) => cli::policy::run(cmd, &remote),
         Command::Serve(args) => cli::serve::run(args),
         Command::Certs(cmd) => cli::certs::run(cmd),
-        Command::Status(args) => cli::fleet::status(&cli.addr, &args),
-        Command::Limits(args) => cli::limits::limits(&cli.addr, &args),
+        Command::Status(args) => cli::fleet::status(&remote, &args),
+        Command::Limits(args) => cli::limits::limits(&remote, &args),
+        Command::Token(cmd) => cli::tokens::run(cmd, &remote),
+        Command::Audit(args) => cli::audit::run(&args, &remote),
     };
     match result {
         Ok(code) => code,

@@ -47,12 +47,15 @@ fn serve(data: &Path) -> Served {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
+    common::remember_admin_token(addr, data);
     Served { child, addr }
 }
 
 fn tollgate(addr: SocketAddr, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .env("TOLLGATE_ADDR", common::url(addr))
+        .env("TOLLGATE_TOKEN", common::admin_token(addr))
+        .env_remove("TOLLGATE_TOKEN_FILE")
         .args(args)
         .output()
         .unwrap()
@@ -255,6 +258,8 @@ fn limits_shows_the_buckets_sidecars_report_and_their_leases() {
     // --watch prints the table again every second until stopped.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .env("TOLLGATE_ADDR", common::url(addr))
+        .env("TOLLGATE_TOKEN", common::admin_token(addr))
+        .env_remove("TOLLGATE_TOKEN_FILE")
         .args(["limits", "--watch"])
         .stdout(Stdio::piped())
         .spawn()

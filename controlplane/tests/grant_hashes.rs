@@ -9,10 +9,8 @@ mod common;
 
 use common::{FakeSidecar, admin, push, start, wait_for};
 use tollgate_policy::GrantKey;
-use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::node_state::State;
 use tollgate_proto::v1::{GetVersionRequest, PolicyResponse, PolicyVersion};
-use tonic::transport::Channel;
 
 /// Two token hashes, as an operator writes them in a policy.
 const ALICE_SHA256: &str = "1b2a2bac9c1d5b0fe96e9e77b1f43ea7a83d8e43c7e35e7b2b5a6b0b7a3e2c1d";
@@ -65,7 +63,7 @@ fn check_keyed(got: &PolicyResponse) -> GrantKey {
 }
 
 /// Version `n` as stored (what `tollgate policy show` prints).
-async fn version_as_stored(admin: &mut AdminClient<Channel>, n: u64) -> PolicyVersion {
+async fn version_as_stored(admin: &mut common::Admin, n: u64) -> PolicyVersion {
     admin
         .get_version(GetVersionRequest { version: n })
         .await

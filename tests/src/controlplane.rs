@@ -2,7 +2,8 @@
 //! with its store in a scratch directory, stoppable (cleanly, SIGTERM) or
 //! killable (SIGKILL) and restartable on the same ports and the same store,
 //! plus the operator CLI (`tollgate policy push`, `tollgate status --json`,
-//! …) pointed at it.
+//! …) pointed at it, as the first admin (the token the control plane wrote
+//! to `<data>/admin-token`) or with another operator token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -240,9 +241,44 @@ impl ControlPlane {
         self.process = Some(process);
     }
 
-    /// Runs `tollgate --addr <url> <args…>` to completion (with `--ca`
-    /// when secured).
+    /// The file `tollgate serve` wrote the first admin token to (absent
+    /// when it was started with `--bootstrap-token-file`).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir().join("admin-token")
+    }
+
+    /// The first admin token, as written to [`admin_token_file`](Self::admin_token_file).
+    pub fn admin_token(&self) -> String {
+        let path = self.admin_token_file();
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `tollgate --addr <url> <args…>` to completion as the first admin
+    /// (`TOLLGATE_TOKEN_FILE=<data>/admin-token`), with `--ca` when secured.
     pub fn cli(&self, args: &[&str]) -> Finished {
+        let mut cmd = self.cli_command(args);
+        cmd.env("TOLLGATE_TOKEN_FILE", self.admin_token_file());
+        process::run("tollgate", cmd, None, CLI_TIMEOUT)
+    }
+
+    /// As [`cli`](Self::cli), with `token` (in `TOLLGATE_TOKEN`) instead.
+    pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Finished {
+        let mut cmd = self.cli_command(args);
+        cmd.env("TOLLGATE_TOKEN", token);
+        process::run("tollgate", cmd, None, CLI_TIMEOUT)
+    }
+
+    /// As [`cli`](Self::cli), with no operator token at all.
+    pub fn cli_without_token(&self, args: &[&str]) -> Finished {
+        process::run("tollgate", self.cli_command(args), None, CLI_TIMEOUT)
+    }
+
+    /// `tollgate --addr <url> <args…>` with no token and no `TOLLGATE_*`
+    /// settings from the test's own environment.
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bins::tollgate());
         cmd.arg("--addr").arg(self.url());
         if let Some(dir) = &self.certs {
@@ -251,8 +287,10 @@ impl ControlPlane {
         cmd.args(args);
         cmd.env("NO_COLOR", "1")
             .env_remove("TOLLGATE_ADDR")
-            .env_remove("TOLLGATE_CA");
-        process::run("tollgate", cmd, None, CLI_TIMEOUT)
+            .env_remove("TOLLGATE_CA")
+            .env_remove("TOLLGATE_TOKEN")
+            .env_remove("TOLLGATE_TOKEN_FILE");
+        cmd
     }
 
     /// Runs `tollgate <args…>` with nothing added (offline commands).

@@ -172,6 +172,7 @@ fn node_identity_comes_from_the_certificate() {
     // The CLI over plaintext, and over TLS without the right CA, fails.
     let plain_cli = std::process::Command::new(tollgate_e2e::bins::tollgate())
         .args(["--addr", &cp.url().replace("https", "http"), "status"])
+        .env("TOLLGATE_TOKEN_FILE", cp.admin_token_file())
         .output()
         .expect("run tollgate");
     assert!(!plain_cli.status.success());
@@ -183,6 +184,7 @@ fn node_identity_comes_from_the_certificate() {
             &path(&other_dir.join("ca.pem")),
             "status",
         ])
+        .env("TOLLGATE_TOKEN_FILE", cp.admin_token_file())
         .output()
         .expect("run tollgate");
     assert!(!wrong_ca.status.success());
@@ -253,6 +255,7 @@ fn rotated_certificates_serve_the_next_connection() {
     let status_with = |ca: &Path| {
         std::process::Command::new(tollgate_e2e::bins::tollgate())
             .args(["--addr", &cp.url(), "--ca", &path(ca), "status", "--json"])
+            .env("TOLLGATE_TOKEN_FILE", cp.admin_token_file())
             .output()
             .expect("run tollgate")
     };

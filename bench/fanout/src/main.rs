@@ -10,7 +10,8 @@
 //!    received and ACKed it, by the clients' own clocks.
 //!
 //! The control plane is a separate process (`tollgate serve`), so its RSS is
-//! its own; pass its pid with `--cp-pid`. Everything here is bounded by
+//! its own; pass its pid with `--cp-pid`, and an admin token (its
+//! `<data>/admin-token`) with `--token-file`. Everything here is bounded by
 //! `--timeout`.
 
 #![forbid(unsafe_code)]
@@ -31,9 +32,26 @@ use tokio::time::Instant;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::node_state::State;
 use tollgate_proto::v1::{NodeStatusRequest, PushPolicyRequest};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use sidecar::{Board, Identity};
+
+/// The admin client, sending the operator token on every call.
+type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every admin call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Time a policy push reaching N simulated sidecars")]
@@ -41,6 +59,10 @@ struct Args {
     /// The control plane's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// A file holding an admin token (`tollgate serve` writes the first one
+    /// to <data>/admin-token).
+    #[arg(long)]
+    token_file: PathBuf,
     /// The control plane's pid, to read its RSS from /proc.
     #[arg(long)]
     cp_pid: Option<u32>,
@@ -113,11 +135,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.streams_per_conn
     };
 
-    let mut admin = AdminClient::new(
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read --token-file {}", args.token_file.display()))?;
+    let bearer = Bearer(
+        format!("Bearer {}", token.trim())
+            .parse()
+            .context("the token in --token-file is not printable ASCII")?,
+    );
+    let mut admin = AdminClient::with_interceptor(
         endpoint
             .connect()
             .await
             .context("cannot reach the control plane")?,
+        bearer,
     )
     .max_decoding_message_size(256 << 20);
     let v1 = push(&mut admin, base.variant(1, salt)).await?;
@@ -319,7 +349,7 @@ impl std::ops::Sub for Cpu {
 }
 
 /// Pushes `content`; the version it became.
-async fn push(admin: &mut AdminClient<Channel>, content: Vec<u8>) -> anyhow::Result<u64> {
+async fn push(admin: &mut Admin, content: Vec<u8>) -> anyhow::Result<u64> {
     let resp = admin
         .push_policy(PushPolicyRequest {
             content,
@@ -381,7 +411,7 @@ async fn wait_all(
 /// Polls the control plane's status table until the `n` benchmark nodes
 /// are connected and `SYNCED` on `version`.
 async fn wait_table(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut Admin,
     prefix: &str,
     n: usize,
     version: u64,

@@ -24,9 +24,11 @@ use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{GetVersionRequest, Node, PolicyRequest, PushPolicyRequest};
 use tollgate_sidecar::control::backoff::BackoffConfig;
 use tollgate_sidecar::control::client::version_label;
+use tollgate_sidecar::control::dial::Dial;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::analysis::Call;
@@ -50,9 +52,10 @@ impl Limit {
     /// whose one tool has a limit of `max` calls per `window_s` seconds on
     /// `counter`, with `scope` (`global` or `grant`). The bundle has no
     /// grants, so a `grant` limit is keyed by `node_grant`, the sidecar's
-    /// node id.
+    /// node id. `admin_token` is an operator token with role admin.
     pub async fn new(
         endpoint: &Endpoint,
+        admin_token: &str,
         counter: &str,
         scope: &str,
         max: u64,
@@ -74,7 +77,14 @@ impl Limit {
             .connect()
             .await
             .context("cannot connect to the control plane")?;
-        let mut admin = AdminClient::new(channel.clone());
+        let bearer: MetadataValue<Ascii> = format!("Bearer {admin_token}")
+            .parse()
+            .context("the admin token is not printable ASCII")?;
+        let mut admin =
+            AdminClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
         let pushed = admin
             .push_policy(PushPolicyRequest {
                 content: text.into_bytes(),
@@ -188,8 +198,11 @@ impl Sidecar {
             .announce(node.clone())
             .await
             .with_context(|| format!("node {id}"))?;
+        // Plaintext, as the in-process control plane serves.
+        let dial =
+            Dial::new(&endpoint.uri().to_string(), None).context("the control plane's URL")?;
         let reporter = Reporter::new(
-            endpoint.clone(),
+            dial,
             node,
             Arc::clone(&counters),
             Arc::clone(&limit.store),

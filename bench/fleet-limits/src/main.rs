@@ -181,6 +181,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cp = server::start(config)
         .await
         .context("cannot start the control plane")?;
+    // The first admin token, which the control plane wrote on its start.
+    let token_file = data.path().join(server::ADMIN_TOKEN);
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?;
+    let token = token.trim();
     let endpoint = Endpoint::from_shared(format!("http://{}", cp.grpc_addr))
         .context("the control plane's URL")?
         .tcp_nodelay(true);
@@ -189,7 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cp.grpc_addr, args.lease_ttl_ms, args.lease_refresh_ms, args.lease_grace_ms
     );
 
-    let fleet_result = fleet_run(&args, &endpoint).await?;
+    let fleet_result = fleet_run(&args, &endpoint, token).await?;
     let cp_metrics = match cp.http_addr {
         Some(addr) => fleet::http_get(addr, "/metrics").await?,
         None => String::new(),
@@ -205,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let latency = if args.skip_latency {
         None
     } else {
-        Some(latency_run(&args, &endpoint).await?)
+        Some(latency_run(&args, &endpoint, token).await?)
     };
     cp.shutdown()
         .await
@@ -217,10 +222,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Steps 2 and 3; the fields of the `RESULT fleet` line.
-async fn fleet_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String> {
+async fn fleet_run(args: &Args, endpoint: &Endpoint, token: &str) -> anyhow::Result<String> {
     let origin = Instant::now();
     // No grants in the bundle: every sidecar charges the one global bucket.
-    let limit = Arc::new(Limit::new(endpoint, "fleet", "global", args.max, args.window, "").await?);
+    let limit = Arc::new(
+        Limit::new(
+            endpoint,
+            token,
+            "fleet",
+            "global",
+            args.max,
+            args.window,
+            "",
+        )
+        .await?,
+    );
     let mut sidecars: Vec<Arc<Sidecar>> = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let id = format!("fleet-{i:02}");
@@ -368,7 +384,7 @@ async fn fleet_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String> {
 }
 
 /// Step 4; the fields of the `RESULT latency` line.
-async fn latency_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String> {
+async fn latency_run(args: &Args, endpoint: &Endpoint, token: &str) -> anyhow::Result<String> {
     // The sidecar's own grant bucket (a bundle without grants keys `grant`
     // limits by the node id), limited to 2^40 calls a minute: the sidecar
     // asks for all of it at every report, so its lease never runs dry and
@@ -376,7 +392,7 @@ async fn latency_run(args: &Args, endpoint: &Endpoint) -> anyhow::Result<String>
     // bucket takes the same path in `acquire`, but its lease follows the
     // demand of the last report interval, and the runs here are bursts.)
     let node = "latency-00";
-    let limit = Arc::new(Limit::new(endpoint, "latency", "grant", 1 << 40, 60, node).await?);
+    let limit = Arc::new(Limit::new(endpoint, token, "latency", "grant", 1 << 40, 60, node).await?);
     let origin = Instant::now();
     let sidecar = Arc::new(Sidecar::start(node, endpoint, origin, &limit).await?);
     // Connected before the first call: one made earlier would be admitted

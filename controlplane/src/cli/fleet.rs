@@ -8,13 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
-use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::{
     GetVersionRequest, ListVersionsRequest, NodeState, NodeStatusRequest, PushPolicyRequest,
     node_state::State,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::remote::{Admin, Answer, Remote};
 use crate::diff::diff;
 
 #[derive(Debug, Args)]
@@ -46,43 +45,12 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The CA an `https://` control plane's certificate is checked against
-/// (`--ca`), set once at start.
-static CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-/// Sets `--ca` for every connection this process makes.
-pub fn set_ca(path: PathBuf) {
-    let _ = CA.set(path);
-}
-
-pub(crate) async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let mut endpoint = Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr {addr:?} is not a URL like https://HOST:PORT"))?;
-    match (addr.starts_with("https://"), CA.get()) {
-        (true, Some(ca)) => {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-                .with_context(|| format!("--ca {} cannot be used", ca.display()))?;
-        }
-        (true, None) => anyhow::bail!(
-            "{addr} speaks TLS: pass --ca (or set TOLLGATE_CA) with the CA that signed its \
-             certificate (ca.pem from `tollgate certs init`)"
-        ),
-        (false, _) => {}
-    }
-    let channel = endpoint.connect().await.with_context(|| {
-        format!("cannot reach the control plane at {addr} (set --addr or TOLLGATE_ADDR)")
-    })?;
-    Ok(AdminClient::new(channel))
-}
-
-pub fn push(addr: &str, args: &PushArgs) -> anyhow::Result<ExitCode> {
+pub fn push(remote: &Remote, args: &PushArgs) -> anyhow::Result<ExitCode> {
     let content = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     runtime()?.block_on(async {
-        let resp = connect(addr)
+        let resp = remote
+            .connect()
             .await?
             .push_policy(PushPolicyRequest {
                 content,
@@ -90,7 +58,7 @@ pub fn push(addr: &str, args: &PushArgs) -> anyhow::Result<ExitCode> {
                 message: args.message.clone(),
             })
             .await
-            .context("push failed")?
+            .answer("push failed")?
             .into_inner();
         if !resp.accepted {
             let shown = args.file.display();
@@ -113,13 +81,14 @@ pub fn push(addr: &str, args: &PushArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn versions(addr: &str) -> anyhow::Result<ExitCode> {
+pub fn versions(remote: &Remote) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let list = connect(addr)
+        let list = remote
+            .connect()
             .await?
             .list_versions(ListVersionsRequest {})
             .await
-            .context("cannot list versions")?
+            .answer("cannot list versions")?
             .into_inner();
         println!("{:<8} {:<14} {:<20} MESSAGE", "VERSION", "HASH", "CREATED");
         for v in list.versions {
@@ -136,26 +105,26 @@ pub fn versions(addr: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn fetch(client: &mut AdminClient<Channel>, version: u64) -> anyhow::Result<Vec<u8>> {
+async fn fetch(client: &mut Admin, version: u64) -> anyhow::Result<Vec<u8>> {
     Ok(client
         .get_version(GetVersionRequest { version })
         .await
-        .with_context(|| format!("cannot get version {version}"))?
+        .answer(&format!("cannot get version {version}"))?
         .into_inner()
         .content)
 }
 
-pub fn show(addr: &str, version: u64) -> anyhow::Result<ExitCode> {
+pub fn show(remote: &Remote, version: u64) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let content = fetch(&mut connect(addr).await?, version).await?;
+        let content = fetch(&mut remote.connect().await?, version).await?;
         print!("{}", String::from_utf8_lossy(&content));
         Ok(ExitCode::SUCCESS)
     })
 }
 
-pub fn diff_versions(addr: &str, a: u64, b: u64) -> anyhow::Result<ExitCode> {
+pub fn diff_versions(remote: &Remote, a: u64, b: u64) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut client = connect(addr).await?;
+        let mut client = remote.connect().await?;
         let parse = |n: u64, bytes: Vec<u8>| -> anyhow::Result<Value> {
             serde_json::from_slice(&bytes).with_context(|| format!("version {n} is not JSON"))
         };
@@ -172,14 +141,14 @@ pub fn diff_versions(addr: &str, a: u64, b: u64) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn status(addr: &str, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+pub fn status(remote: &Remote, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut client = connect(addr).await?;
+        let mut client = remote.connect().await?;
         if !args.watch {
             let nodes = client
                 .node_status(NodeStatusRequest {})
                 .await
-                .context("cannot get node status")?
+                .answer("cannot get node status")?
                 .into_inner()
                 .nodes;
             print_status(&nodes, args.json, false);
@@ -188,10 +157,10 @@ pub fn status(addr: &str, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         let mut updates = client
             .watch_status(NodeStatusRequest {})
             .await
-            .context("cannot watch node status")?
+            .answer("cannot watch node status")?
             .into_inner();
         let clear = !args.json && std::io::stdout().is_terminal();
-        while let Some(update) = updates.message().await.context("status stream failed")? {
+        while let Some(update) = updates.message().await.answer("status stream failed")? {
             print_status(&update.nodes, args.json, clear);
         }
         Ok(ExitCode::SUCCESS)
@@ -288,7 +257,7 @@ fn node_json(n: &NodeState) -> Value {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`; `-` for never.
-fn time(unix: i64) -> String {
+pub(crate) fn time(unix: i64) -> String {
     if unix <= 0 {
         return "-".to_owned();
     }

@@ -6,12 +6,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
 use tollgate_proto::v1::{FleetBucket, FleetHolder, ListLimitsRequest};
 
-use super::fleet::{connect, runtime};
+use super::fleet::runtime;
+use super::remote::{Answer, Remote};
 
 /// How often `--watch` asks again.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -29,9 +29,9 @@ pub struct LimitsArgs {
     watch: bool,
 }
 
-pub fn limits(addr: &str, args: &LimitsArgs) -> anyhow::Result<ExitCode> {
+pub fn limits(remote: &Remote, args: &LimitsArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut client = connect(addr).await?;
+        let mut client = remote.connect().await?;
         let request = ListLimitsRequest {
             server: args.server.clone().unwrap_or_default(),
         };
@@ -40,12 +40,10 @@ pub fn limits(addr: &str, args: &LimitsArgs) -> anyhow::Result<ExitCode> {
             let buckets = client
                 .list_limits(request.clone())
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot list fleet-wide limits from the control plane at {addr} (set \
-                         --addr or TOLLGATE_ADDR)"
-                    )
-                })?
+                .answer(&format!(
+                    "cannot list fleet-wide limits from the control plane at {}",
+                    remote.addr
+                ))?
                 .into_inner()
                 .buckets;
             if args.json {

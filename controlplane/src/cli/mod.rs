@@ -1,7 +1,10 @@
 //! The operator CLI, one module per command group.
 
+pub mod audit;
 pub mod certs;
 pub mod fleet;
 pub mod limits;
 pub mod policy;
+pub mod remote;
 pub mod serve;
+pub mod tokens;

@@ -70,9 +70,9 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// Runs a `policy` command; `addr` is the control plane's, for those that
+/// Runs a `policy` command; `remote` is the control plane, for those that
 /// need one.
-pub fn run(cmd: PolicyCommand, addr: &str) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: PolicyCommand, remote: &super::remote::Remote) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { files } => Ok(check(&files)),
         PolicyCommand::Eval(args) => eval(&args),
@@ -80,10 +80,10 @@ pub fn run(cmd: PolicyCommand, addr: &str) -> anyhow::Result<ExitCode> {
             print!("{}", tollgate_policy::json_schema());
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Push(args) => super::fleet::push(addr, &args),
-        PolicyCommand::Versions => super::fleet::versions(addr),
-        PolicyCommand::Show { number } => super::fleet::show(addr, number),
-        PolicyCommand::Diff { a, b } => super::fleet::diff_versions(addr, a, b),
+        PolicyCommand::Push(args) => super::fleet::push(remote, &args),
+        PolicyCommand::Versions => super::fleet::versions(remote),
+        PolicyCommand::Show { number } => super::fleet::show(remote, number),
+        PolicyCommand::Diff { a, b } => super::fleet::diff_versions(remote, a, b),
     }
 }
 

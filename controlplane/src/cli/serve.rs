@@ -56,6 +56,12 @@ pub struct ServeArgs {
     /// and one window more, whether it is cut off or gone.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     fallback_horizon: Duration,
+    /// When the store has no operator token yet, store the token in this file
+    /// (`tgt_<16 hex>_<64 hex>`) as admin token `bootstrap`. Without it, a
+    /// new admin token is written to DATA/admin-token (0600). Ignored once
+    /// any token exists.
+    #[arg(long, value_name = "PATH")]
+    bootstrap_token_file: Option<PathBuf>,
     /// Serve TLS on both ports with this certificate (PEM, chain first);
     /// re-read when the file changes. `tollgate certs init DIR` makes one.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -156,6 +162,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             learn_whole_window: args.learn_whole_window,
             fallback_horizon: args.fallback_horizon,
         },
+        bootstrap_token_file: args.bootstrap_token_file,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

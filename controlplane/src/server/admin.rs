@@ -1,5 +1,6 @@
 //! `Admin`: what the `tollgate` CLI calls — push, versions, node status,
-//! fleet-wide limits.
+//! fleet-wide limits, operator tokens and the audit trail. Each method
+//! first checks the caller's role (see `authorize`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,17 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::{
-    FieldError, GetVersionRequest, ListLimitsRequest, ListLimitsResponse, ListVersionsRequest,
-    ListVersionsResponse, NodeStatusRequest, NodeStatusResponse, PolicyVersion, PushPolicyRequest,
-    PushPolicyResponse,
+    CreateTokenRequest, CreateTokenResponse, FieldError, GetVersionRequest, ListAuditRequest,
+    ListAuditResponse, ListLimitsRequest, ListLimitsResponse, ListTokensRequest,
+    ListTokensResponse, ListVersionsRequest, ListVersionsResponse, NodeStatusRequest,
+    NodeStatusResponse, PolicyVersion, PushPolicyRequest, PushPolicyResponse, RevokeTokenRequest,
+    TokenInfo,
 };
 use tonic::{Request, Response, Status};
 
+use super::authorize::Action;
 use super::{ControlPlane, Latest};
+use crate::auth::{Principal, Role};
 use crate::push;
 use crate::status::unix_now;
 use crate::store::{StoredVersion, content_hash};
@@ -49,58 +54,44 @@ impl Admin for AdminService {
         &self,
         request: Request<PushPolicyRequest>,
     ) -> Result<Response<PushPolicyResponse>, Status> {
-        let req = request.into_inner();
-        let cp = &self.cp;
-        let _serial = cp.push_lock.lock().await;
-        let latest = cp.latest.borrow().clone();
-        let server = Some(req.server.as_str()).filter(|s| !s.is_empty());
-        let content = match push::prepare(
-            &req.content,
-            server,
-            latest.as_ref().map(|l| (l.version, &l.stored[..])),
-        ) {
-            Ok(content) => content,
-            Err(errors) => {
-                cp.metrics.pushes_refused.inc();
-                return Ok(Response::new(PushPolicyResponse {
-                    accepted: false,
-                    version: 0,
-                    created: false,
-                    errors: errors
-                        .into_iter()
-                        .map(|e| FieldError {
-                            pointer: e.pointer,
-                            message: e.message,
-                        })
-                        .collect(),
-                }));
-            }
-        };
-        let hash = content_hash(&content);
-        let message = req.message;
-        let (stored, created) = cp
-            .store(move |s| s.append(&content, &hash, &message, unix_now()))
+        let target = push_target(request.get_ref());
+        let who = self
+            .cp
+            .authorize(&request, Role::Admin, Action::PolicyPush, &target)
             .await?;
-        let version = stored.version;
-        if created {
-            tracing::info!(version, hash = %stored.content_hash, "policy pushed");
-            cp.metrics.pushes.inc();
-            cp.metrics.latest_version.set(version as i64);
-            let latest = Latest::new(stored, &cp.grant_key);
-            cp.latest.send_replace(Some(Arc::new(latest)));
-        }
-        Ok(Response::new(PushPolicyResponse {
-            accepted: true,
-            version,
-            created,
-            errors: Vec::new(),
-        }))
+        let req = request.into_inner();
+        let message = req.message.clone();
+        let pushed = self.push(req).await;
+        let (target, outcome, detail) = match &pushed {
+            Ok(r) if !r.accepted => {
+                let first = r.errors.first().map_or_else(String::new, |e| {
+                    let at = if e.pointer.is_empty() {
+                        "/"
+                    } else {
+                        &e.pointer
+                    };
+                    format!("{at}: {}", e.message)
+                });
+                (target, "refused", first)
+            }
+            Ok(r) => (
+                format!("version {}", r.version),
+                if r.created { "accepted" } else { "unchanged" },
+                message,
+            ),
+            Err(e) => (target, "failed", e.message().to_owned()),
+        };
+        self.cp
+            .audit(&who, Action::PolicyPush, &target, outcome, &detail)
+            .await;
+        pushed.map(Response::new)
     }
 
     async fn list_versions(
         &self,
-        _: Request<ListVersionsRequest>,
+        request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
+        self.viewer(&request, Action::PolicyRead).await?;
         let versions = self.cp.store(|s| s.list()).await?;
         Ok(Response::new(ListVersionsResponse {
             versions: versions.into_iter().map(to_proto).collect(),
@@ -111,6 +102,7 @@ impl Admin for AdminService {
         &self,
         request: Request<GetVersionRequest>,
     ) -> Result<Response<PolicyVersion>, Status> {
+        self.viewer(&request, Action::PolicyRead).await?;
         let n = request.into_inner().version;
         match self.cp.store(move |s| s.get(n)).await? {
             Some(v) => Ok(Response::new(to_proto(v))),
@@ -120,8 +112,9 @@ impl Admin for AdminService {
 
     async fn node_status(
         &self,
-        _: Request<NodeStatusRequest>,
+        request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        self.viewer(&request, Action::Status).await?;
         Ok(Response::new(NodeStatusResponse {
             nodes: self.cp.fleet.snapshot(),
         }))
@@ -131,8 +124,9 @@ impl Admin for AdminService {
 
     async fn watch_status(
         &self,
-        _: Request<NodeStatusRequest>,
+        request: Request<NodeStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        self.viewer(&request, Action::Status).await?;
         let cp = self.cp.clone();
         let Some(tracked) = cp.drain.track() else {
             return Err(Status::unavailable(
@@ -177,8 +171,121 @@ impl Admin for AdminService {
         &self,
         request: Request<ListLimitsRequest>,
     ) -> Result<Response<ListLimitsResponse>, Status> {
+        self.viewer(&request, Action::Limits).await?;
         let server = request.into_inner().server;
         let buckets = self.cp.quota.list(&server)?;
         Ok(Response::new(ListLimitsResponse { buckets }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let who = self
+            .cp
+            .authorize(&request, Role::Admin, Action::TokenCreate, &name)
+            .await?;
+        let created = self.cp.create_token(&who, request.into_inner()).await?;
+        Ok(Response::new(created))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.cp
+            .authorize(&request, Role::Admin, Action::TokenList, "")
+            .await?;
+        Ok(Response::new(self.cp.list_tokens().await?))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        let name_or_id = request.get_ref().token.clone();
+        let who = self
+            .cp
+            .authorize(&request, Role::Admin, Action::TokenRevoke, &name_or_id)
+            .await?;
+        Ok(Response::new(
+            self.cp.revoke_token(&who, &name_or_id).await?,
+        ))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.viewer(&request, Action::AuditList).await?;
+        let since = request.into_inner().since;
+        Ok(Response::new(self.cp.list_audit(since).await?))
+    }
+}
+
+/// What a push would change, for the audit trail before it has a version.
+fn push_target(req: &PushPolicyRequest) -> String {
+    if req.server.is_empty() {
+        "bundle".to_owned()
+    } else {
+        format!("server {}", req.server)
+    }
+}
+
+impl AdminService {
+    /// Reads need role viewer.
+    async fn viewer<T>(&self, request: &Request<T>, action: Action) -> Result<Principal, Status> {
+        self.cp.authorize(request, Role::Viewer, action, "").await
+    }
+
+    /// Validates and stores a push (under the push lock, so versions reach
+    /// the watch in order).
+    async fn push(&self, req: PushPolicyRequest) -> Result<PushPolicyResponse, Status> {
+        let cp = &self.cp;
+        let _serial = cp.push_lock.lock().await;
+        let latest = cp.latest.borrow().clone();
+        let server = Some(req.server.as_str()).filter(|s| !s.is_empty());
+        let content = match push::prepare(
+            &req.content,
+            server,
+            latest.as_ref().map(|l| (l.version, &l.stored[..])),
+        ) {
+            Ok(content) => content,
+            Err(errors) => {
+                cp.metrics.pushes_refused.inc();
+                return Ok(PushPolicyResponse {
+                    accepted: false,
+                    version: 0,
+                    created: false,
+                    errors: errors
+                        .into_iter()
+                        .map(|e| FieldError {
+                            pointer: e.pointer,
+                            message: e.message,
+                        })
+                        .collect(),
+                });
+            }
+        };
+        let hash = content_hash(&content);
+        let message = req.message;
+        let (stored, created) = cp
+            .store(move |s| s.append(&content, &hash, &message, unix_now()))
+            .await?;
+        let version = stored.version;
+        if created {
+            tracing::info!(version, hash = %stored.content_hash, "policy pushed");
+            cp.metrics.pushes.inc();
+            cp.metrics.latest_version.set(version as i64);
+            let latest = Latest::new(stored, &cp.grant_key);
+            cp.latest.send_replace(Some(Arc::new(latest)));
+        }
+        Ok(PushPolicyResponse {
+            accepted: true,
+            version,
+            created,
+            errors: Vec::new(),
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod admission;
+mod authorize;
 mod distributed;
 mod distribution;
 pub mod drain;
@@ -11,6 +12,7 @@ mod http;
 mod quota;
 mod served_nodes;
 mod stored_limits;
+mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
 
+use crate::auth::Authority;
+use crate::auth::bootstrap::{self, BootstrapError, Bootstrapped};
 use crate::metrics::Metrics;
 use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
@@ -45,6 +49,9 @@ pub use quota::MAX_BUCKETS_PER_REPORT;
 pub const QUOTA_MARKER: &str = "quota-leases-until";
 /// The file in the data dir naming the nodes served quota (see `served_nodes`).
 pub const QUOTA_NODES: &str = "quota-nodes";
+/// The file in the data dir holding the first admin token, when the control
+/// plane generated it.
+pub use crate::auth::bootstrap::ADMIN_TOKEN_FILE as ADMIN_TOKEN;
 use quota::QuotaLedger;
 
 /// How to run the control plane.
@@ -69,6 +76,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Where a stream's node id comes from.
     pub node_identity: NodeIdentity,
+    /// A file holding the first admin token, stored when the store has no
+    /// token at all; `None`: generate one into `<data>/admin-token`.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -83,6 +93,7 @@ impl Config {
             quota: AllocatorConfig::default(),
             tls: None,
             node_identity: NodeIdentity::Declared,
+            bootstrap_token_file: None,
         }
     }
 }
@@ -99,6 +110,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -157,6 +170,8 @@ pub struct ControlPlane {
     quota: QuotaLedger,
     /// The limits of stored versions, which quota reports are accounted by.
     limits: stored_limits::StoredLimits,
+    /// Operator tokens, checked on every admin call.
+    auth: Authority,
     nonce_prefix: u64,
     nonce_seq: AtomicU64,
     /// Where a stream's node id comes from.
@@ -164,13 +179,40 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Opens the store in `config.data` and loads the latest version.
-    pub fn open(config: &Config) -> Result<Self, StoreError> {
+    /// Opens the store in `config.data`, loads the latest version and the
+    /// operator tokens (storing the first admin token if there is none).
+    pub fn open(config: &Config) -> Result<Self, ServeError> {
         let store = SqliteStore::open(&config.data)?;
         let grant_key = distributed::grant_key(&store, crate::status::unix_now())?;
         let latest = store
             .latest()?
             .map(|v| Arc::new(Latest::new(v, &grant_key)));
+        match bootstrap::bootstrap(
+            &store,
+            &config.data,
+            config.bootstrap_token_file.as_deref(),
+            crate::status::unix_now(),
+        )? {
+            Bootstrapped::Already => {
+                if let Some(file) = &config.bootstrap_token_file {
+                    tracing::info!(
+                        file = %file.display(),
+                        "the store already holds operator tokens; --bootstrap-token-file is not used"
+                    );
+                }
+            }
+            Bootstrapped::FromFile => {
+                tracing::info!(
+                    "stored the token in --bootstrap-token-file as admin token 'bootstrap'"
+                )
+            }
+            Bootstrapped::Generated(path) => tracing::info!(
+                file = %path.display(),
+                "no operator token yet: generated admin token 'bootstrap'; pass this file to the CLI \
+                 with --token-file"
+            ),
+        }
+        let auth = Authority::new(store.tokens()?);
         let metrics = Metrics::new();
         metrics
             .latest_version
@@ -194,6 +236,7 @@ impl ControlPlane {
                 config.data.join(QUOTA_NODES),
             ),
             limits: stored_limits::StoredLimits::default(),
+            auth,
             nonce_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -246,6 +289,9 @@ impl ControlPlane {
 
 /// The one place store errors become gRPC statuses.
 fn store_status(e: StoreError) -> tonic::Status {
+    if let StoreError::TokenNameTaken(_) = e {
+        return tonic::Status::already_exists(e.to_string());
+    }
     tracing::error!(error = %e, "policy store");
     tonic::Status::internal(e.to_string())
 }

@@ -4,12 +4,17 @@
 //! never resent to that node, even by a control plane restarted since; and
 //! the deployment's secrets, made once and kept for its lifetime.
 //!
+//! Beside the policy, the store keeps the operators' tokens (a salted hash
+//! each, never the token) and the audit trail of what operators did.
+//!
 //! The trait is synchronous (SQLite is); async callers run it on the blocking
 //! pool. PostgreSQL for several replicas implements the same trait later.
 
 mod sqlite;
 
 pub use sqlite::SqliteStore;
+
+use crate::auth::Role;
 
 /// One stored policy version. Never changes once written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,45 @@ pub struct Nack {
 /// than this many newer ones can no longer stop a send.
 pub const NACKS_KEPT_PER_NODE: usize = 16;
 
+/// One operator token as stored: who it names and a salted hash of its
+/// secret. The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// The token's public id (lowercase hex), part of the token itself.
+    pub id: String,
+    /// Unique among live tokens; what the audit trail calls its holder.
+    pub name: String,
+    pub role: Role,
+    /// Random bytes hashed before the secret.
+    pub salt: Vec<u8>,
+    /// SHA-256(salt ‖ secret).
+    pub hash: Vec<u8>,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    /// The name of the token that created it (`bootstrap`'s own: itself).
+    pub created_by: String,
+    /// When it was revoked (seconds since the Unix epoch); `None` while live.
+    pub revoked_at: Option<i64>,
+}
+
+/// One operator action in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Seconds since the Unix epoch.
+    pub at: i64,
+    /// The name of the token that acted.
+    pub actor: String,
+    /// What was attempted, e.g. `policy.push`, `token.revoke`.
+    pub action: String,
+    /// What it was done to, e.g. `version 3`, a token's name.
+    pub target: String,
+    /// `accepted`, `unchanged`, `refused`, `created`, `revoked`, or
+    /// `denied: needs role R`.
+    pub outcome: String,
+    /// More about it: the first validation error, a role, a token id.
+    pub detail: String,
+}
+
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +113,13 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "a live operator token is already named {0:?}; pick another name, or revoke that one \
+         first (`tollgate token revoke {0}`)"
+    )]
+    TokenNameTaken(String),
+    #[error("the store holds a token with role {0:?}, which this tollgate does not know")]
+    UnknownRole(String),
 }
 
 /// The versions of the fleet's policy.
@@ -114,6 +165,23 @@ pub trait PolicyStore: Send + Sync + 'static {
         make: &mut dyn FnMut() -> Result<Vec<u8>, StoreError>,
         created_at: i64,
     ) -> Result<Vec<u8>, StoreError>;
+    /// Stores a new token. Fails with [`StoreError::TokenNameTaken`] when a
+    /// live token already has its name.
+    fn add_token(&self, token: &StoredToken) -> Result<(), StoreError>;
+
+    /// Every token, revoked ones included, oldest first.
+    fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// Marks the live token `id` revoked at `at`; `false` if there is no
+    /// live token with that id.
+    fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// Appends one entry to the audit trail.
+    fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The newest `limit` entries at or after `since` (seconds since the
+    /// Unix epoch), oldest first.
+    fn audit_since(&self, since: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Makes everything written so far durable in the store's main file, for
     /// a clean stop.

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{NACKS_KEPT_PER_NODE, Nack, PolicyStore, StoreError, StoredVersion};
+use super::{
+    AuditEntry, NACKS_KEPT_PER_NODE, Nack, PolicyStore, StoreError, StoredToken, StoredVersion,
+};
+use crate::auth::Role;
 
 /// The embedded store. One connection behind a mutex: pushes are rare and
 /// reads are small, so there is nothing to gain from a pool.
@@ -261,6 +264,113 @@ impl PolicyStore for SqliteStore {
         )?;
         tx.commit()?;
         Ok(value)
+    }
+
+    fn add_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let added = conn.execute(
+            "INSERT INTO tokens (id, name, role, salt, hash, created_at, created_by, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                token.id,
+                token.name,
+                token.role.as_str(),
+                token.salt,
+                token.hash,
+                token.created_at,
+                token.created_by,
+                token.revoked_at
+            ],
+        );
+        match added {
+            Ok(_) => Ok(()),
+            // The only constraints are the id (random, 64 bits) and the live name.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::TokenNameTaken(token.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, role, salt, hash, created_at, created_by, revoked_at
+             FROM tokens ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(2)?,
+                StoredToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    // Parsed below, where an unknown role can be named.
+                    role: Role::Viewer,
+                    salt: r.get(3)?,
+                    hash: r.get(4)?,
+                    created_at: r.get(5)?,
+                    created_by: r.get(6)?,
+                    revoked_at: r.get(7)?,
+                },
+            ))
+        })?;
+        let mut tokens = Vec::new();
+        for row in rows {
+            let (role, mut token) = row?;
+            token.role = role.parse().map_err(|_| StoreError::UnknownRole(role))?;
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let changed = conn.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, at],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO audit (at, actor, action, target, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.target,
+                entry.outcome,
+                entry.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn audit_since(&self, since: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT at, actor, action, target, outcome, detail FROM (
+                 SELECT seq, at, actor, action, target, outcome, detail FROM audit
+                 WHERE at >= ?1 ORDER BY seq DESC LIMIT ?2)
+             ORDER BY seq",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since, limit], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                outcome: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 use rusqlite::Connection;
 
 use super::*;
+use crate::auth::Role;
 use crate::store::content_hash;
 
 #[test]
@@ -190,5 +191,124 @@ fn a_secret_is_made_once_and_kept_across_reopens() {
     assert_eq!(
         store.secret_or_create("f", &mut make(5), 15).expect("made"),
         [5; 4]
+    );
+}
+
+fn token(id: &str, name: &str, role: Role, at: i64) -> StoredToken {
+    StoredToken {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        role,
+        salt: vec![1, 2],
+        hash: vec![3; 32],
+        created_at: at,
+        created_by: "bootstrap".to_owned(),
+        revoked_at: None,
+    }
+}
+
+#[test]
+fn tokens_survive_reopening_live_names_are_unique_and_revocation_sticks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    assert_eq!(store.tokens().expect("tokens"), []);
+    store
+        .add_token(&token("a1", "ops", Role::Admin, 10))
+        .expect("add");
+    store
+        .add_token(&token("v1", "ci", Role::Viewer, 11))
+        .expect("add");
+    let err = store
+        .add_token(&token("v2", "ci", Role::Approver, 12))
+        .expect_err("a live token is named ci");
+    assert!(
+        matches!(err, StoreError::TokenNameTaken(ref n) if n == "ci"),
+        "{err}"
+    );
+
+    assert!(store.revoke_token("v1", 13).expect("revoke"));
+    assert!(
+        !store.revoke_token("v1", 14).expect("again"),
+        "already revoked"
+    );
+    assert!(!store.revoke_token("nope", 14).expect("unknown"));
+    // The name is free again once its token is revoked.
+    store
+        .add_token(&token("v2", "ci", Role::Approver, 15))
+        .expect("reuse the name");
+    drop(store);
+
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let tokens = store.tokens().expect("tokens");
+    let summary: Vec<_> = tokens
+        .iter()
+        .map(|t| (t.id.as_str(), t.name.as_str(), t.role, t.revoked_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a1", "ops", Role::Admin, None),
+            ("v1", "ci", Role::Viewer, Some(13)),
+            ("v2", "ci", Role::Approver, None),
+        ]
+    );
+    assert_eq!(tokens[0], token("a1", "ops", Role::Admin, 10));
+}
+
+#[test]
+fn a_token_with_a_role_this_tollgate_does_not_know_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    store
+        .add_token(&token("a1", "ops", Role::Admin, 10))
+        .expect("add");
+    store
+        .conn()
+        .expect("conn")
+        .execute("UPDATE tokens SET role = 'root'", [])
+        .expect("update");
+    let err = store.tokens().expect_err("unknown role");
+    assert!(
+        matches!(err, StoreError::UnknownRole(ref r) if r == "root"),
+        "{err}"
+    );
+}
+
+fn entry(at: i64, action: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: "ops".to_owned(),
+        action: action.to_owned(),
+        target: "version 1".to_owned(),
+        outcome: "accepted".to_owned(),
+        detail: String::new(),
+    }
+}
+
+#[test]
+fn the_audit_trail_lists_the_newest_entries_since_a_time_oldest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    for (at, action) in [(10, "a"), (20, "b"), (20, "c"), (30, "d")] {
+        store.record_audit(&entry(at, action)).expect("record");
+    }
+    let actions = |since, limit| -> Vec<String> {
+        store
+            .audit_since(since, limit)
+            .expect("audit")
+            .into_iter()
+            .map(|e| e.action)
+            .collect()
+    };
+    assert_eq!(actions(0, 100), ["a", "b", "c", "d"]);
+    assert_eq!(actions(20, 100), ["b", "c", "d"]);
+    assert_eq!(actions(0, 2), ["c", "d"], "the newest, oldest first");
+    assert_eq!(actions(31, 100), Vec::<String>::new());
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.audit_since(0, 1).expect("audit"),
+        [entry(30, "d")],
+        "kept across restarts"
     );
 }

@@ -5,12 +5,16 @@
 
 pub mod quota;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+pub use tollgate_controlplane::cli::remote::Admin;
+use tollgate_controlplane::cli::remote::Bearer;
 use tollgate_controlplane::server::{self, Config, Running};
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
@@ -19,7 +23,32 @@ use tollgate_proto::v1::{
     PushPolicyRequest, PushPolicyResponse,
 };
 use tonic::Streaming;
-use tonic::transport::Channel;
+
+/// The first admin token of each control plane these tests started, by
+/// gRPC address: what [`admin`] sends.
+static ADMIN_TOKENS: Mutex<BTreeMap<SocketAddr, String>> = Mutex::new(BTreeMap::new());
+
+/// Reads the first admin token the control plane at `addr` wrote to
+/// `<data>/admin-token`, for [`admin`].
+pub fn remember_admin_token(addr: SocketAddr, data: &Path) -> String {
+    let path = data.join(server::ADMIN_TOKEN);
+    let token = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned();
+    ADMIN_TOKENS.lock().unwrap().insert(addr, token.clone());
+    token
+}
+
+/// An admin client of the control plane at `addr` with `token`.
+pub async fn admin_with(addr: SocketAddr, token: &str) -> Admin {
+    let channel = tonic::transport::Endpoint::from_shared(url(addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AdminClient::with_interceptor(channel, Bearer::token(token).unwrap())
+}
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -32,7 +61,9 @@ pub async fn start_with(data: &Path, change: impl FnOnce(&mut Config)) -> Runnin
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), data.to_path_buf());
     config.http = Some("127.0.0.1:0".parse().unwrap());
     change(&mut config);
-    server::start(config).await.unwrap()
+    let running = server::start(config).await.unwrap();
+    remember_admin_token(running.grpc_addr, data);
+    running
 }
 
 /// Leaves in `data` the note an earlier control plane writes before sending
@@ -53,11 +84,24 @@ pub fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
-    AdminClient::connect(url(addr)).await.unwrap()
+/// The first admin token of the control plane at `addr` (see
+/// [`remember_admin_token`]).
+pub fn admin_token(addr: SocketAddr) -> String {
+    ADMIN_TOKENS
+        .lock()
+        .unwrap()
+        .get(&addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no admin token known for {addr}: start it with common::start"))
 }
 
-pub async fn push(admin: &mut AdminClient<Channel>, content: &str) -> PushPolicyResponse {
+/// An admin client of the control plane at `addr` (started by these
+/// helpers) with its first admin token.
+pub async fn admin(addr: SocketAddr) -> Admin {
+    admin_with(addr, &admin_token(addr)).await
+}
+
+pub async fn push(admin: &mut Admin, content: &str) -> PushPolicyResponse {
     admin
         .push_policy(PushPolicyRequest {
             content: content.as_bytes().to_vec(),
@@ -74,7 +118,7 @@ pub fn policy(tool: &str) -> String {
     format!(r#"{{"version": "1", "default": "deny", "tools": {{"{tool}": {{}}}}}}"#)
 }
 
-pub async fn nodes(admin: &mut AdminClient<Channel>) -> Vec<NodeState> {
+pub async fn nodes(admin: &mut Admin) -> Vec<NodeState> {
     admin
         .node_status(NodeStatusRequest {})
         .await
@@ -84,11 +128,7 @@ pub async fn nodes(admin: &mut AdminClient<Channel>) -> Vec<NodeState> {
 }
 
 /// Polls the status table until node `id`'s row satisfies `ok`.
-pub async fn wait_for(
-    admin: &mut AdminClient<Channel>,
-    id: &str,
-    ok: impl Fn(&NodeState) -> bool,
-) -> NodeState {
+pub async fn wait_for(admin: &mut Admin, id: &str, ok: impl Fn(&NodeState) -> bool) -> NodeState {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let rows = nodes(admin).await;

@@ -5,13 +5,11 @@ use std::net::SocketAddr;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{
     BucketId, BucketReport, FleetBucket, GetVersionRequest, ListLimitsRequest, Node, QuotaLeases,
     QuotaReport,
 };
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::{FakeSidecar, WAIT, push, url};
@@ -38,7 +36,7 @@ pub fn limits_policy(writes_max: u64) -> String {
 /// runs it, as a sidecar does on connecting, so the control plane accepts
 /// their quota reports under it; the pushed version and content hash.
 pub async fn serve_policy(addr: SocketAddr, policy: &str, nodes: &[&str]) -> (u64, String) {
-    let mut admin = AdminClient::connect(url(addr)).await.unwrap();
+    let mut admin = super::admin(addr).await;
     let pushed = push(&mut admin, policy).await;
     assert!(pushed.accepted, "{pushed:?}");
     let stored = admin
@@ -181,7 +179,7 @@ impl QuotaSidecar {
 }
 
 /// Every bucket the control plane lists (of `server`, unless empty).
-pub async fn limits(admin: &mut AdminClient<Channel>, server: &str) -> Vec<FleetBucket> {
+pub async fn limits(admin: &mut super::Admin, server: &str) -> Vec<FleetBucket> {
     admin
         .list_limits(ListLimitsRequest {
             server: server.to_owned(),
@@ -194,7 +192,7 @@ pub async fn limits(admin: &mut AdminClient<Channel>, server: &str) -> Vec<Fleet
 
 /// Polls `ListLimits` until the bucket of `counter` satisfies `ok`.
 pub async fn wait_for_bucket(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut super::Admin,
     counter: &str,
     ok: impl Fn(&FleetBucket) -> bool,
 ) -> FleetBucket {
