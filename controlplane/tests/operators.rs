@@ -163,6 +163,12 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_admin_is_kept() {
     let ops = create(&mut root, "ops", "admin").await;
     let mut ops_client = admin_with(addr, &ops).await;
     ops_client.node_status(NodeStatusRequest {}).await.unwrap();
+    let mut watch = ops_client
+        .watch_status(NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the first table");
 
     let err = try_create(&mut root, "ops", "viewer").await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
@@ -189,6 +195,19 @@ async fn a_revoked_token_is_refused_at_once_and_the_last_admin_is_kept() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("revoked"), "{err:?}");
+    // A watch opened before the revocation ends within a refresh.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ended");
+    let err = ended.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
     let err = root
         .revoke_token(RevokeTokenRequest {

@@ -127,6 +127,9 @@ impl Admin for AdminService {
         request: Request<NodeStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         self.viewer(&request, Action::Status).await?;
+        // Checked again before every table: a token revoked (or demoted)
+        // while it watches ends its watch within a refresh.
+        let metadata = request.metadata().clone();
         let cp = self.cp.clone();
         let Some(tracked) = cp.drain.track() else {
             return Err(Status::unavailable(
@@ -143,6 +146,13 @@ impl Admin for AdminService {
             let tx = tx;
             let mut last = None;
             loop {
+                if let Err(e) = cp
+                    .auth
+                    .check(&metadata, Role::Viewer, Action::Status.command())
+                {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
                 let nodes = cp.fleet.snapshot();
                 if last.as_ref() != Some(&nodes) {
                     let msg = NodeStatusResponse {

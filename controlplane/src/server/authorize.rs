@@ -26,7 +26,7 @@ pub(super) enum Action {
 }
 
 impl Action {
-    fn command(self) -> &'static str {
+    pub(super) fn command(self) -> &'static str {
         match self {
             Action::PolicyPush => "policy push",
             Action::PolicyRead => "policy versions|show|diff",
