@@ -59,32 +59,9 @@ impl Admin for AdminService {
             .cp
             .authorize(&request, Role::Admin, Action::PolicyPush, &target)
             .await?;
-        let req = request.into_inner();
-        let message = req.message.clone();
-        let pushed = self.push(req).await;
-        let (target, outcome, detail) = match &pushed {
-            Ok(r) if !r.accepted => {
-                let first = r.errors.first().map_or_else(String::new, |e| {
-                    let at = if e.pointer.is_empty() {
-                        "/"
-                    } else {
-                        &e.pointer
-                    };
-                    format!("{at}: {}", e.message)
-                });
-                (target, "refused", first)
-            }
-            Ok(r) => (
-                format!("version {}", r.version),
-                if r.created { "accepted" } else { "unchanged" },
-                message,
-            ),
-            Err(e) => (target, "failed", e.message().to_owned()),
-        };
-        self.cp
-            .audit(&who, Action::PolicyPush, &target, outcome, &detail)
-            .await;
-        pushed.map(Response::new)
+        self.push(&who, target, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_versions(
@@ -251,7 +228,12 @@ impl AdminService {
 
     /// Validates and stores a push (under the push lock, so versions reach
     /// the watch in order).
-    async fn push(&self, req: PushPolicyRequest) -> Result<PushPolicyResponse, Status> {
+    async fn push(
+        &self,
+        who: &Principal,
+        target: String,
+        req: PushPolicyRequest,
+    ) -> Result<PushPolicyResponse, Status> {
         let cp = &self.cp;
         let _serial = cp.push_lock.lock().await;
         let latest = cp.latest.borrow().clone();
@@ -264,6 +246,16 @@ impl AdminService {
             Ok(content) => content,
             Err(errors) => {
                 cp.metrics.pushes_refused.inc();
+                let first = errors.first().map_or_else(String::new, |e| {
+                    let at = if e.pointer.is_empty() {
+                        "/"
+                    } else {
+                        &e.pointer
+                    };
+                    format!("{at}: {}", e.message)
+                });
+                cp.audit(who, Action::PolicyPush, &target, "refused", &first)
+                    .await;
                 return Ok(PushPolicyResponse {
                     accepted: false,
                     version: 0,
@@ -280,10 +272,30 @@ impl AdminService {
         };
         let hash = content_hash(&content);
         let message = req.message;
-        let (stored, created) = cp
+        let detail = message.clone();
+        let appended = cp
             .store(move |s| s.append(&content, &hash, &message, unix_now()))
-            .await?;
+            .await;
+        let (stored, created) = match appended {
+            Ok(appended) => appended,
+            Err(e) => {
+                cp.audit(who, Action::PolicyPush, &target, "failed", e.message())
+                    .await;
+                return Err(e);
+            }
+        };
         let version = stored.version;
+        // In the trail before the fleet is sent it (and before the fan-out
+        // takes the runtime's attention from this reply).
+        let outcome = if created { "accepted" } else { "unchanged" };
+        cp.audit(
+            who,
+            Action::PolicyPush,
+            &format!("version {version}"),
+            outcome,
+            &detail,
+        )
+        .await;
         if created {
             tracing::info!(version, hash = %stored.content_hash, "policy pushed");
             cp.metrics.pushes.inc();
