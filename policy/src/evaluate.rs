@@ -1,6 +1,6 @@
 //! Deciding one call.
 //!
-//! The order (DESIGN §3): hidden → rule lookup (exact name, else the most
+//! The order (ARCHITECTURE.md §3): hidden → rule lookup (exact name, else the most
 //! specific glob, else the tool's risk class, else the default) → the rule's
 //! `deny` → `all_tools`' `deny` → `require`/`deny_if` (the rule's, then
 //! `all_tools`') → limits (the rule's and `all_tools`', all-or-nothing) →

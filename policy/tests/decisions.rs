@@ -1,4 +1,4 @@
-//! Decision tables for the policy language (DESIGN §3).
+//! Decision tables for the policy language (ARCHITECTURE.md §3).
 //!
 //! One row = a policy document, a call, the expected outcome and the JSON
 //! pointer of the rule that decided. Rows are grouped by the step of the
@@ -944,7 +944,7 @@ fn a_single_document_applies_to_every_server() {
     }
 }
 
-// ---- the examples' must-shows (DESIGN) ---------------------------------------
+// ---- the examples' must-shows -----------------------------------------------
 
 const SEED: &str = include_str!("../../examples/seed-policy.json");
 const FULL: &str = include_str!("../../examples/full-policy.json");

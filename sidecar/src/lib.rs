@@ -1,6 +1,6 @@
 //! # tollgate-sidecar
 //!
-//! The per-pod data plane (DESIGN §2): an MCP proxy that peeks at every
+//! The per-pod data plane (ARCHITECTURE.md §2): an MCP proxy that peeks at every
 //! JSON-RPC message, decides each `tools/call` against the policy snapshot,
 //! forwards what is allowed byte for byte, and answers the rest itself.
 //!

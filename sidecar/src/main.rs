@@ -1,5 +1,5 @@
 //! `tollgate-sidecar`: the per-pod data plane that proxies MCP traffic and
-//! decides every `tools/call` against the policy (DESIGN §2).
+//! decides every `tools/call` against the policy (ARCHITECTURE.md §2).
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! DESIGN §6: a call that policy denies never reaches the upstream, whatever
+//! ARCHITECTURE.md §6: a call that policy denies never reaches the upstream, whatever
 //! its encoding — duplicate or escaped keys, case and Unicode variants of the
 //! tool name or the method, batches, the legacy SSE message endpoint, very
 //! large or deeply nested bodies — and bad input gets a clear HTTP and

@@ -1,4 +1,4 @@
-//! DESIGN §2 and §6: a policy swap fails no request and never widens access.
+//! ARCHITECTURE.md §2 and §6: a policy swap fails no request and never widens access.
 //!
 //! Eight clients call `echo` through the sidecar without pause while the
 //! policy file is rewritten again and again — policy A allows `echo`, policy

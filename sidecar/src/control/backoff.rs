@@ -20,7 +20,7 @@ pub struct BackoffConfig {
 }
 
 impl Default for BackoffConfig {
-    /// About 1 s doubling to 30 s (DESIGN §4).
+    /// About 1 s doubling to 30 s (ARCHITECTURE.md §4).
     fn default() -> Self {
         Self {
             base: Duration::from_secs(1),

@@ -1,5 +1,5 @@
 //! Fleet mode: the policy comes from the control plane over the
-//! policy-distribution stream (DESIGN §4, stream 1) instead of a file.
+//! policy-distribution stream (ARCHITECTURE.md §4, stream 1) instead of a file.
 //!
 //! [`start`] first restores the last good bundle from the state dir (so a
 //! sidecar restarted while the control plane is down enforces it at once),

@@ -1,4 +1,4 @@
-//! Fleet-wide limits (DESIGN §4, stream 2): limits with scope `grant`,
+//! Fleet-wide limits (ARCHITECTURE.md §4, stream 2): limits with scope `grant`,
 //! `session` or `global` are decided from leases the control plane hands out
 //! over the quota stream; `pod` limits stay local.
 //!

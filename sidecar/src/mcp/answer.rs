@@ -1,4 +1,4 @@
-//! The replies the sidecar writes itself (DESIGN §2): refused calls as
+//! The replies the sidecar writes itself (ARCHITECTURE.md §2): refused calls as
 //! `isError` tool results the model can act on, hidden tools as the upstream's
 //! own "Unknown tool" error, and JSON-RPC errors for what cannot be read.
 //! Each is HTTP 200 except transport-level errors; never 401/403 for a

@@ -2,7 +2,7 @@
 //! events", §9.2.6 "Interpreting an event stream").
 //!
 //! Upstream responses are streamed event by event, never buffered whole
-//! (DESIGN §2). [`SseParser`] takes body chunks as they arrive — split
+//! (ARCHITECTURE.md §2). [`SseParser`] takes body chunks as they arrive — split
 //! anywhere, even inside a CRLF pair or a UTF-8 sequence — and hands back one
 //! [`Event`] per block of lines ended by a blank line. Each event keeps its
 //! exact original bytes in [`Event::raw`], so the proxy forwards what policy
