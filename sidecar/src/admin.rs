@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 
 use crate::conn::ConnLimits;
 use crate::metrics::Metrics;
-use crate::snapshot::PolicyStore;
+use crate::snapshot::LivePolicy;
 use crate::upstream::http::Body;
 
 /// Serves the admin endpoints until the task is dropped, with the MCP
 /// listener's header deadline and caps, and at most 64 connections.
-pub async fn serve(listener: TcpListener, policy: Arc<PolicyStore>, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, policy: Arc<LivePolicy>, metrics: Arc<Metrics>) {
     let limits = ConnLimits {
         name: "admin",
         max_connections: 64,
@@ -32,7 +32,7 @@ pub async fn serve(listener: TcpListener, policy: Arc<PolicyStore>, metrics: Arc
 
 fn respond(
     req: &Request<Incoming>,
-    policy: &PolicyStore,
+    policy: &LivePolicy,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {

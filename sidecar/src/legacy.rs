@@ -158,7 +158,7 @@ struct Relay {
     route: Arc<Route>,
     sse_path: String,
     grant: Arc<str>,
-    sc_policy: Arc<crate::snapshot::PolicyStore>,
+    sc_policy: Arc<crate::snapshot::LivePolicy>,
     list_ids: ListIds,
     ended: bool,
 }

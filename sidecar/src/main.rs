@@ -16,7 +16,7 @@ use tollgate_policy::LocalCounters;
 use tollgate_sidecar::config::{Cli, Command, RunArgs, Target, parse_upstreams};
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
-use tollgate_sidecar::snapshot::{self, PolicyStore};
+use tollgate_sidecar::snapshot::{self, LivePolicy};
 use tollgate_sidecar::state::{Route, Sidecar, Upstream};
 use tollgate_sidecar::upstream::HttpUpstream;
 use tollgate_sidecar::{admin, control, demo, listener};
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let specs = parse_upstreams(&args.upstreams).map_err(|e| anyhow!(e))?;
     let metrics = Arc::new(Metrics::new());
-    let policy = Arc::new(PolicyStore::default());
+    let policy = Arc::new(LivePolicy::default());
     match &args.policy {
         Some(path) => {
             // Load once before serving, so a valid file is in force from the first request.

@@ -48,11 +48,11 @@ pub enum LoadError {
 
 /// The current snapshot, if any.
 #[derive(Debug, Default)]
-pub struct PolicyStore {
+pub struct LivePolicy {
     current: ArcSwapOption<Snapshot>,
 }
 
-impl PolicyStore {
+impl LivePolicy {
     /// The snapshot to decide a request with.
     pub fn load(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
@@ -102,7 +102,7 @@ pub fn load_file(path: &Path) -> Result<(Snapshot, Vec<u8>), LoadError> {
 pub async fn watch(
     path: PathBuf,
     loaded: Option<Vec<u8>>,
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     every: Duration,
 ) {

@@ -13,14 +13,14 @@ use tollgate_policy::{Annotations, Counters, LocalCounters};
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::{ListIds, SeenTool};
 use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
-use crate::snapshot::PolicyStore;
+use crate::snapshot::LivePolicy;
 use crate::upstream::HttpUpstream;
 
 /// The sidecar's shared state.
 #[derive(Debug)]
 pub struct Sidecar {
     /// The policy in force.
-    pub policy: Arc<PolicyStore>,
+    pub policy: Arc<LivePolicy>,
     /// Rate-limit counters: local, or, in fleet mode, fleet-wide limits held
     /// as leases ([`crate::control::quota::FleetCounters`]).
     pub counters: Arc<dyn Counters>,
@@ -54,7 +54,7 @@ impl Sidecar {
     /// Shared state over `routes`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        policy: Arc<PolicyStore>,
+        policy: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
         log: DecisionLog,
         node_id: Arc<str>,

@@ -1,7 +1,7 @@
 //! Simulated sidecars: each is what `tollgate-sidecar --control-plane` runs
 //! for fleet-wide limits — its own [`FleetCounters`], [`Metrics`] and quota
 //! stream ([`Reporter`], a real tonic client on its own connection) over a
-//! [`PolicyStore`] holding a compiled bundle — without the HTTP proxy around
+//! [`LivePolicy`] holding a compiled bundle — without the HTTP proxy around
 //! them. Calls go straight to `FleetCounters::acquire` with the limit's
 //! [`Charge`], as the sidecar's decision would.
 //!
@@ -27,7 +27,7 @@ use tollgate_sidecar::control::client::version_label;
 use tollgate_sidecar::control::dial::Dial;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
-use tollgate_sidecar::snapshot::{PolicyStore, Snapshot};
+use tollgate_sidecar::snapshot::{LivePolicy, Snapshot};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -38,7 +38,7 @@ pub const SERVER: &str = "bench";
 
 /// A policy in force with one fleet-wide limit, and that limit's bucket.
 pub struct Limit {
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     bucket: FleetBucket,
     /// The control plane's number and content hash of the policy.
     version: u64,
@@ -104,7 +104,7 @@ impl Limit {
             .await
             .context("cannot read back the pushed version")?
             .into_inner();
-        let store = PolicyStore::default();
+        let store = LivePolicy::default();
         store.store(Snapshot {
             bundle,
             version: version_label(pushed.version),

@@ -43,13 +43,13 @@ pub enum Refused {
 
 /// The admission gate (see the module doc).
 #[derive(Debug)]
-pub struct Admission {
+pub struct StreamAdmission {
     opening: Arc<Semaphore>,
     waiting: AtomicUsize,
     limits: Limits,
 }
 
-impl Admission {
+impl StreamAdmission {
     pub fn new(limits: Limits) -> Self {
         Self {
             opening: Arc::new(Semaphore::new(limits.opening.max(1))),
@@ -103,8 +103,8 @@ mod tests {
 
     use super::*;
 
-    fn admission(opening: usize, waiting: usize) -> Arc<Admission> {
-        Arc::new(Admission::new(Limits {
+    fn admission(opening: usize, waiting: usize) -> Arc<StreamAdmission> {
+        Arc::new(StreamAdmission::new(Limits {
             opening,
             waiting,
             wait: Duration::from_secs(5),

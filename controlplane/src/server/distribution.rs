@@ -10,7 +10,7 @@
 //! Refusals are written to the store when they arrive and read back when a
 //! node first connects to this process, so a restart does not make the
 //! control plane resend a version a node refused. Streams are let in
-//! through [`Admission`](super::admission::Admission) and end cleanly when
+//! through [`StreamAdmission`](super::admission::StreamAdmission) and end cleanly when
 //! the control plane drains.
 
 use std::sync::Arc;

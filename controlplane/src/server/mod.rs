@@ -41,7 +41,7 @@ use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsError, TlsFiles, acceptor};
-use admission::{Admission, Limits};
+use admission::{Limits, StreamAdmission};
 use drain::Drain;
 pub use quota::MAX_BUCKETS_PER_REPORT;
 
@@ -164,7 +164,7 @@ pub struct ControlPlane {
     metrics: Metrics,
     /// Pushes are serialized so versions reach the watch in order.
     push_lock: tokio::sync::Mutex<()>,
-    admission: Admission,
+    admission: StreamAdmission,
     drain: Drain,
     /// Fleet-wide limits: one allocator, started with this process.
     quota: QuotaLedger,
@@ -224,7 +224,7 @@ impl ControlPlane {
             fleet: Fleet::new(config.stale_after),
             metrics,
             push_lock: tokio::sync::Mutex::new(()),
-            admission: Admission::new(Limits {
+            admission: StreamAdmission::new(Limits {
                 opening: config.max_opening_streams,
                 waiting: config.max_waiting_streams,
                 wait: ADMISSION_WAIT,

@@ -14,7 +14,7 @@
 //! while an earlier control plane's leases may be in use, and waits for the
 //! nodes that one served (see [`crate::quota`] and `served_nodes`); a
 //! background task expires leases every [`TICK`]. Streams are let in through the same
-//! [`Admission`](super::admission::Admission) as policy streams and end
+//! [`StreamAdmission`](super::admission::StreamAdmission) as policy streams and end
 //! cleanly when the control plane drains.
 
 use std::collections::HashMap;

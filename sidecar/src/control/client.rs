@@ -16,7 +16,7 @@ use super::backoff::Backoff;
 use super::dial::Dial;
 use super::state_dir::{SavedBundle, StateDir, content_hash};
 use crate::metrics::Metrics;
-use crate::snapshot::{PolicyStore, Snapshot};
+use crate::snapshot::{LivePolicy, Snapshot};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tollgate_policy::{Bundle, GrantKey};
@@ -93,7 +93,7 @@ enum End {
 pub struct Client {
     dial: Dial,
     config: FleetConfig,
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     state: Option<StateDir>,
     applied: Option<Applied>,
@@ -104,7 +104,7 @@ impl Client {
     pub fn new(
         dial: Dial,
         config: FleetConfig,
-        store: Arc<PolicyStore>,
+        store: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
         state: Option<StateDir>,
         applied: Option<Applied>,

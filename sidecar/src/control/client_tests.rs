@@ -180,11 +180,11 @@ fn restart_offline(
     session: Session,
     cp: ControlPlaneDouble,
     state_dir: &std::path::Path,
-) -> (Arc<PolicyStore>, tokio::task::JoinHandle<()>) {
+) -> (Arc<LivePolicy>, tokio::task::JoinHandle<()>) {
     task.abort();
     drop(session);
     let addr = cp.kill();
-    let store = Arc::new(PolicyStore::default());
+    let store = Arc::new(LivePolicy::default());
     let task = start(
         fleet_config(addr, state_dir),
         Arc::clone(&store),
@@ -194,7 +194,7 @@ fn restart_offline(
     (store, task)
 }
 
-fn version(store: &PolicyStore) -> Option<String> {
+fn version(store: &LivePolicy) -> Option<String> {
     store.load().map(|s| s.version.to_string())
 }
 
@@ -202,7 +202,7 @@ fn version(store: &PolicyStore) -> Option<String> {
 async fn applies_acks_nacks_reconnects_and_restores() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cp = ControlPlaneDouble::start("127.0.0.1:0".parse().unwrap());
-    let store = Arc::new(PolicyStore::default());
+    let store = Arc::new(LivePolicy::default());
     let metrics = Arc::new(Metrics::new());
     let task = start(
         fleet_config(cp.addr, tmp.path()),
@@ -310,7 +310,7 @@ async fn applies_acks_nacks_reconnects_and_restores() {
 async fn keyed_bundles_need_their_key_and_restore_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cp = ControlPlaneDouble::start("127.0.0.1:0".parse().unwrap());
-    let store = Arc::new(PolicyStore::default());
+    let store = Arc::new(LivePolicy::default());
     let task = start(
         fleet_config(cp.addr, tmp.path()),
         Arc::clone(&store),
@@ -353,7 +353,7 @@ async fn keyed_bundles_need_their_key_and_restore_with_it() {
     s.send_keyed(1, &keyed, "n3", key.as_bytes()).await;
     let ack = s.next().await;
     assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
-    let grant = |store: &PolicyStore| {
+    let grant = |store: &LivePolicy| {
         let snapshot = store.load().expect("a policy in force");
         snapshot
             .bundle
@@ -382,7 +382,7 @@ async fn corrupt_state_dir_is_ignored_and_denies_all() {
     })
     .unwrap();
     std::fs::write(tmp.path().join("bundle.json"), "{garbage").unwrap();
-    let store = Arc::new(PolicyStore::default());
+    let store = Arc::new(LivePolicy::default());
     // Nothing listens on port 1 on loopback: the client just keeps retrying.
     let task = start(
         fleet_config("127.0.0.1:1".parse().unwrap(), tmp.path()),

@@ -5,7 +5,7 @@
 //! sidecar restarted while the control plane is down enforces it at once),
 //! then spawns the [`client`] task that keeps the stream open, applies each
 //! bundle off the request path, ACKs or NACKs it, and reconnects with
-//! [`backoff`]. Until a bundle is in force the [`PolicyStore`] is empty: every
+//! [`backoff`]. Until a bundle is in force the [`LivePolicy`] is empty: every
 //! call is denied and `/readyz` is not ready.
 
 pub mod backoff;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tollgate_proto::v1::Node;
 
 use crate::metrics::Metrics;
-use crate::snapshot::{PolicyStore, Snapshot};
+use crate::snapshot::{LivePolicy, Snapshot};
 use backoff::BackoffConfig;
 use client::{Applied, Client};
 use dial::{ClientTls, Dial};
@@ -166,7 +166,7 @@ pub fn labels(
 /// the store holds the restored bundle if there was a usable one.
 pub fn start(
     config: FleetConfig,
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let dial = Dial::new(&config.control_plane, config.tls.clone())?;
@@ -195,7 +195,7 @@ pub fn start(
 pub fn start_quota(
     config: &FleetConfig,
     counters: Arc<quota::FleetCounters>,
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     servers: Vec<String>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
@@ -214,7 +214,7 @@ pub fn start_quota(
 
 /// Puts the saved bundle in force; `None` (and a log line) when there is none
 /// or it is unusable.
-fn restore(dir: &StateDir, store: &PolicyStore, metrics: &Metrics) -> Option<Applied> {
+fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Applied> {
     let saved = match dir.load() {
         Ok(Some(saved)) => saved,
         Ok(None) => return None,

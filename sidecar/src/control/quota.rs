@@ -52,7 +52,7 @@ use super::dial::Dial;
 
 use crate::control::backoff::{Backoff, BackoffConfig};
 use crate::metrics::Metrics;
-use crate::snapshot::PolicyStore;
+use crate::snapshot::LivePolicy;
 
 /// How often to report before the control plane has said (its leases carry it).
 const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
@@ -711,7 +711,7 @@ pub struct Reporter {
     dial: Dial,
     node: Node,
     counters: Arc<FleetCounters>,
-    store: Arc<PolicyStore>,
+    store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     backoff: BackoffConfig,
     /// The servers this sidecar serves, and its grant when the bundle has none.
@@ -728,7 +728,7 @@ impl Reporter {
         dial: Dial,
         node: Node,
         counters: Arc<FleetCounters>,
-        store: Arc<PolicyStore>,
+        store: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
         backoff: BackoffConfig,
         servers: Vec<String>,

@@ -562,7 +562,7 @@ async fn a_sidecar_with_more_buckets_than_one_report_carries_splits_them_and_kee
         dial,
         node,
         Arc::clone(&fc),
-        Arc::new(PolicyStore::default()),
+        Arc::new(LivePolicy::default()),
         metrics,
         BackoffConfig::default(),
         vec!["s".into()],
