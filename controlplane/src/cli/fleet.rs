@@ -1,32 +1,14 @@
-//! The commands that talk to a control plane: `policy push | versions |
-//! show | diff` and `status`.
+//! `tollgate status`: every sidecar's policy status, once or as it changes.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
-use tollgate_proto::v1::{
-    GetVersionRequest, ListVersionsRequest, NodeState, NodeStatusRequest, PushPolicyRequest,
-    node_state::State,
-};
+use tollgate_proto::v1::{NodeState, NodeStatusRequest, node_state::State};
 
-use super::remote::{Admin, Answer, Remote};
-use crate::diff::diff;
-
-#[derive(Debug, Args)]
-pub struct PushArgs {
-    /// The policy file (a document or a bundle; with --server, a document).
-    file: PathBuf,
-    /// Place the file in the latest bundle as this server's policy.
-    #[arg(long)]
-    server: Option<String>,
-    /// Why: kept with the version.
-    #[arg(short, long, default_value = "")]
-    message: String,
-}
+use super::remote::{Answer, Remote};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -43,102 +25,6 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-pub fn push(remote: &Remote, args: &PushArgs) -> anyhow::Result<ExitCode> {
-    let content = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    runtime()?.block_on(async {
-        let resp = remote
-            .connect()
-            .await?
-            .push_policy(PushPolicyRequest {
-                content,
-                server: args.server.clone().unwrap_or_default(),
-                message: args.message.clone(),
-            })
-            .await
-            .answer("push failed")?
-            .into_inner();
-        if !resp.accepted {
-            let shown = args.file.display();
-            for e in &resp.errors {
-                let at = if e.pointer.is_empty() {
-                    "/"
-                } else {
-                    &e.pointer
-                };
-                println!("{shown}: {at}: {}", e.message);
-            }
-            return Ok(ExitCode::from(1));
-        }
-        if resp.created {
-            println!("pushed version {}", resp.version);
-        } else {
-            println!("unchanged: version {}", resp.version);
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-pub fn versions(remote: &Remote) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
-        let list = remote
-            .connect()
-            .await?
-            .list_versions(ListVersionsRequest {})
-            .await
-            .answer("cannot list versions")?
-            .into_inner();
-        println!("{:<8} {:<14} {:<20} MESSAGE", "VERSION", "HASH", "CREATED");
-        for v in list.versions {
-            let hash = v.content_hash.get(..12).unwrap_or(&v.content_hash);
-            println!(
-                "{:<8} {:<14} {:<20} {}",
-                v.version,
-                hash,
-                time(v.created_at),
-                v.message
-            );
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-async fn fetch(client: &mut Admin, version: u64) -> anyhow::Result<Vec<u8>> {
-    Ok(client
-        .get_version(GetVersionRequest { version })
-        .await
-        .answer(&format!("cannot get version {version}"))?
-        .into_inner()
-        .content)
-}
-
-pub fn show(remote: &Remote, version: u64) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
-        let content = fetch(&mut remote.connect().await?, version).await?;
-        print!("{}", String::from_utf8_lossy(&content));
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-pub fn diff_versions(remote: &Remote, a: u64, b: u64) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
-        let mut client = remote.connect().await?;
-        let parse = |n: u64, bytes: Vec<u8>| -> anyhow::Result<Value> {
-            serde_json::from_slice(&bytes).with_context(|| format!("version {n} is not JSON"))
-        };
-        let va = parse(a, fetch(&mut client, a).await?)?;
-        let vb = parse(b, fetch(&mut client, b).await?)?;
-        let changes = diff(&va, &vb);
-        if changes.is_empty() {
-            println!("no rule changed between {a} and {b}");
-        }
-        for (pointer, change) in changes {
-            println!("{change} {pointer}");
-        }
-        Ok(ExitCode::SUCCESS)
-    })
 }
 
 pub fn status(remote: &Remote, args: &StatusArgs) -> anyhow::Result<ExitCode> {

@@ -8,3 +8,4 @@ pub mod policy;
 pub mod remote;
 pub mod serve;
 pub mod tokens;
+pub mod versions;

@@ -28,7 +28,7 @@ pub enum PolicyCommand {
     /// version every sidecar should run.
     ///
     /// Exits 1 when the file is refused (its errors are printed).
-    Push(super::fleet::PushArgs),
+    Push(super::versions::PushArgs),
     /// List the stored versions.
     Versions,
     /// Print one version's content.
@@ -80,10 +80,10 @@ pub fn run(cmd: PolicyCommand, remote: &super::remote::Remote) -> anyhow::Result
             print!("{}", tollgate_policy::json_schema());
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Push(args) => super::fleet::push(remote, &args),
-        PolicyCommand::Versions => super::fleet::versions(remote),
-        PolicyCommand::Show { number } => super::fleet::show(remote, number),
-        PolicyCommand::Diff { a, b } => super::fleet::diff_versions(remote, a, b),
+        PolicyCommand::Push(args) => super::versions::push(remote, &args),
+        PolicyCommand::Versions => super::versions::versions(remote),
+        PolicyCommand::Show { number } => super::versions::show(remote, number),
+        PolicyCommand::Diff { a, b } => super::versions::diff_versions(remote, a, b),
     }
 }
 
