@@ -26,6 +26,7 @@ pub mod legacy;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod routes;
 pub mod session_ids;
 pub mod snapshot;
 pub mod sse_filter;

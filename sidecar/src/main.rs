@@ -3,7 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-use hashbrown::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +12,11 @@ use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tollgate_policy::LocalCounters;
-use tollgate_sidecar::config::{Cli, Command, RunArgs, Target, parse_upstreams};
+use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{self, LivePolicy};
-use tollgate_sidecar::state::{Route, Sidecar, Upstream};
-use tollgate_sidecar::upstream::HttpUpstream;
+use tollgate_sidecar::state::Sidecar;
 use tollgate_sidecar::{admin, control, demo, listener};
 
 fn main() -> ExitCode {
@@ -96,38 +94,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => {}
     }
 
-    let mut routes = HashMap::new();
-    for spec in &specs {
-        let path = if spec.named {
-            format!("/mcp/{}", spec.name)
-        } else {
-            "/mcp".to_owned()
-        };
-        let upstream = match &spec.target {
-            Target::Http(url) => Upstream::Http(HttpUpstream::new(
-                &spec.name,
-                url.parse().with_context(|| format!("--upstream {url}"))?,
-            )),
-            Target::LegacySse(url) => Upstream::LegacySse(HttpUpstream::new(
-                &spec.name,
-                url.parse().with_context(|| format!("--upstream {url}"))?,
-            )),
-            Target::Stdio(command) => Upstream::Http(tollgate_sidecar::upstream::stdio::bridge(
-                &spec.name,
-                command,
-                args.stdio_limits(),
-            )?),
-        };
-        let key = if spec.named {
-            spec.name.clone()
-        } else {
-            String::new()
-        };
-        routes.insert(
-            key,
-            Arc::new(Route::new(&spec.name, path, upstream, &metrics)),
-        );
-    }
+    let routes = tollgate_sidecar::routes::table(&specs, args.stdio_limits(), &metrics)?;
 
     let log = match args.decision_log.as_deref() {
         None => DecisionLog::disabled(Arc::clone(&metrics)),
