@@ -10,7 +10,7 @@ mod distribution;
 pub mod drain;
 mod http;
 mod quota;
-mod served_nodes;
+mod restart;
 mod stored_limits;
 mod tokens;
 
@@ -45,14 +45,11 @@ use admission::{Limits, StreamAdmission};
 use drain::Drain;
 pub use quota::MAX_BUCKETS_PER_REPORT;
 
-/// The file in the data dir that says until when sent leases may be in use.
-pub const QUOTA_MARKER: &str = "quota-leases-until";
-/// The file in the data dir naming the nodes served quota (see `served_nodes`).
-pub const QUOTA_NODES: &str = "quota-nodes";
 /// The file in the data dir holding the first admin token, when the control
 /// plane generated it.
 pub use crate::auth::bootstrap::ADMIN_TOKEN_FILE as ADMIN_TOKEN;
 use quota::QuotaLedger;
+pub use restart::{QUOTA_MARKER, QUOTA_NODES};
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
