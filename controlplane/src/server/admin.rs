@@ -109,9 +109,7 @@ impl Admin for AdminService {
         let metadata = request.metadata().clone();
         let cp = self.cp.clone();
         let Some(tracked) = cp.drain.track() else {
-            return Err(Status::unavailable(
-                "the control plane is shutting down; retry with backoff",
-            ));
+            return Err(super::distribution::shutting_down());
         };
         let mut draining = cp.drain.latch();
         let (tx, rx) = mpsc::channel(2);

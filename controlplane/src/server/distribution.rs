@@ -14,7 +14,6 @@
 //! the control plane drains.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
@@ -23,6 +22,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistribution;
 use tollgate_proto::v1::{ErrorDetail, Node, PolicyRequest, PolicyResponse};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::Opened;
 use super::distributed::distribute;
 use super::drain::{Latch, Tracked};
 use super::{ControlPlane, Latest};
@@ -33,9 +33,6 @@ use crate::store::Nack;
 /// answer or push, so a small bound is enough; a slow reader only slows
 /// its own stream.
 const RESPONSE_BUFFER: usize = 4;
-
-/// How long a new stream may take to send its first request.
-const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Distribution {
     cp: Arc<ControlPlane>,
@@ -56,34 +53,13 @@ impl PolicyDistribution for Distribution {
         request: Request<Streaming<PolicyRequest>>,
     ) -> Result<Response<Self::StreamPolicyStream>, Status> {
         let cp = self.cp.clone();
-        let Some(tracked) = cp.drain.track() else {
-            return Err(shutting_down());
-        };
-        // Admission: bounds the streams in their opening handshake, so a
-        // fleet reconnecting at once queues here instead of piling up work.
-        let permit = match cp.admission.admit().await {
-            Ok(permit) => permit,
-            Err(refused) => {
-                cp.metrics.streams_refused.inc();
-                return Err(Status::unavailable(refused.to_string()));
-            }
-        };
-        let certs = request.peer_certs();
-        let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(FIRST_REQUEST_WAIT, inbound.message()).await {
-            Ok(Ok(Some(first))) => first,
-            Ok(Ok(None)) => {
-                return Err(Status::invalid_argument(
-                    "the stream closed before its first request",
-                ));
-            }
-            Ok(Err(status)) => return Err(status),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no first request within 10s of opening the stream",
-                ));
-            }
-        };
+        let Opened {
+            tracked,
+            permit,
+            certs,
+            inbound,
+            first,
+        } = cp.open_node_stream(request, "request").await?;
         let mut node = first
             .node
             .clone()

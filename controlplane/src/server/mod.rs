@@ -261,7 +261,66 @@ impl ControlPlane {
     }
 }
 
+/// How long a new node stream may take to send its first message.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// A node stream let in: counted for the drain, holding its admission place
+/// until its opening is done.
+pub(crate) struct Opened<T> {
+    pub tracked: drain::Tracked,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    pub certs: Option<Arc<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>>,
+    pub inbound: tonic::Streaming<T>,
+    /// Its first message.
+    pub first: T,
+}
+
 impl ControlPlane {
+    /// What every node stream (policy, quota) does first: refused while the
+    /// control plane stops, let in through [`StreamAdmission`] (a fleet
+    /// reconnecting at once queues here instead of piling up work), then its
+    /// first `message` ("request", "quota report") within
+    /// [`FIRST_MESSAGE_WAIT`].
+    pub(crate) async fn open_node_stream<T>(
+        &self,
+        request: tonic::Request<tonic::Streaming<T>>,
+        message: &str,
+    ) -> Result<Opened<T>, tonic::Status> {
+        let Some(tracked) = self.drain.track() else {
+            return Err(distribution::shutting_down());
+        };
+        let permit = match self.admission.admit().await {
+            Ok(permit) => permit,
+            Err(refused) => {
+                self.metrics.streams_refused.inc();
+                return Err(tonic::Status::unavailable(refused.to_string()));
+            }
+        };
+        let certs = request.peer_certs();
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_MESSAGE_WAIT, inbound.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "the stream closed before its first {message}"
+                )));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "no first {message} within {FIRST_MESSAGE_WAIT:?} of opening the stream"
+                )));
+            }
+        };
+        Ok(Opened {
+            tracked,
+            permit,
+            certs,
+            inbound,
+            first,
+        })
+    }
+
     /// Whether a `stream` ("policy" or "quota") whose connection presented
     /// `certs` may speak for `node` (see [`crate::tls::peer::admit`]); the
     /// verified SPIFFE id, or "" when ids are taken as declared. Refusals

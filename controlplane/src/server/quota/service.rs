@@ -10,7 +10,7 @@ use tollgate_proto::v1::{QuotaLeases, QuotaReport};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::super::ControlPlane;
-use super::super::distribution::shutting_down;
+use super::super::Opened;
 use super::super::drain::{Latch, Tracked};
 use super::ledger::OpenError;
 use super::{MAX_BUCKETS_PER_REPORT, TICK};
@@ -23,9 +23,6 @@ const ANSWER_BUFFER: usize = 4;
 
 /// How long a refused stream waits for room to send its status.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
-
-/// How long a new stream may take to send its first report.
-const FIRST_REPORT_WAIT: Duration = Duration::from_secs(10);
 
 /// Expires leases every [`TICK`] until the control plane drains.
 pub async fn tick(cp: Arc<ControlPlane>) {
@@ -59,32 +56,13 @@ impl Quota for QuotaService {
         request: Request<Streaming<QuotaReport>>,
     ) -> Result<Response<Self::StreamQuotaStream>, Status> {
         let cp = self.cp.clone();
-        let Some(tracked) = cp.drain.track() else {
-            return Err(shutting_down());
-        };
-        let permit = match cp.admission.admit().await {
-            Ok(permit) => permit,
-            Err(refused) => {
-                cp.metrics.streams_refused.inc();
-                return Err(Status::unavailable(refused.to_string()));
-            }
-        };
-        let certs = request.peer_certs();
-        let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(FIRST_REPORT_WAIT, inbound.message()).await {
-            Ok(Ok(Some(first))) => first,
-            Ok(Ok(None)) => {
-                return Err(Status::invalid_argument(
-                    "the quota stream closed before its first report",
-                ));
-            }
-            Ok(Err(status)) => return Err(status),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no first quota report within 10s of opening the stream",
-                ));
-            }
-        };
+        let Opened {
+            tracked,
+            permit,
+            certs,
+            inbound,
+            first,
+        } = cp.open_node_stream(request, "quota report").await?;
         let mut node = first
             .node
             .clone()
