@@ -159,13 +159,19 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
 /// POSTs one MCP message to `/mcp` on `addr` (JSON, accepting JSON or SSE),
 /// in the session `session` if given.
 pub fn post_mcp(addr: SocketAddr, session: Option<&str>, body: &str) -> Reply {
+    match session {
+        Some(s) => post_mcp_with(addr, &[("Mcp-Session-Id", s)], body),
+        None => post_mcp_with(addr, &[], body),
+    }
+}
+
+/// As [`post_mcp`], with more headers (`Authorization`, …).
+pub fn post_mcp_with(addr: SocketAddr, more: &[(&str, &str)], body: &str) -> Reply {
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("Accept", "application/json, text/event-stream"),
     ];
-    if let Some(s) = session {
-        headers.push(("Mcp-Session-Id", s));
-    }
+    headers.extend_from_slice(more);
     request(addr, "POST", "/mcp", &headers, Some(body.as_bytes()))
         .unwrap_or_else(|e| panic!("POST /mcp to {addr}: {e}"))
 }

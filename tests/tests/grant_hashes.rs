@@ -63,19 +63,7 @@ fn call(addr: SocketAddr, id: u64, token: &str) -> Reply {
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                       "params": {"name": "echo", "arguments": {"message": "hi"}}});
     let bearer = format!("Bearer {token}");
-    let headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-        ("authorization", bearer.as_str()),
-    ];
-    net::request(
-        addr,
-        "POST",
-        "/mcp",
-        &headers,
-        Some(body.to_string().as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("POST to {addr}: {e}"))
+    net::post_mcp_with(addr, &[("Authorization", &bearer)], &body.to_string())
 }
 
 /// The decision in a 200 reply: `allow` (the upstream answered) or the
