@@ -38,12 +38,12 @@ fn respond(
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => match policy.load() {
-            Some(s) => (
+            s if s.is_loaded() => (
                 StatusCode::OK,
                 "text/plain",
-                format!("ready: policy {}\n", s.version),
+                format!("ready: policy {}\n", s.version()),
             ),
-            None => (
+            _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "not ready: no valid policy loaded yet; every call is denied\n".to_owned(),

@@ -4,15 +4,12 @@
 //! JSON-RPC message, decides each `tools/call` against the policy snapshot,
 //! forwards what is allowed byte for byte, and answers the rest itself.
 //!
-//! A request's path, by module: [`listener`] (routes) → [`mcp::peek`] (what
-//! is this message?) → [`identity`] (who calls?) → [`enforce`] (decide,
-//! forward or answer) → [`mcp::answer`] (the sidecar's own replies) /
-//! [`sse_filter`] and [`mcp::list_filter`] (responses streamed back) →
-//! [`decision_log`] and [`metrics`]. The policy lives in [`snapshot`].
-
-// Request handlers return the HTTP response to send as their error: built once
-// per refused request and moved out at once, so its size does not matter.
-#![allow(clippy::result_large_err)]
+//! A request's path, by module: [`listener`] (routes) → a transport
+//! ([`streamable`] or [`legacy_sse`]) → [`judge`] (read, [`mcp::peek`],
+//! identify, decide: a [`verdict`] per message) → [`forward`] what is
+//! allowed / [`reply`] builds every reply the sidecar writes →
+//! [`sse_filter`] and [`mcp::list_filter`] (responses streamed back);
+//! [`decision_log`] and [`metrics`] record. The policy lives in [`snapshot`].
 
 pub mod admin;
 pub mod config;
@@ -20,15 +17,19 @@ pub mod conn;
 pub mod control;
 pub mod decision_log;
 pub mod demo;
-pub mod enforce;
+pub mod forward;
 pub mod identity;
-pub mod legacy;
+pub mod judge;
+pub mod legacy_sse;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod reply;
 pub mod routes;
 pub mod session_ids;
 pub mod snapshot;
 pub mod sse_filter;
 pub mod state;
+pub mod streamable;
 pub mod upstream;
+pub mod verdict;

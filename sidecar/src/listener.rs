@@ -10,70 +10,95 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::conn::ConnLimits;
-use crate::enforce::{self, rpc_error};
-use crate::identity::identify;
-use crate::legacy;
-use crate::mcp::answer::code;
-use crate::sse_filter::{self, is_event_stream};
+use crate::forward::pass_through;
+use crate::legacy_sse::{self, sessions::Sessions};
+use crate::reply::RequestError;
 use crate::state::{Route, Sidecar, Upstream};
+use crate::streamable;
 use crate::upstream::http::{Body, HttpUpstream};
+
+/// What the MCP listener serves with: the shared state and the legacy
+/// transport's sessions.
+#[derive(Debug)]
+pub struct Server {
+    /// The sidecar's shared state.
+    pub sc: Arc<Sidecar>,
+    /// Open legacy SSE sessions, for every route.
+    pub legacy: Arc<Sessions>,
+}
+
+impl Server {
+    /// A server over `sc`, with no session open.
+    pub fn new(sc: Arc<Sidecar>) -> Self {
+        Self {
+            sc,
+            legacy: Arc::default(),
+        }
+    }
+}
 
 /// Serves MCP on `listener`, within `limits`, until the task is dropped.
 pub async fn serve(listener: TcpListener, sc: Arc<Sidecar>, limits: ConnLimits) {
     let metrics = Arc::clone(&sc.metrics);
+    let server = Arc::new(Server::new(sc));
     crate::conn::serve(listener, limits, metrics, move |req, peer| {
-        let sc = Arc::clone(&sc);
-        async move { handle(&sc, req, peer).await }
+        let server = Arc::clone(&server);
+        async move { handle(&server, req, peer).await }
     })
     .await;
 }
 
 /// Routes one request.
-pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+pub async fn handle(server: &Server, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let sc = &*server.sc;
     let started = std::time::Instant::now();
     let path = req.uri().path();
     if path.starts_with("/.well-known/oauth-") {
-        return Box::pin(well_known(sc, req)).await;
+        return Box::pin(well_known(sc, req))
+            .await
+            .unwrap_or_else(RequestError::into_response);
     }
     let Some((route, rest)) = find_route(sc, path) else {
-        return rpc_error(
-            StatusCode::NOT_FOUND,
-            None,
-            code::INVALID_REQUEST,
-            &format!(
-                "no MCP server is served at {path}; this sidecar serves {}",
-                served(sc)
-            ),
-        );
+        return RequestError::NoServer {
+            path: path.to_owned(),
+            served: served(sc),
+        }
+        .into_response();
     };
-    // Only the Streamable HTTP POST runs unboxed: a request's future is moved
-    // whole at each hand-off, so the rarer paths (legacy SSE, GET streams,
-    // discovery documents) live behind a pointer and keep it small.
+    // Only the Streamable HTTP endpoint runs unboxed: a request's future is
+    // moved whole at each hand-off, so the rarer paths (legacy SSE, discovery
+    // documents) live behind a pointer and keep it small.
     let endpoint = match (&route.upstream, rest, req.method()) {
-        (Upstream::Http(_), "", _) => Endpoint::Streamable,
+        (Upstream::Http(up), "", _) => Endpoint::Streamable(up),
         (Upstream::LegacySse(up), "/sse", &Method::GET) => Endpoint::LegacyStream(up),
         (Upstream::LegacySse(up), "/message", &Method::POST) => Endpoint::LegacyMessage(up),
         _ => Endpoint::None,
     };
     let resp = match endpoint {
-        Endpoint::Streamable => streamable(sc, route, req).await,
-        Endpoint::LegacyStream(up) => Box::pin(legacy::stream(sc, route, up, req)).await,
-        Endpoint::LegacyMessage(up) => Box::pin(legacy::message(sc, route, up, req)).await,
-        Endpoint::None => rpc_error(
-            StatusCode::NOT_FOUND,
-            None,
-            code::INVALID_REQUEST,
-            &format!(
-                "no MCP endpoint at {}; this sidecar serves {}",
-                req.uri().path(),
-                served(sc)
-            ),
-        ),
+        Endpoint::Streamable(up) => {
+            let (parts, body) = req.into_parts();
+            streamable::handle(sc, route, up, parts, body).await
+        }
+        Endpoint::LegacyStream(up) => {
+            Box::pin(legacy_sse::stream(sc, &server.legacy, route, up, req))
+                .await
+                .unwrap_or_else(RequestError::into_response)
+        }
+        Endpoint::LegacyMessage(up) => {
+            Box::pin(legacy_sse::message(sc, &server.legacy, route, up, req))
+                .await
+                .unwrap_or_else(RequestError::into_response)
+        }
+        Endpoint::None => RequestError::NoEndpoint {
+            path: req.uri().path().to_owned(),
+            served: served(sc),
+        }
+        .into_response(),
     };
     sc.metrics.request(&route.metrics, started.elapsed());
     resp
@@ -83,89 +108,10 @@ pub async fn handle(sc: &Sidecar, req: Request<Incoming>, _peer: SocketAddr) -> 
 /// still borrowed.
 #[derive(Debug, Clone, Copy)]
 enum Endpoint<'r> {
-    Streamable,
+    Streamable(&'r HttpUpstream),
     LegacyStream(&'r HttpUpstream),
     LegacyMessage(&'r HttpUpstream),
     None,
-}
-
-/// The Streamable HTTP endpoint: POST, GET, DELETE.
-async fn streamable(sc: &Sidecar, route: &Arc<Route>, req: Request<Incoming>) -> Response<Body> {
-    let Upstream::Http(up) = &route.upstream else {
-        return rpc_error(
-            StatusCode::NOT_FOUND,
-            None,
-            code::INVALID_REQUEST,
-            "not a Streamable HTTP server",
-        );
-    };
-    let target = up.target();
-    let (parts, body) = req.into_parts();
-    match parts.method {
-        Method::POST => enforce::post(sc, route, up, target, parts, body).await,
-        Method::GET | Method::DELETE => {
-            let snapshot = sc.policy.load();
-            let grant = match &snapshot {
-                Some(s) => match identify(&parts.headers, &sc.grant_header, &s.bundle, &sc.node_id)
-                {
-                    Ok(g) => g,
-                    Err(e) => {
-                        return rpc_error(
-                            StatusCode::UNAUTHORIZED,
-                            None,
-                            code::UNAUTHENTICATED,
-                            &e.to_string(),
-                        );
-                    }
-                },
-                None => Arc::clone(&sc.node_id),
-            };
-            if let Err(resp) = enforce::session_id(&parts.headers) {
-                return resp;
-            }
-            drop(body);
-            let get = parts.method == Method::GET;
-            let resp = Box::pin(enforce::pass_through(
-                sc,
-                route,
-                up,
-                target,
-                parts,
-                snapshot.clone(),
-            ))
-            .await;
-            // A GET stream may replay `tools/list` replies (`Last-Event-ID`):
-            // they are filtered like the POST stream's first pass.
-            if get && resp.status().is_success() && is_event_stream(resp.headers()) {
-                let listing = enforce::listing(snapshot, route, grant);
-                return sse_filter::filter_stream(
-                    &sc.list_ids,
-                    route,
-                    resp,
-                    None,
-                    Vec::new(),
-                    listing,
-                );
-            }
-            resp
-        }
-        _ => {
-            let mut resp = rpc_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                code::INVALID_REQUEST,
-                &format!(
-                    "{} is not part of MCP's Streamable HTTP transport; use POST, GET or DELETE",
-                    parts.method
-                ),
-            );
-            resp.headers_mut().insert(
-                header::ALLOW,
-                http::HeaderValue::from_static("GET, POST, DELETE"),
-            );
-            resp
-        }
-    }
 }
 
 /// `/mcp` → the unnamed route; `/mcp/<name>[/rest]` → the named one.
@@ -201,26 +147,13 @@ fn served(sc: &Sidecar) -> String {
 }
 
 /// OAuth discovery documents belong to the upstream: pass them through.
-async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
+async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
     let path = req.uri().path().to_owned();
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut resp = rpc_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            None,
-            code::INVALID_REQUEST,
-            "discovery documents are read with GET; MCP messages go to the MCP endpoint",
-        );
-        resp.headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-        return resp;
+        return Err(RequestError::DiscoveryMethod);
     }
     if has_dot_segment(&path) {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            "`.` and `..` path segments are not forwarded",
-        );
+        return Err(RequestError::DotSegment);
     }
     let by_suffix = path
         .find("/mcp")
@@ -229,22 +162,17 @@ async fn well_known(sc: &Sidecar, req: Request<Incoming>) -> Response<Body> {
         (Some((r, i)), _) => (r, format!("{}{}", &path[..i], upstream_path(r))),
         (None, 1) => match sc.routes.values().next() {
             Some(r) => (r, path.clone()),
-            None => return not_found(&path),
+            None => return Err(RequestError::NoUpstream(path)),
         },
-        _ => return not_found(&path),
+        _ => return Err(RequestError::NoUpstream(path)),
     };
     let (Upstream::Http(up) | Upstream::LegacySse(up)) = &route.upstream;
-    let Some(target) = up.at(&upstream_path) else {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            &format!("{path} is not a path this sidecar forwards"),
-        );
-    };
+    let target = up
+        .at(&upstream_path)
+        .ok_or_else(|| RequestError::NotForwarded(path.clone()))?;
     let route: &Route = route;
     let (parts, _) = req.into_parts();
-    enforce::pass_through(sc, route, up, target, parts, sc.policy.load()).await
+    Ok(pass_through(sc, route, up, target, parts, &sc.policy.load()).await)
 }
 
 /// Whether a path has a `.` or `..` segment, plain or percent-encoded.
@@ -263,13 +191,4 @@ fn upstream_path(route: &Route) -> String {
     } else {
         p.to_owned()
     }
-}
-
-fn not_found(path: &str) -> Response<Body> {
-    rpc_error(
-        StatusCode::NOT_FOUND,
-        None,
-        code::INVALID_REQUEST,
-        &format!("no upstream serves {path}"),
-    )
 }

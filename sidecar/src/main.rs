@@ -68,8 +68,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Load once before serving, so a valid file is in force from the first request.
             let loaded = match snapshot::load_file(path) {
                 Ok((s, bytes)) => {
-                    metrics.policy_loaded(&s.version);
-                    tracing::info!(version = %s.version, file = %path.display(), "policy loaded");
+                    metrics.policy_loaded(s.version());
+                    tracing::info!(version = %s.version(), file = %path.display(), "policy loaded");
                     policy.store(s);
                     Some(bytes)
                 }

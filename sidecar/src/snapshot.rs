@@ -4,25 +4,132 @@
 //! A request loads the snapshot once and uses it to the end, so a swap never
 //! fails or changes an in-flight request. An invalid file is logged with every
 //! error, counted, and the previous snapshot stays. Before any valid policy
-//! the store is empty: every call is denied and `/readyz` is not ready.
+//! is in force the snapshot is [`Snapshot::none`], a value like any other:
+//! it denies every call, lists no tool, and `/readyz` is not ready.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use http::header::HeaderName;
 use sha2::{Digest, Sha256};
-use tollgate_policy::{Bundle, PolicyErrors};
+use tollgate_policy::{
+    Annotations, Bundle, Call, Counters, Decision, Listing, Outcome, PolicyErrors,
+};
 
+use crate::identity::{IdentityError, identify};
 use crate::metrics::Metrics;
 
-/// One compiled bundle and its version.
+/// The policy in force: a compiled bundle and its version, or, before any
+/// has loaded, none (which denies everything).
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The compiled bundle.
-    pub bundle: Bundle,
-    /// `sha256:` and the first 16 hex digits of the file's content.
-    pub version: Arc<str>,
+    bundle: Option<Bundle>,
+    version: Arc<str>,
+}
+
+impl Snapshot {
+    /// A loaded bundle; `version` is `sha256:` and the first 16 hex digits
+    /// of its content, or `v<N>` for a control plane's version.
+    pub fn new(bundle: Bundle, version: Arc<str>) -> Self {
+        Self {
+            bundle: Some(bundle),
+            version,
+        }
+    }
+
+    /// What is in force before any valid policy: every call denied.
+    pub fn none() -> Self {
+        Self {
+            bundle: None,
+            version: Arc::from("(none)"),
+        }
+    }
+
+    /// The version decisions are recorded with (`(none)` without a policy).
+    pub fn version(&self) -> &Arc<str> {
+        &self.version
+    }
+
+    /// The compiled bundle, if a policy has loaded.
+    pub fn bundle(&self) -> Option<&Bundle> {
+        self.bundle.as_ref()
+    }
+
+    /// Whether a valid policy has loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.bundle.is_some()
+    }
+
+    /// Decides one call.
+    pub fn decide(&self, call: &Call<'_>, now: Duration, counters: &dyn Counters) -> Decision {
+        match &self.bundle {
+            Some(b) => b.decide(call, now, counters),
+            None => no_policy(),
+        }
+    }
+
+    /// How `grant` sees tool `name` of `server` in a `tools/list` result.
+    pub fn listing(
+        &self,
+        server: &str,
+        grant: &str,
+        name: &str,
+        annotations: Option<&Annotations>,
+    ) -> Listing {
+        match &self.bundle {
+            Some(b) => b.listing(server, grant, name, annotations),
+            None => Listing::Denied,
+        }
+    }
+
+    /// The caller's grant: the one the bearer token in `header` identifies,
+    /// or `node_id` when the bundle has no grants (or there is no bundle).
+    pub fn caller(
+        &self,
+        headers: &HeaderMap,
+        header: &HeaderName,
+        node_id: &Arc<str>,
+    ) -> Result<Arc<str>, IdentityError> {
+        match &self.bundle {
+            Some(b) => identify(headers, header, b, node_id),
+            None => Ok(Arc::clone(node_id)),
+        }
+    }
+
+    /// Whether callers are told apart by grant tokens (then the token header
+    /// is not forwarded upstream).
+    pub fn has_grants(&self) -> bool {
+        self.bundle.as_ref().is_some_and(Bundle::has_grants)
+    }
+}
+
+/// `grant`'s view of `server`'s tools under `snapshot`, for filtering
+/// `tools/list` results.
+pub fn listing(
+    snapshot: Arc<Snapshot>,
+    server: Arc<str>,
+    grant: Arc<str>,
+) -> impl Fn(&str, Option<&Annotations>) -> Listing + Send + Sync + 'static {
+    move |name, annotations| snapshot.listing(&server, &grant, name, annotations)
+}
+
+/// The decision when no valid policy has loaded: deny everything.
+fn no_policy() -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        rule: Arc::from("(no policy loaded)"),
+        reason: Some(Arc::from(
+            "the sidecar has no valid policy yet and denies every call until one loads; check its --policy file or control plane",
+        )),
+        retry_after: None,
+        limit: None,
+        approval: None,
+        class: None,
+        shadow: false,
+    }
 }
 
 /// Why a policy file could not be loaded.
@@ -46,26 +153,34 @@ pub enum LoadError {
     },
 }
 
-/// The current snapshot, if any.
-#[derive(Debug, Default)]
+/// The snapshot in force.
+#[derive(Debug)]
 pub struct LivePolicy {
-    current: ArcSwapOption<Snapshot>,
+    current: ArcSwap<Snapshot>,
+}
+
+impl Default for LivePolicy {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::none()),
+        }
+    }
 }
 
 impl LivePolicy {
     /// The snapshot to decide a request with.
-    pub fn load(&self) -> Option<Arc<Snapshot>> {
+    pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Swaps in a new snapshot.
     pub fn store(&self, snapshot: Snapshot) {
-        self.current.store(Some(Arc::new(snapshot)));
+        self.current.store(Arc::new(snapshot));
     }
 
     /// Whether a valid policy has been loaded.
     pub fn is_ready(&self) -> bool {
-        self.current.load().is_some()
+        self.current.load().is_loaded()
     }
 }
 
@@ -87,13 +202,7 @@ pub fn load_file(path: &Path) -> Result<(Snapshot, Vec<u8>), LoadError> {
         path: path.to_owned(),
         errors,
     })?;
-    Ok((
-        Snapshot {
-            bundle,
-            version: version_of(&bytes),
-        },
-        bytes,
-    ))
+    Ok((Snapshot::new(bundle, version_of(&bytes)), bytes))
 }
 
 /// Polls `path` every `every` and swaps in each valid change; `loaded` is
@@ -123,8 +232,8 @@ pub async fn watch(
         let loaded = tokio::task::spawn_blocking(move || load_file(&p)).await;
         match loaded {
             Ok(Ok((snapshot, bytes))) => {
-                tracing::info!(version = %snapshot.version, file = %path.display(), "policy loaded");
-                metrics.policy_loaded(&snapshot.version);
+                tracing::info!(version = %snapshot.version(), file = %path.display(), "policy loaded");
+                metrics.policy_loaded(snapshot.version());
                 store.store(snapshot);
                 last = Some(bytes);
             }

@@ -6,14 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hashbrown::HashMap;
+use http::HeaderMap;
 use http::header::HeaderName;
 use tollgate_policy::{Annotations, Counters, LocalCounters};
 
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::{ListIds, SeenTool};
 use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
-use crate::snapshot::LivePolicy;
+use crate::reply::RequestError;
+use crate::snapshot::{LivePolicy, Snapshot};
 use crate::upstream::HttpUpstream;
 
 /// The sidecar's shared state.
@@ -109,6 +112,24 @@ impl Sidecar {
         self.started.elapsed()
     }
 
+    /// Who calls, for every transport: the grant `snapshot` finds for the
+    /// request's token (or this node's id without grants). Refused as
+    /// unidentified, with the request's JSON-RPC id from `id`, where grants
+    /// are set and the token matches none.
+    pub fn caller(
+        &self,
+        snapshot: &Snapshot,
+        headers: &HeaderMap,
+        id: impl FnOnce() -> Option<Bytes>,
+    ) -> Result<Arc<str>, RequestError> {
+        snapshot
+            .caller(headers, &self.grant_header, &self.node_id)
+            .map_err(|e| RequestError::Unidentified {
+                id: id(),
+                message: e.to_string(),
+            })
+    }
+
     /// A new decision id, unique within this sidecar's lifetime.
     pub fn decision_id(&self) -> String {
         let n = self.decisions.fetch_add(1, Ordering::Relaxed);
@@ -130,8 +151,6 @@ pub struct Route {
     pub upstream: Upstream,
     /// The tools of its latest `tools/list`.
     pub catalog: ArcSwap<Catalog>,
-    /// Open legacy SSE sessions (for `sse:` upstreams).
-    pub legacy: crate::legacy::Sessions,
     /// Its per-request metric handles.
     pub metrics: ServerMetrics,
     registry: Arc<Metrics>,
@@ -147,7 +166,6 @@ impl Route {
             path,
             upstream,
             catalog: ArcSwap::default(),
-            legacy: Default::default(),
             registry: Arc::clone(metrics),
         }
     }

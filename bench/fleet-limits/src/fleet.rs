@@ -105,10 +105,7 @@ impl Limit {
             .context("cannot read back the pushed version")?
             .into_inner();
         let store = LivePolicy::default();
-        store.store(Snapshot {
-            bundle,
-            version: version_label(pushed.version),
-        });
+        store.store(Snapshot::new(bundle, version_label(pushed.version)));
         Ok(Self {
             store: Arc::new(store),
             bucket,

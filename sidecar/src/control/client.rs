@@ -274,10 +274,7 @@ impl Client {
             }
         };
         let label = version_label(version);
-        self.store.store(Snapshot {
-            bundle,
-            version: Arc::clone(&label),
-        });
+        self.store.store(Snapshot::new(bundle, Arc::clone(&label)));
         self.metrics.policy_loaded(&label);
         self.metrics.bundle_applied();
         tracing::info!(version = %label, hash = %actual, rollout = %rollout_id, "policy applied");

@@ -241,10 +241,7 @@ fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Appl
         }
     };
     let label = client::version_label(saved.version);
-    store.store(Snapshot {
-        bundle,
-        version: Arc::clone(&label),
-    });
+    store.store(Snapshot::new(bundle, Arc::clone(&label)));
     metrics.policy_loaded(&label);
     tracing::info!(
         version = %label,

@@ -765,13 +765,14 @@ impl Reporter {
 
     /// The policy version in force, after standing by on its fleet buckets.
     fn version(&self, now: Duration) -> u64 {
-        let Some(snapshot) = self.store.load() else {
+        let snapshot = self.store.load();
+        let Some(bundle) = snapshot.bundle() else {
             return 0;
         };
         let servers: Vec<&str> = self.servers.iter().map(String::as_str).collect();
-        let known = snapshot.bundle.fleet_buckets(&servers, &self.node_grant);
+        let known = bundle.fleet_buckets(&servers, &self.node_grant);
         self.counters.stand_by(&known, &self.node_grant, now);
-        policy_version(&snapshot.version)
+        policy_version(snapshot.version())
     }
 
     /// The next reports (one, unless the buckets fill more); the first of a
@@ -898,11 +899,7 @@ impl Reporter {
                     // A new bundle may name new fleet buckets: ask for their
                     // standing leases now rather than at the next interval.
                     let now_in_force = self.store.load();
-                    let changed = match (&policy, &now_in_force) {
-                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                        (None, None) => false,
-                        _ => true,
-                    };
+                    let changed = !Arc::ptr_eq(&policy, &now_in_force);
                     if changed {
                         policy = now_in_force;
                         if !self.send_reports(&tx).await {
