@@ -23,7 +23,7 @@ use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::reply::{McpHeader, RequestError};
 use crate::snapshot::Snapshot;
 use crate::state::{Route, Sidecar};
-use crate::verdict::{Refused, Verdict, Verdicts};
+use crate::verdict::{RefusedCall, Verdict, Verdicts};
 
 /// The `Mcp-Session-Id` header.
 pub const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -53,7 +53,7 @@ pub struct Judged {
     pub id: Option<Bytes>,
 }
 
-/// Reads a POSTed body and judges it. Refused: a body not declared as
+/// Reads a POSTed body and judges it. RefusedCall: a body not declared as
 /// uncompressed UTF-8 (unread), slower than `--body-timeout-ms`, over
 /// `--max-body`, that the peek cannot read or whose headers disagree with
 /// it, and an unidentified caller where grants are set.
@@ -207,7 +207,7 @@ fn judge(
         if enforced == Outcome::Allow {
             continue;
         }
-        let refused = Refused {
+        let refused = RefusedCall {
             // Not answered when it is a notification.
             id: (m.kind != Kind::Notification)
                 .then(|| m.id.map(|raw| body.slice_ref(raw.get().as_bytes())))

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::conn::ConnLimits;
 use crate::forward::pass_through;
-use crate::legacy_sse::{self, sessions::Sessions};
+use crate::legacy_sse::{self, sessions::SseSessions};
 use crate::reply::RequestError;
 use crate::state::{Route, Sidecar, Upstream};
 use crate::streamable;
@@ -29,7 +29,7 @@ pub struct Server {
     /// The sidecar's shared state.
     pub sc: Arc<Sidecar>,
     /// Open legacy SSE sessions, for every route.
-    pub legacy: Arc<Sessions>,
+    pub legacy: Arc<SseSessions>,
 }
 
 impl Server {

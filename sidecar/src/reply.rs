@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use crate::mcp::answer::{self, code};
 use crate::mcp::peek::PeekError;
 use crate::upstream::http::{Body, full};
-use crate::verdict::{Refused, Verdicts};
+use crate::verdict::{RefusedCall, Verdicts};
 
 /// Why a whole request is refused or failed. Each variant says what
 /// happened and what to do; [`RequestError::into_response`] picks the HTTP
@@ -274,7 +274,7 @@ fn raw_id(raw: &[u8]) -> Option<&RawValue> {
 
 /// The reply to a refused call: an `isError` result (or the unknown-tool
 /// error for a hidden tool); empty for a notification, which gets none.
-pub fn refusal(r: &Refused) -> Bytes {
+pub fn refusal(r: &RefusedCall) -> Bytes {
     let Some(id) = &r.id else {
         return Bytes::new();
     };

@@ -16,16 +16,16 @@ pub enum Verdict {
     /// Sent upstream.
     Forward,
     /// Not forwarded: the sidecar answers with the decision.
-    Answer(Refused),
+    Answer(RefusedCall),
     /// Not forwarded yet: the call waits for an external decision
     /// (`require_approval`). Without an approval broker the transports answer
     /// it like [`Verdict::Answer`], saying no one can approve it yet.
-    Hold(Refused),
+    Hold(RefusedCall),
 }
 
 impl Verdict {
     /// The refused call, unless the message is forwarded.
-    pub fn refused(&self) -> Option<&Refused> {
+    pub fn refused(&self) -> Option<&RefusedCall> {
         match self {
             Self::Forward => None,
             Self::Answer(r) | Self::Hold(r) => Some(r),
@@ -35,7 +35,7 @@ impl Verdict {
 
 /// A `tools/call` policy did not let through as it is.
 #[derive(Debug)]
-pub struct Refused {
+pub struct RefusedCall {
     /// The message's raw JSON-RPC id (a slice of the body); `None` for a
     /// notification, which gets no reply.
     pub id: Option<Bytes>,
@@ -90,7 +90,7 @@ impl Verdicts {
     }
 
     /// The refused calls, in message order.
-    pub fn refused(&self) -> impl Iterator<Item = &Refused> {
+    pub fn refused(&self) -> impl Iterator<Item = &RefusedCall> {
         self.not_forwarded.iter().filter_map(|(_, v)| v.refused())
     }
 }

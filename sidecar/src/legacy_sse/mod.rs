@@ -25,7 +25,7 @@ use crate::reply::{self, RequestError};
 use crate::state::{Route, Sidecar};
 use crate::upstream::http::{Body, HttpUpstream};
 use relay::Relay;
-use sessions::{Session, Sessions, lock};
+use sessions::{SseSession, SseSessions, lock};
 
 /// Messages waiting to be injected into one SSE stream.
 const INJECT_QUEUE: usize = 256;
@@ -33,7 +33,7 @@ const INJECT_QUEUE: usize = 256;
 /// `GET <base>/sse`: opens the upstream stream and relays it.
 pub async fn stream(
     sc: &Sidecar,
-    sessions: &Arc<Sessions>,
+    sessions: &Arc<SseSessions>,
     route: &Arc<Route>,
     up: &HttpUpstream,
     req: Request<Incoming>,
@@ -65,7 +65,7 @@ pub async fn stream(
         return Ok(resp);
     }
     let (tx, rx) = mpsc::channel(INJECT_QUEUE);
-    let session = Arc::new(Session {
+    let session = Arc::new(SseSession {
         route: route_path,
         grant,
         upstream_endpoint: Mutex::new(None),
@@ -102,7 +102,7 @@ pub async fn stream(
 /// endpoint for that session; refusals are answered on the session's stream.
 pub async fn message(
     sc: &Sidecar,
-    sessions: &Sessions,
+    sessions: &SseSessions,
     route: &Arc<Route>,
     up: &HttpUpstream,
     req: Request<Incoming>,

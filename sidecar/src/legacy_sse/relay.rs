@@ -10,7 +10,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::sessions::{Session, Sessions, lock};
+use super::sessions::{SseSession, SseSessions, lock};
 use crate::mcp::answer;
 use crate::mcp::list_filter::{self, ListIds};
 use crate::mcp::sse::{Event, SseParser, write_event};
@@ -26,8 +26,8 @@ pub struct Relay {
     body: Body,
     parser: SseParser,
     inject: mpsc::Receiver<Bytes>,
-    session: Arc<Session>,
-    sessions: Arc<Sessions>,
+    session: Arc<SseSession>,
+    sessions: Arc<SseSessions>,
     key: String,
     route: Arc<Route>,
     sse_path: String,
@@ -51,9 +51,9 @@ pub struct Parts {
     /// The answers to inject.
     pub inject: mpsc::Receiver<Bytes>,
     /// The session.
-    pub session: Arc<Session>,
+    pub session: Arc<SseSession>,
     /// The table it is in.
-    pub sessions: Arc<Sessions>,
+    pub sessions: Arc<SseSessions>,
     /// Its key.
     pub key: String,
     /// Its route.

@@ -12,14 +12,14 @@ use crate::session_ids::SessionIds;
 
 /// Open legacy SSE sessions.
 #[derive(Debug, Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+pub struct SseSessions {
+    map: Mutex<HashMap<String, Arc<SseSession>>>,
     keys: SessionIds,
 }
 
 /// One client's SSE stream.
 #[derive(Debug)]
-pub struct Session {
+pub struct SseSession {
     /// The route (its path) whose stream this is.
     pub route: Arc<str>,
     /// The grant that opened the stream: the only one that may post to it.
@@ -31,8 +31,8 @@ pub struct Session {
     pub inject: mpsc::Sender<Bytes>,
 }
 
-impl Sessions {
-    /// Sessions of `route` open now.
+impl SseSessions {
+    /// SseSessions of `route` open now.
     pub fn open_on(&self, route: &str) -> usize {
         lock(&self.map)
             .values()
@@ -42,7 +42,7 @@ impl Sessions {
 
     /// Adds `session` under a new key, unless its route already has `max`
     /// sessions open.
-    pub fn insert(&self, session: Arc<Session>, max: usize) -> Option<String> {
+    pub fn insert(&self, session: Arc<SseSession>, max: usize) -> Option<String> {
         let mut map = lock(&self.map);
         let open = map.values().filter(|s| s.route == session.route).count();
         if open >= max {
@@ -54,7 +54,7 @@ impl Sessions {
     }
 
     /// The session `key` of `route`.
-    pub fn get(&self, route: &str, key: &str) -> Option<Arc<Session>> {
+    pub fn get(&self, route: &str, key: &str) -> Option<Arc<SseSession>> {
         lock(&self.map)
             .get(key)
             .filter(|s| &*s.route == route)
