@@ -53,7 +53,7 @@ pub struct Judged {
     pub id: Option<Bytes>,
 }
 
-/// Reads a POSTed body and judges it. RefusedCall: a body not declared as
+/// Reads a POSTed body and judges it. Refused: a body not declared as
 /// uncompressed UTF-8 (unread), slower than `--body-timeout-ms`, over
 /// `--max-body`, that the peek cannot read or whose headers disagree with
 /// it, and an unidentified caller where grants are set.
