@@ -373,3 +373,85 @@ fn prefers_sse(headers: &HeaderMap) -> bool {
         && !accept.contains("application/json")
         && !accept.contains("*/*")
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_one_status_code_and_message() {
+        let cases: Vec<(RequestError, StatusCode, i32)> = vec![
+            (
+                RequestError::BodyTooLarge(10),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::INVALID_REQUEST,
+            ),
+            (
+                RequestError::Unidentified {
+                    id: Some(Bytes::from_static(b"\"a\"")),
+                    message: "no token".into(),
+                },
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHENTICATED,
+            ),
+            (
+                RequestError::HeaderMismatch {
+                    id: Some(Bytes::from_static(b"7")),
+                    header: McpHeader::Name,
+                    sent: "a".into(),
+                    body: "b".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                code::HEADER_MISMATCH,
+            ),
+            (
+                RequestError::Upstream {
+                    id: None,
+                    message: "down".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                code::UPSTREAM_UNAVAILABLE,
+            ),
+            (
+                RequestError::LegacyEndpointPending,
+                StatusCode::CONFLICT,
+                code::INVALID_REQUEST,
+            ),
+        ];
+        for (e, status, rpc_code) in cases {
+            let text = e.to_string();
+            let resp = e.into_response();
+            assert_eq!(resp.status(), status, "{text}");
+            let json = body(resp).await;
+            assert_eq!(json["error"]["code"], rpc_code, "{text}");
+            assert_eq!(json["error"]["message"], text.as_str());
+        }
+        let mismatch = RequestError::HeaderMismatch {
+            id: Some(Bytes::from_static(b"7")),
+            header: McpHeader::Name,
+            sent: "a".into(),
+            body: "b".into(),
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            "the Mcp-Name header (\"a\") does not match the tool named in the body (\"b\"); send the same name in both"
+        );
+        assert_eq!(body(mismatch.into_response()).await["id"], 7);
+    }
+
+    #[test]
+    fn a_wrong_method_says_which_are_allowed() {
+        let resp = RequestError::StreamableMethod(Method::PUT).into_response();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, POST, DELETE");
+        let resp = RequestError::DiscoveryMethod.into_response();
+        assert_eq!(resp.headers()[header::ALLOW], "GET, HEAD");
+    }
+}
