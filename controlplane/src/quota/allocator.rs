@@ -348,5 +348,11 @@ impl Allocator {
 }
 
 #[cfg(test)]
+#[path = "allocator_expiry_tests.rs"]
+mod expiry_tests;
+#[cfg(test)]
+#[path = "allocator_restart_tests.rs"]
+mod restart_tests;
+#[cfg(test)]
 #[path = "allocator_tests.rs"]
 mod tests;
