@@ -13,6 +13,7 @@ pub mod diff;
 pub mod metrics;
 pub mod push;
 pub mod quota;
+pub mod role;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -7,7 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Role, token};
+use super::token;
+use crate::role::Role;
 use crate::store::{AuditEntry, PolicyStore, StoreError, StoredToken};
 
 /// The file in the data dir holding a generated first admin token.

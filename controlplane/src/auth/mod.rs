@@ -11,55 +11,12 @@ pub mod bootstrap;
 pub mod token;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::RwLock;
 
 use tonic::metadata::MetadataMap;
 
+use crate::role::Role;
 use crate::store::StoredToken;
-
-/// What a token holder may do. Ordered: a higher role includes the lower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Reads: node status, limits, policy versions, the audit trail.
-    Viewer,
-    /// A viewer who may also decide approvals.
-    Approver,
-    /// Everything: pushes and tokens.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The role names, for error messages.
-pub const ROLES: &str = "admin, approver or viewer";
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "approver" => Ok(Role::Approver),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {s:?}: use {ROLES}")),
-        }
-    }
-}
 
 /// Who made a call: the token's name and role.
 #[derive(Debug, Clone, PartialEq, Eq)]

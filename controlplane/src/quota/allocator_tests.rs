@@ -1,3 +1,8 @@
+//! The allocator's leases and fair shares, against a model sidecar that
+//! keeps the contract in the module docs. The model and helpers here serve
+//! `allocator_expiry_tests.rs` (expiry, epochs) and
+//! `allocator_restart_tests.rs` (learning, the wait after a restart) too.
+
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -7,25 +12,25 @@ use super::super::{
 };
 use super::{Allocator, BucketView};
 
-const MAX: u64 = 100;
-const WINDOW: Duration = Duration::from_secs(60);
-const SPEC: LimitSpec = LimitSpec {
+pub(super) const MAX: u64 = 100;
+pub(super) const WINDOW: Duration = Duration::from_secs(60);
+pub(super) const SPEC: LimitSpec = LimitSpec {
     max: MAX,
     window: WINDOW,
 };
 /// The default ttl (10 s) + grace (1 s): a lease's accounting lifetime, and
 /// the learning period.
-const LIFETIME: Duration = Duration::from_secs(11);
+pub(super) const LIFETIME: Duration = Duration::from_secs(11);
 
-const fn secs(n: u64) -> Duration {
+pub(super) const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-const fn ms(n: u64) -> Duration {
+pub(super) const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn bucket() -> BucketKey {
+pub(super) fn bucket() -> BucketKey {
     BucketKey {
         server: "github".to_owned(),
         counter: "create_issue/limits/0".to_owned(),
@@ -35,7 +40,7 @@ fn bucket() -> BucketKey {
 
 /// The default timing, without fallback (a zero horizon): these tests are
 /// about leases; `partition_tests` covers fallback.
-fn leases_only() -> AllocatorConfig {
+pub(super) fn leases_only() -> AllocatorConfig {
     AllocatorConfig {
         fallback_horizon: Duration::ZERO,
         ..AllocatorConfig::default()
@@ -43,7 +48,7 @@ fn leases_only() -> AllocatorConfig {
 }
 
 /// An allocator past its learning period, and the time then.
-fn ready() -> (Allocator, Instant) {
+pub(super) fn ready() -> (Allocator, Instant) {
     let start = Instant::now();
     (Allocator::new(start, leases_only()), start + LIFETIME)
 }
@@ -51,20 +56,20 @@ fn ready() -> (Allocator, Instant) {
 /// A sidecar process as the contract describes it: admits while under its
 /// lease's total and before receipt + ttl; takes a lease with a greater seq.
 #[derive(Debug, Clone)]
-struct Sidecar {
-    key: HolderKey,
-    admitted: u64,
-    unleased: u64,
-    lease: Option<(Lease, Instant)>,
-    last_seq: u64,
-    spec: LimitSpec,
-    version: u64,
+pub(super) struct Sidecar {
+    pub(super) key: HolderKey,
+    pub(super) admitted: u64,
+    pub(super) unleased: u64,
+    pub(super) lease: Option<(Lease, Instant)>,
+    pub(super) last_seq: u64,
+    pub(super) spec: LimitSpec,
+    pub(super) version: u64,
     /// Its standing ask (calls with no call behind them).
-    standby: u64,
+    pub(super) standby: u64,
 }
 
 impl Sidecar {
-    fn new(node: &str, epoch: u64) -> Self {
+    pub(super) fn new(node: &str, epoch: u64) -> Self {
         Self {
             key: HolderKey {
                 node_id: node.to_owned(),
@@ -80,13 +85,13 @@ impl Sidecar {
         }
     }
 
-    fn live(&self, now: Instant) -> Option<Lease> {
+    pub(super) fn live(&self, now: Instant) -> Option<Lease> {
         self.lease
             .filter(|(l, at)| now < *at + l.ttl)
             .map(|(l, _)| l)
     }
 
-    fn receive(&mut self, now: Instant, lease: Lease) {
+    pub(super) fn receive(&mut self, now: Instant, lease: Lease) {
         if lease.seq > self.last_seq {
             self.last_seq = lease.seq;
             self.lease = Some((lease, now));
@@ -94,7 +99,7 @@ impl Sidecar {
     }
 
     /// Admits up to `n` calls at `now`; returns how many it admitted.
-    fn admit(&mut self, now: Instant, n: u64) -> u64 {
+    pub(super) fn admit(&mut self, now: Instant, n: u64) -> u64 {
         let room = self
             .live(now)
             .map_or(0, |l| l.granted_total.saturating_sub(self.admitted));
@@ -103,7 +108,7 @@ impl Sidecar {
         took
     }
 
-    fn report(&self, now: Instant, demand: u64) -> Report {
+    pub(super) fn report(&self, now: Instant, demand: u64) -> Report {
         Report {
             policy_version: self.version,
             spec: self.spec,
@@ -121,14 +126,14 @@ impl Sidecar {
     }
 
     /// Reports and takes the answer at once.
-    fn sync(&mut self, alloc: &mut Allocator, now: Instant, demand: u64) -> Lease {
+    pub(super) fn sync(&mut self, alloc: &mut Allocator, now: Instant, demand: u64) -> Lease {
         let lease = self.send(alloc, now, demand);
         self.receive(now, lease);
         lease
     }
 
     /// Reports; the answer is left in flight.
-    fn send(&self, alloc: &mut Allocator, now: Instant, demand: u64) -> Lease {
+    pub(super) fn send(&self, alloc: &mut Allocator, now: Instant, demand: u64) -> Lease {
         let lease = alloc
             .report(now, &self.key, &bucket(), &self.report(now, demand))
             .expect("report accepted");
@@ -137,13 +142,13 @@ impl Sidecar {
     }
 
     /// Calls it may still admit under its lease.
-    fn room(&self, now: Instant) -> u64 {
+    pub(super) fn room(&self, now: Instant) -> u64 {
         self.live(now)
             .map_or(0, |l| l.granted_total.saturating_sub(self.admitted))
     }
 }
 
-fn view(alloc: &Allocator, now: Instant) -> BucketView {
+pub(super) fn view(alloc: &Allocator, now: Instant) -> BucketView {
     alloc.snapshot(now).into_iter().next().expect("one bucket")
 }
 
@@ -250,158 +255,6 @@ fn an_idle_holder_is_reclaimed_at_its_next_renewal() {
 }
 
 #[test]
-fn an_expired_lease_is_charged_whole_then_refunded_once_its_holder_is_back() {
-    let (mut alloc, start) = ready();
-    let mut a = Sidecar::new("a", 1);
-    let mut b = Sidecar::new("b", 1);
-    assert_eq!(a.sync(&mut alloc, start, MAX).granted_total, MAX);
-    a.admit(start, 30);
-    // A's report from 9 s (30 admitted) is delayed past the expiry, and A
-    // admits 10 more before its lease ends at 10 s.
-    let late = a.report(start + secs(9), MAX);
-    a.admit(start + secs(9) + ms(500), 10);
-    assert_eq!(a.room(start + secs(10)), 0);
-
-    // At 11 s the whole lease is charged: nothing is free.
-    let expired = start + LIFETIME;
-    alloc.tick(expired);
-    alloc.check_invariant(expired).expect("invariant");
-    let v = view(&alloc, expired);
-    assert_eq!((v.consumed, v.reserved), (MAX, 0));
-    assert!(v.holders[0].expired);
-    assert_eq!(b.sync(&mut alloc, expired, 50).granted_total, 0);
-
-    // The late report: no refund yet (A may have admitted after sending it).
-    let now = expired + secs(1);
-    let lease = alloc
-        .report(now, &a.key, &bucket(), &late)
-        .expect("accepted");
-    alloc.check_invariant(now).expect("invariant");
-    // The 30 it reports stay charged at the expiry; the other 70 move to
-    // its reservation (A may have admitted more after sending), within which
-    // it gets its fair share of what the window has left: 35 of 70.
-    let v = view(&alloc, now);
-    assert_eq!((v.consumed, v.reserved), (30, 70));
-    assert_eq!(lease.granted_total, 30 + 35);
-    a.receive(now, lease);
-    assert_eq!(a.admit(now, 100), 25);
-
-    // A report holding the new lease was sent after the expiry: 40 admitted
-    // before it; now 65 in all, with the new lease.
-    let now = now + secs(1);
-    assert_eq!(a.sync(&mut alloc, now, 0).granted_total, 65);
-    let v = view(&alloc, now);
-    assert_eq!((v.consumed, v.reserved), (65, 0));
-    assert_eq!(b.sync(&mut alloc, now, 100).granted_total, 35);
-}
-
-#[test]
-fn an_expiry_charge_stays_in_the_window_as_long_as_the_last_call_it_covers() {
-    let (mut alloc, start) = ready();
-    let mut a = Sidecar::new("a", 1);
-    let mut b = Sidecar::new("b", 1);
-    b.sync(&mut alloc, start, 0);
-    // A's lease takes the full grace to arrive, and A, cut off, spends it in
-    // the last millisecond of its ttl: 1 ms before the allocator's expiry.
-    let lease = a.send(&mut alloc, start, MAX);
-    a.receive(start + secs(1), lease);
-    let last = start + LIFETIME - ms(1);
-    assert_eq!(a.admit(last, MAX), MAX);
-    alloc.tick(start + LIFETIME);
-    // Until that call has left B's trailing window, B gets nothing.
-    let mut at = start + LIFETIME;
-    while at < last + WINDOW {
-        assert_eq!(
-            b.sync(&mut alloc, at, MAX).granted_total,
-            0,
-            "at {:?}",
-            at - start
-        );
-        at += secs(1);
-    }
-    assert_eq!(b.sync(&mut alloc, last + WINDOW, MAX).granted_total, 0);
-    assert_eq!(
-        b.sync(&mut alloc, last + WINDOW + ms(1), MAX).granted_total,
-        MAX
-    );
-}
-
-#[test]
-fn calls_a_revived_holder_may_have_made_since_its_expiry_are_stamped_when_reported() {
-    let (mut alloc, t0) = ready();
-    let mut a = Sidecar::new("a", 1);
-    assert_eq!(a.sync(&mut alloc, t0, 40).granted_total, 40);
-    a.admit(t0, 10);
-    // Silent past its expiry (11 s): the 40 are charged at 11 s. Back at
-    // 12 s, it reports the 10 and gets a new lease, which it spends at once.
-    let back = t0 + secs(12);
-    assert_eq!(a.sync(&mut alloc, back, 40).granted_total, 50);
-    assert_eq!(a.admit(back, 100), 40);
-    // Its report after that lease ended (10 s from receipt) but before the
-    // allocator's expiry of it holds no lease: those 40 calls may be new.
-    let late = back + ms(10_500);
-    assert!(a.live(late).is_none());
-    a.sync(&mut alloc, late, 0);
-    // When the first charge leaves the window, the 40 made at 12 s are still
-    // in it: a newcomer gets only the rest.
-    let mut b = Sidecar::new("b", 1);
-    assert_eq!(
-        b.sync(&mut alloc, t0 + LIFETIME + WINDOW + ms(500), MAX)
-            .granted_total,
-        60
-    );
-}
-
-#[test]
-fn counts_that_go_down_start_the_holder_again() {
-    let (mut alloc, now) = ready();
-    let mut a = Sidecar::new("a", 1);
-    assert_eq!(a.sync(&mut alloc, now, 60).granted_total, 60);
-    a.admit(now, 60);
-    a.sync(&mut alloc, now + secs(1), 0);
-    // The sidecar forgets the idle bucket and starts it again from 0, in the
-    // same process: its new lease counts from 0, within what is left.
-    a.admitted = 0;
-    a.lease = None;
-    a.last_seq = 0;
-    assert_eq!(a.sync(&mut alloc, now + secs(30), 100).granted_total, 40);
-    assert_eq!(a.admit(now + secs(30), 100), 40);
-}
-
-#[test]
-fn a_new_epoch_closes_the_old_process_and_its_late_reports_are_refused() {
-    let (mut alloc, mut now) = ready();
-    let mut old = Sidecar::new("a", 7);
-    assert_eq!(old.sync(&mut alloc, now, MAX).granted_total, MAX);
-    old.admit(now, 20);
-    now += secs(1);
-    old.sync(&mut alloc, now, MAX);
-    let late = old.report(now + ms(500), MAX);
-
-    // The process restarts. What the old one held is charged now.
-    now += secs(1);
-    let mut new = Sidecar::new("a", 8);
-    assert_eq!(new.sync(&mut alloc, now, MAX).granted_total, 0);
-    let v = view(&alloc, now);
-    assert_eq!((v.consumed, v.reserved), (MAX, 0));
-    assert_eq!(v.holders.len(), 1);
-    assert_eq!(v.holders[0].epoch, 8);
-
-    let err = alloc
-        .report(now + ms(1), &old.key, &bucket(), &late)
-        .expect_err("refused");
-    assert_eq!(
-        err,
-        QuotaError::ClosedEpoch {
-            node_id: "a".to_owned(),
-            epoch: 7
-        }
-    );
-    // The window slides past the charge: the new process gets it all.
-    assert_eq!(new.sync(&mut alloc, now + WINDOW, MAX).granted_total, MAX);
-}
-
-#[test]
 fn capacity_returns_as_the_window_slides() {
     let (mut alloc, start) = ready();
     let mut a = Sidecar::new("a", 1);
@@ -426,77 +279,6 @@ fn capacity_returns_as_the_window_slides() {
         a.sync(&mut alloc, reported + WINDOW, MAX).granted_total,
         2 * MAX
     );
-}
-
-#[test]
-fn learning_renews_what_is_held_and_gives_new_holders_nothing() {
-    // The previous allocator granted A up to 100; A admitted 40, all within
-    // its window.
-    let start = Instant::now();
-    let mut alloc = Allocator::new(start, leases_only());
-    assert!(alloc.is_learning(start));
-    let mut a = Sidecar::new("a", 1);
-    let held = Lease {
-        seq: 7,
-        granted_total: MAX,
-        ttl: secs(10),
-        refresh: secs(1),
-        fallback: MAX,
-        fallback_after: secs(82),
-        fallback_for: secs(300),
-    };
-    a.receive(start, held);
-    a.admit(start, 40);
-    let mut report = a.report(start, MAX);
-    report.window_admitted = 40;
-    let lease = alloc
-        .report(start, &a.key, &bucket(), &report)
-        .expect("accepted");
-    assert_eq!((lease.seq, lease.granted_total), (8, MAX));
-    a.receive(start, lease);
-    alloc.check_invariant(start).expect("invariant");
-
-    let mut b = Sidecar::new("b", 1);
-    assert_eq!(b.sync(&mut alloc, start + secs(1), 50).granted_total, 0);
-    // A renews at the same total, however much it asks for.
-    a.admit(start + secs(2), 60);
-    assert_eq!(a.sync(&mut alloc, start + secs(2), 500).granted_total, MAX);
-    let v = view(&alloc, start + secs(2));
-    assert!(v.learning);
-    assert_eq!((v.consumed, v.reserved), (MAX, 0));
-
-    // Learning over: the window is full, so still nothing until it slides.
-    let after = start + LIFETIME;
-    assert!(!alloc.is_learning(after));
-    assert_eq!(b.sync(&mut alloc, after, 50).granted_total, 0);
-    assert_eq!(b.sync(&mut alloc, start + WINDOW, 50).granted_total, 40);
-}
-
-#[test]
-fn learning_gives_a_holder_without_a_lease_nothing() {
-    let start = Instant::now();
-    let mut alloc = Allocator::new(start, leases_only());
-    let mut a = Sidecar::new("a", 1);
-    a.admitted = 12;
-    let lease = a.sync(&mut alloc, start, 50);
-    assert_eq!(lease.granted_total, 12);
-    assert_eq!(a.room(start), 0);
-    assert_eq!(a.sync(&mut alloc, start + LIFETIME, 50).granted_total, 62);
-}
-
-#[test]
-fn learning_for_a_whole_window_holds_new_grants_that_long() {
-    let start = Instant::now();
-    let config = AllocatorConfig {
-        learn_whole_window: true,
-        ..leases_only()
-    };
-    let mut alloc = Allocator::new(start, config);
-    let mut a = Sidecar::new("a", 1);
-    assert_eq!(a.sync(&mut alloc, start + LIFETIME, 50).granted_total, 0);
-    let end = start + LIFETIME + WINDOW;
-    assert_eq!(a.sync(&mut alloc, end - ms(1), 50).granted_total, 0);
-    assert_eq!(a.sync(&mut alloc, end, 50).granted_total, 50);
 }
 
 #[test]
@@ -570,19 +352,6 @@ fn unleased_calls_count_against_grants() {
 }
 
 #[test]
-fn tick_forgets_expired_holders_and_idle_buckets_after_a_window() {
-    let (mut alloc, now) = ready();
-    let mut a = Sidecar::new("a", 1);
-    a.sync(&mut alloc, now, 10);
-    a.admit(now, 10);
-    a.sync(&mut alloc, now + secs(1), 0);
-    alloc.tick(now + secs(12));
-    assert_eq!(view(&alloc, now + secs(12)).holders.len(), 1);
-    alloc.tick(now + secs(12) + WINDOW);
-    assert!(alloc.snapshot(now + secs(12) + WINDOW).is_empty());
-}
-
-#[test]
 fn a_zero_window_is_refused() {
     let (mut alloc, now) = ready();
     let mut a = Sidecar::new("a", 1);
@@ -615,120 +384,6 @@ fn fair_shares_fill_small_demands_first() {
     nodes[1].sync(&mut alloc, now + ms(2), 60);
     nodes[1].sync(&mut alloc, now + ms(3), 60);
     assert_eq!(nodes[2].sync(&mut alloc, now + ms(4), 60).granted_total, 45);
-}
-
-#[test]
-fn a_holder_first_seen_after_learning_brings_its_windows_calls() {
-    // A sidecar that came back only after learning ended: the 70 calls it made
-    // in the window (under an earlier control plane's leases, or on fallback)
-    // count, so nothing is granted against them.
-    let (mut alloc, now) = ready();
-    let a = Sidecar::new("a", 1);
-    let mut report = a.report(now, 100);
-    report.admitted_total = 40;
-    report.unleased_total = 30;
-    report.window_admitted = 70;
-    let lease = alloc
-        .report(now, &a.key, &bucket(), &report)
-        .expect("accepted");
-    alloc.check_invariant(now).expect("invariant");
-    assert_eq!(lease.granted_total - report.admitted_total, 30);
-    assert_eq!(view(&alloc, now).consumed, 70);
-}
-
-#[test]
-fn without_leases_from_an_earlier_control_plane_nothing_is_relearned() {
-    let now = Instant::now();
-    let mut alloc = Allocator::resume(now, leases_only(), None);
-    assert!(!alloc.is_learning(now));
-    let mut a = Sidecar::new("a", 1);
-    assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 30);
-
-    // Leases that end in 3 s: learning lasts exactly that long.
-    let mut alloc = Allocator::resume(now, leases_only(), Some(now + secs(3)));
-    let mut b = Sidecar::new("b", 1);
-    assert!(alloc.is_learning(now + ms(2999)));
-    assert_eq!(b.sync(&mut alloc, now, 30).granted_total, 0);
-    assert!(!alloc.is_learning(now + secs(3)));
-    assert_eq!(b.sync(&mut alloc, now + secs(3), 30).granted_total, 30);
-}
-
-/// A report of `n` calls admitted on fallback within the window.
-fn on_fallback(s: &Sidecar, now: Instant, n: u64) -> Report {
-    let mut report = s.report(now, 10);
-    report.unleased_total = n;
-    report.window_admitted = n;
-    report
-}
-
-#[test]
-fn after_a_restart_nothing_is_granted_until_every_node_served_before_has_reported() {
-    // The earlier control plane's leases have ended, but its five nodes were
-    // cut off from it and admitted 16 calls each on fallback: 80 of 50.
-    let spec = LimitSpec {
-        max: 50,
-        window: secs(300),
-    };
-    let now = Instant::now();
-    let mut alloc = Allocator::resume(now, leases_only(), None);
-    let names = ["a", "b", "c", "d", "e"];
-    alloc.await_nodes(names.map(str::to_owned), now + secs(35));
-    assert!(alloc.is_learning(now));
-    let mut fleet: Vec<Sidecar> = names.iter().map(|n| Sidecar::new(n, 7)).collect();
-    for s in &mut fleet {
-        s.spec = spec;
-    }
-    for (i, s) in fleet.iter().enumerate() {
-        let at = now + ms(100 * i as u64);
-        let lease = alloc
-            .report(at, &s.key, &bucket(), &on_fallback(s, at, 16))
-            .expect("accepted");
-        // The fallback calls alone pass `max`; what the allocator adds must
-        // be nothing.
-        alloc.check_invariant(at).expect("invariant");
-        assert_eq!(view(&alloc, at).reserved, 0);
-        // Before the last one reported, the first ones would have been
-        // granted from a window that looked 34 calls short of full.
-        assert_eq!(
-            lease.granted_total, 0,
-            "{} was granted while others were silent",
-            s.key.node_id
-        );
-    }
-    assert!(!alloc.is_learning(now + secs(1)));
-    assert_eq!(view(&alloc, now + secs(1)).consumed, 80);
-    // Every node heard from, the window is over-full: still nothing.
-    let at = now + secs(2);
-    let lease = alloc
-        .report(
-            at,
-            &fleet[0].key,
-            &bucket(),
-            &on_fallback(&fleet[0], at, 16),
-        )
-        .expect("accepted");
-    assert_eq!(lease.granted_total, 0);
-    assert!(alloc.give_up_waiting(at).is_empty());
-}
-
-#[test]
-fn nodes_that_never_come_back_are_waited_for_until_the_deadline_only() {
-    let now = Instant::now();
-    let mut alloc = Allocator::resume(now, leases_only(), None);
-    alloc.await_nodes(["gone".to_owned(), "also-gone".to_owned()], now + secs(35));
-    let mut a = Sidecar::new("a", 1);
-    assert_eq!(a.sync(&mut alloc, now, 30).granted_total, 0);
-    assert!(alloc.give_up_waiting(now + ms(34_999)).is_empty());
-    assert!(view(&alloc, now + ms(34_999)).learning);
-    assert_eq!(a.sync(&mut alloc, now + ms(34_999), 30).granted_total, 0);
-    // At the deadline granting resumes, and the silent nodes are named once.
-    assert_eq!(
-        alloc.give_up_waiting(now + secs(35)),
-        ["also-gone".to_owned(), "gone".to_owned()]
-    );
-    assert!(alloc.give_up_waiting(now + secs(36)).is_empty());
-    assert!(!view(&alloc, now + secs(35)).learning);
-    assert_eq!(a.sync(&mut alloc, now + secs(35), 30).granted_total, 30);
 }
 
 #[test]

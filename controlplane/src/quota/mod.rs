@@ -213,6 +213,7 @@
 //! longest window it knows).
 
 mod allocator;
+mod bucket;
 mod consumed;
 mod holder;
 

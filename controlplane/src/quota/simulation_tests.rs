@@ -1,3 +1,7 @@
+//! Longer than 500 lines: one simulation. The simulated sidecars, network
+//! and control-plane restarts are a single state machine (`Sim`) that every
+//! property here drives; its parts are only read together.
+//!
 //! The allocator driven by simulated sidecars that keep the contract in the
 //! module docs (cumulative leases, seqs per stream, reports in order), over
 //! a network that delays and drops leases, with partitions, sidecar restarts

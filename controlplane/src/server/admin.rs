@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status};
 
 use super::authorize::Action;
 use super::{ControlPlane, Latest};
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::push;
+use crate::role::Role;
 use crate::status::unix_now;
 use crate::store::{StoredVersion, content_hash};
 

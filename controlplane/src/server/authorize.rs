@@ -7,7 +7,8 @@
 use tonic::{Request, Status};
 
 use super::ControlPlane;
-use crate::auth::{AuthError, Principal, Role};
+use crate::auth::{AuthError, Principal};
+use crate::role::Role;
 use crate::status::unix_now;
 use crate::store::AuditEntry;
 

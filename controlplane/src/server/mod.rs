@@ -1,6 +1,7 @@
 //! `tollgate serve`: the gRPC services (distribution, quota and admin, one
 //! port) and the HTTP port (health, readiness, metrics) over one shared
-//! [`ControlPlane`], and its clean stop ([`Running::shutdown`]).
+//! [`ControlPlane`], which this module holds. Starting them ([`start`]) and
+//! the clean stop ([`Running::shutdown`]) are in `running.rs`.
 
 mod admin;
 pub mod admission;
@@ -11,28 +12,19 @@ pub mod drain;
 mod http;
 mod quota;
 mod restart;
+mod running;
 mod stored_limits;
 mod tokens;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::sync::watch;
 use tollgate_policy::GrantKey;
-use tollgate_proto::v1::admin_server::AdminServer;
-use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
-use tollgate_proto::v1::quota_server::QuotaServer;
 
 use crate::auth::Authority;
 use crate::auth::bootstrap::{self, BootstrapError, Bootstrapped};
@@ -40,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
 use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
-use crate::tls::{NodeIdentity, ReloadingConfig, TlsError, TlsFiles, acceptor};
+use crate::tls::{NodeIdentity, TlsError, TlsFiles};
 use admission::{Limits, StreamAdmission};
 use drain::Drain;
 pub use quota::MAX_BUCKETS_PER_REPORT;
@@ -50,6 +42,7 @@ pub use quota::MAX_BUCKETS_PER_REPORT;
 pub use crate::auth::bootstrap::ADMIN_TOKEN_FILE as ADMIN_TOKEN;
 use quota::QuotaLedger;
 pub use restart::{QUOTA_MARKER, QUOTA_NODES};
+pub use running::{Running, start};
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -97,10 +90,6 @@ impl Config {
 
 /// How long an opening stream waits for admission before UNAVAILABLE.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a stopping control plane waits for its connections to close
-/// after ending every stream, before dropping them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -350,217 +339,4 @@ fn store_status(e: StoreError) -> tonic::Status {
     }
     tracing::error!(error = %e, "policy store");
     tonic::Status::internal(e.to_string())
-}
-
-/// A running control plane.
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: Option<SocketAddr>,
-    pub control_plane: Arc<ControlPlane>,
-    /// Tells the gRPC server to stop accepting and close its connections
-    /// once their streams are done.
-    stop_accepting: Option<oneshot::Sender<()>>,
-    /// Resolves when the gRPC listener has been closed.
-    listener_closed: Option<oneshot::Receiver<()>>,
-    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-    http: Option<JoinHandle<()>>,
-}
-
-/// The gRPC listener's connections; dropping it (when the server stops
-/// accepting) closes the listener and resolves [`Running::listener_closed`].
-struct Accepting {
-    inner: TcpListenerStream,
-    _closed: oneshot::Sender<()>,
-}
-
-impl Stream for Accepting {
-    type Item = std::io::Result<TcpStream>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
-    }
-}
-
-/// Opens the store, binds both ports and serves until [`Running::shutdown`].
-pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let cp = Arc::new(ControlPlane::open(&config)?);
-    let listen = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen { addr, source })
-    };
-    let grpc_listener = listen(config.grpc).await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServeError::Listen {
-            addr: config.grpc,
-            source,
-        })?;
-    let (stop_accepting, stop) = oneshot::channel::<()>();
-    let (closed, listener_closed) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
-        .add_service(PolicyDistributionServer::new(
-            distribution::Distribution::new(cp.clone()),
-        ))
-        .add_service(
-            QuotaServer::new(quota::QuotaService::new(cp.clone()))
-                .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
-                .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
-        )
-        .add_service(AdminServer::new(admin::AdminService::new(cp.clone())));
-    let stopped = async {
-        let _ = stop.await;
-    };
-    let (grpc, http_tls) = match &config.tls {
-        Some(files) => {
-            let grpc_tls = Arc::new(ReloadingConfig::load(files.clone(), &[b"h2"])?);
-            // The HTTP port asks no client certificate: probes and scrapers
-            // have none.
-            let http_files = TlsFiles {
-                client_ca: None,
-                ..files.clone()
-            };
-            let http_tls = Arc::new(ReloadingConfig::load(http_files, &[b"http/1.1"])?);
-            let incoming = ReceiverStream::new(acceptor::incoming(grpc_listener, grpc_tls, closed));
-            (
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
-                Some(http_tls),
-            )
-        }
-        None => {
-            let incoming = Accepting {
-                inner: TcpListenerStream::new(grpc_listener),
-                _closed: closed,
-            };
-            (
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
-                None,
-            )
-        }
-    };
-    // Ends by itself when the control plane drains.
-    tokio::spawn(quota::tick(cp.clone()));
-    let (http, http_addr) = match config.http {
-        Some(addr) => {
-            let listener = listen(addr).await?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| ServeError::Listen { addr, source })?;
-            (
-                Some(tokio::spawn(http::serve(listener, cp.clone(), http_tls))),
-                Some(bound),
-            )
-        }
-        None => (None, None),
-    };
-    tracing::info!(
-        %grpc_addr,
-        ?http_addr,
-        data = %config.data.display(),
-        tls = config.tls.is_some(),
-        "control plane serving"
-    );
-    match &config.node_identity {
-        NodeIdentity::Verified { trust_domain } => tracing::info!(
-            trust_domain,
-            "node identity from client certificates: a stream may only speak for the node its \
-             certificate names"
-        ),
-        NodeIdentity::Declared => tracing::warn!(
-            "--insecure-dev: node ids are taken as declared; anything that reaches the gRPC port \
-             can speak for any node. Use --client-ca outside development"
-        ),
-    }
-    Ok(Running {
-        grpc_addr,
-        http_addr,
-        control_plane: cp,
-        stop_accepting: Some(stop_accepting),
-        listener_closed: Some(listener_closed),
-        grpc: Some(grpc),
-        http,
-    })
-}
-
-impl Running {
-    /// Serves until `stop` resolves, then shuts down cleanly
-    /// ([`shutdown`](Self::shutdown)). Returns early with the error if the
-    /// gRPC server fails first.
-    pub async fn serve_until(mut self, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let mut failed = None;
-        if let Some(grpc) = self.grpc.as_mut() {
-            tokio::select! {
-                ended = grpc => {
-                    self.grpc = None;
-                    failed = match ended {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(ServeError::Grpc(e)),
-                        Err(e) => Some(ServeError::Task(e)),
-                    };
-                    tracing::error!("the gRPC server stopped by itself; shutting down");
-                }
-                () = stop => {}
-            }
-        }
-        // Flush the store even after a failure.
-        let stopped = self.shutdown().await;
-        match failed {
-            Some(e) => Err(e),
-            None => stopped,
-        }
-    }
-
-    /// Stops cleanly, in this order: stop accepting connections; end every
-    /// open policy stream, quota stream and status watch with status OK (sidecars see the
-    /// stream end and reconnect with their backoff, to this control plane
-    /// once it is back or to another replica); wait for the connections to
-    /// close (up to [`SHUTDOWN_GRACE`], then drop them); flush the store.
-    ///
-    /// Streams end only after the listener is closed, so a sidecar that
-    /// reconnects at once does not land on this stopping process.
-    pub async fn shutdown(mut self) -> Result<(), ServeError> {
-        let cp = self.control_plane.clone();
-        tracing::info!(
-            open_streams = cp.drain.open(),
-            "shutting down: no new connections; ending every open stream"
-        );
-        if let Some(tx) = self.stop_accepting.take() {
-            let _ = tx.send(());
-        }
-        if let Some(closed) = self.listener_closed.take() {
-            // Resolves (with an error: the sender is dropped, never used)
-            // once the server drops the listener.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, closed).await;
-        }
-        cp.drain.start();
-        if let Some(mut grpc) = self.grpc.take() {
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut grpc).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(error = %e, "the gRPC server stopped with an error")
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server task failed"),
-                Err(_) => {
-                    tracing::warn!(
-                        grace = ?SHUTDOWN_GRACE,
-                        "connections still open after the grace period; dropping them"
-                    );
-                    grpc.abort();
-                }
-            }
-        }
-        if !cp.drain.idle(SHUTDOWN_GRACE).await {
-            tracing::warn!(
-                open_streams = cp.drain.open(),
-                "streams still finishing after the grace period; stopping anyway"
-            );
-        }
-        if let Some(http) = self.http.take() {
-            http.abort();
-        }
-        let store = cp.store.clone();
-        tokio::task::spawn_blocking(move || store.flush()).await??;
-        tracing::info!("control plane stopped cleanly");
-        Ok(())
-    }
 }

@@ -10,7 +10,8 @@ use tonic::Status;
 
 use super::ControlPlane;
 use super::authorize::Action;
-use crate::auth::{Found, Principal, Role, token};
+use crate::auth::{Found, Principal, token};
+use crate::role::Role;
 use crate::status::unix_now;
 use crate::store::StoredToken;
 

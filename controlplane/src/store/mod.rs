@@ -14,7 +14,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::auth::Role;
+use crate::role::Role;
 
 /// One stored policy version. Never changes once written.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{
     AuditEntry, NACKS_KEPT_PER_NODE, Nack, PolicyStore, StoreError, StoredToken, StoredVersion,
 };
-use crate::auth::Role;
+use crate::role::Role;
 
 /// The embedded store. One connection behind a mutex: pushes are rare and
 /// reads are small, so there is nothing to gain from a pool.

@@ -1,7 +1,7 @@
 use rusqlite::Connection;
 
 use super::*;
-use crate::auth::Role;
+use crate::role::Role;
 use crate::store::content_hash;
 
 #[test]
