@@ -28,7 +28,8 @@
 //! whatever the network delay (see `tollgate-controlplane`'s `quota` module for
 //! why the fleet then never admits more than `max` in any window).
 //!
-//! [`Reporter`] keeps the quota stream open: every refresh interval it reports
+//! [`Reporter`] keeps the quota stream open over the shared connection
+//! ([`super::connection`]): every refresh interval it reports
 //! every live bucket (admitted, refused, the lease held, the demand), at once
 //! when a bucket is first hit or its lease runs dry, and takes the leases that
 //! come back.
@@ -46,9 +47,10 @@ use tollgate_policy::{Admission, Charge, Counters, FleetBucket, LocalCounters};
 use tollgate_proto::v1::quota_client::QuotaClient;
 use tollgate_proto::v1::{BucketId, BucketReport, LeaseHeld, Node, QuotaLeases, QuotaReport};
 use tollgate_proto::{MAX_BUCKETS_PER_REPORT, MAX_QUOTA_MESSAGE_BYTES, MAX_REPORT_BYTES};
+use tonic::transport::Channel;
 
-use super::client::{Recovery, classify};
-use super::dial::Dial;
+use super::connection::Connection;
+use super::stream::{ControlStream, End, Recovery, classify, keep_open, requests};
 
 use crate::control::backoff::{Backoff, BackoffConfig};
 use crate::metrics::Metrics;
@@ -708,12 +710,12 @@ impl Counters for FleetCounters {
 /// Keeps the quota stream open (see the module doc).
 #[derive(Debug)]
 pub struct Reporter {
-    dial: Dial,
+    /// For logs: where the stream goes.
+    control_plane: String,
     node: Node,
     counters: Arc<FleetCounters>,
     store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
-    backoff: BackoffConfig,
     /// The servers this sidecar serves, and its grant when the bundle has none.
     servers: Vec<String>,
     node_grant: Arc<str>,
@@ -723,44 +725,32 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for `counters`, speaking to the control plane `dial` reaches.
+    /// A reporter for `counters`, speaking for `node`.
     pub fn new(
-        dial: Dial,
         node: Node,
         counters: Arc<FleetCounters>,
         store: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
-        backoff: BackoffConfig,
         servers: Vec<String>,
     ) -> Self {
         let node_grant = Arc::from(node.id.as_str());
         Self {
+            control_plane: String::new(),
             servers,
             node_grant,
-            dial,
             node,
             counters,
             store,
             metrics,
-            backoff,
             report_seq: 0,
             sent: VecDeque::with_capacity(SENT_REMEMBERED),
         }
     }
 
-    /// Runs until the task is dropped.
-    pub async fn run(mut self) {
-        let mut backoff = Backoff::new(self.backoff);
-        loop {
-            let end = self.session(&mut backoff).await;
-            self.counters.stream_closed();
-            self.metrics.quota_connected(false);
-            tracing::warn!(
-                control_plane = %self.dial.url(),
-                "the quota stream ended ({end}); fleet-wide limits use their leases until they run out, then on_unavailable"
-            );
-            backoff.wait().await;
-        }
+    /// Keeps the stream open over `connection`; runs until the task is dropped.
+    pub async fn run(mut self, connection: Arc<Connection>, backoff: BackoffConfig) {
+        connection.url().clone_into(&mut self.control_plane);
+        keep_open(connection, self, backoff).await;
     }
 
     /// The policy version in force, after standing by on its fleet buckets.
@@ -803,16 +793,10 @@ impl Reporter {
         }
         true
     }
+}
 
-    async fn session(&mut self, backoff: &mut Backoff) -> String {
-        let endpoint = match self.dial.endpoint() {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
-            Err(e) => return e,
-        };
-        let channel = match endpoint.connect().await {
-            Ok(c) => c,
-            Err(e) => return format!("cannot connect: {e}"),
-        };
+impl ControlStream for Reporter {
+    async fn session(&mut self, channel: Channel, backoff: &mut Backoff) -> End {
         let mut grpc = QuotaClient::new(channel)
             .max_decoding_message_size(MAX_QUOTA_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_QUOTA_MESSAGE_BYTES);
@@ -822,16 +806,11 @@ impl Reporter {
         let mut first = self.next_reports(true).into_iter();
         for report in first.by_ref().take(4) {
             if tx.try_send(report).is_err() {
-                return "closed".into();
+                return End::Closed;
             }
         }
         let rest: Vec<QuotaReport> = first.collect();
-        let mut inbound = match grpc
-            .stream_quota(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|r| (r, rx))
-            }))
-            .await
-        {
+        let mut inbound = match grpc.stream_quota(requests(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 // Refused (identity, permission): retry from the backoff cap,
@@ -839,14 +818,14 @@ impl Reporter {
                 if classify(s.code()) == Recovery::Refused {
                     backoff.saturate();
                 }
-                return format!("{:?}: {}", s.code(), s.message());
+                return End::Status(s);
             }
         };
         self.counters.stream_opened();
         self.metrics.quota_connected(true);
         for report in rest {
             if tx.send(report).await.is_err() {
-                return "closed".into();
+                return End::Closed;
             }
         }
         let mut last_sent = Instant::now();
@@ -884,12 +863,12 @@ impl Reporter {
                             self.metrics.quota_leases(n);
                         }
                     }
-                    Ok(None) => return "closed by the control plane".into(),
-                    Err(s) => return format!("{:?}: {}", s.code(), s.message()),
+                    Ok(None) => return End::Closed,
+                    Err(s) => return End::Status(s),
                 },
                 () = tokio::time::sleep_until(due.into()) => {
                     if !self.send_reports(&tx).await {
-                        return "closed".into();
+                        return End::Closed;
                     }
                     last_sent = Instant::now();
                     early = false;
@@ -906,7 +885,7 @@ impl Reporter {
                     if changed {
                         policy = now_in_force;
                         if !self.send_reports(&tx).await {
-                            return "closed".into();
+                            return End::Closed;
                         }
                         last_sent = Instant::now();
                         early = false;
@@ -916,6 +895,15 @@ impl Reporter {
                 () = self.counters.wake.notified(), if !early => early = true,
             }
         }
+    }
+
+    fn ended(&mut self, end: &End, _backoff: &mut Backoff) {
+        self.counters.stream_closed();
+        self.metrics.quota_connected(false);
+        tracing::warn!(
+            control_plane = %self.control_plane,
+            "the quota stream ended ({end}); fleet-wide limits use their leases until they run out, then on_unavailable"
+        );
     }
 }
 

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use tollgate_proto::v1::Lease;
 
 use super::*;
+use crate::control::connection::Connection;
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -553,21 +554,19 @@ async fn a_sidecar_with_more_buckets_than_one_report_carries_splits_them_and_kee
     for s in &sessions {
         fc.acquire(&[charge_of(&id, s)], fc.now());
     }
-    let dial = Dial::new(&format!("http://{addr}"), None).expect("dial");
+    let connection = Arc::new(Connection::new(&format!("http://{addr}"), None).expect("dial"));
     let node = Node {
         id: "pod-1".into(),
         ..Default::default()
     };
     let reporter = Reporter::new(
-        dial,
         node,
         Arc::clone(&fc),
         Arc::new(LivePolicy::default()),
         metrics,
-        BackoffConfig::default(),
         vec!["s".into()],
     );
-    let task = tokio::spawn(reporter.run());
+    let task = tokio::spawn(reporter.run(connection, BackoffConfig::default()));
     // Every session's bucket gets its lease: a call in each is admitted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let leased = |fc: &FleetCounters| {
