@@ -69,17 +69,21 @@ pub enum End {
 }
 
 impl End {
-    /// The connection itself failed (the status came from the transport, not
-    /// from the control plane), or the control plane refused the identity it
-    /// presented (a rotated certificate needs a new handshake): the next
-    /// session dials again.
+    /// The connection may be gone or stale: the status came from the
+    /// transport, not from the control plane; the control plane closed the
+    /// stream (it does so when it stops, and its successor must be dialled
+    /// with the TLS files as they are now); or it refused the identity the
+    /// connection presented (a rotated certificate needs a new handshake).
+    /// The next session dials again. A status the control plane sent on a
+    /// live connection (overload, a refused request) leaves it in use.
     fn breaks_connection(&self) -> bool {
         match self {
             End::Status(s) => {
                 std::error::Error::source(s).is_some()
                     || matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated)
             }
-            End::Unreachable(_) | End::Closed => false,
+            End::Closed => true,
+            End::Unreachable(_) => false,
         }
     }
 }
@@ -155,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transport_failures_and_identity_refusals_break_the_connection() {
+    fn transport_failures_closes_and_identity_refusals_break_the_connection() {
         let sent = |code| End::Status(tonic::Status::new(code, "from the control plane"));
         assert!(
             !sent(Code::Unavailable).breaks_connection(),
@@ -167,6 +171,6 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let transport = tonic::Status::from_error(Box::new(io));
         assert!(End::Status(transport).breaks_connection());
-        assert!(!End::Closed.breaks_connection());
+        assert!(End::Closed.breaks_connection(), "a stopping control plane");
     }
 }
