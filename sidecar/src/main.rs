@@ -140,14 +140,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::time::Instant::now(),
             Arc::clone(&metrics),
         ));
+        let connection = control::connect(&config)?;
         control::start_quota(
             &config,
+            &connection,
             Arc::clone(&counters),
             Arc::clone(&policy),
             Arc::clone(&metrics),
             specs.iter().map(|s| s.name.clone()).collect(),
+        );
+        control::start(
+            config,
+            &connection,
+            Arc::clone(&policy),
+            Arc::clone(&metrics),
         )?;
-        control::start(config, Arc::clone(&policy), Arc::clone(&metrics))?;
         fleet_counters = Some(counters);
     }
     let grant_header = HeaderName::from_bytes(args.grant_header.to_ascii_lowercase().as_bytes())

@@ -9,7 +9,9 @@
 //!   bundle, a sidecar restarted meanwhile enforces it from its state dir at
 //!   once, and after the control plane's restart they are `SYNCED` again
 //!   without any bundle being resent;
-//! - an invalid push is refused with its errors and changes nothing.
+//! - an invalid push is refused with its errors and changes nothing;
+//! - each sidecar holds one connection to the control plane, shared by its
+//!   policy and quota streams, before and after the control plane's restart.
 //!
 //! (A node that NACKs is covered in `controlplane/tests/distribution.rs`.)
 
@@ -265,6 +267,67 @@ fn sidecar_metric(sc: &Sidecar, name: &str) -> f64 {
     controlplane::metric(&sc.metrics(), name)
 }
 
+/// The control plane's gRPC port.
+fn control_plane_port(cp: &ControlPlane) -> u16 {
+    let url = cp.url();
+    let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+    port.unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// Established TCP connections from process `pid` to `port` on loopback:
+/// its socket inodes (`/proc/PID/fd`) matched in the TCP tables.
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the sidecar's fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let remote = format!(":{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        })
+        // Columns: sl, local, remote, state (01: ESTABLISHED), …, inode (9).
+        .filter(|c| {
+            c.len() > 9 && c[2].ends_with(&remote) && c[3] == "01" && inodes.contains(&c[9])
+        })
+        .count()
+}
+
+/// Waits until both streams of `sc` are open, then checks they share one
+/// connection to the control plane's gRPC `port`.
+fn assert_one_connection(sc: &mut Sidecar, port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let open = |sc: &Sidecar| {
+        sidecar_metric(sc, "tollgate_control_plane_connected") == 1.0
+            && sidecar_metric(sc, "tollgate_quota_stream_connected") == 1.0
+    };
+    while !open(sc) {
+        assert!(
+            Instant::now() < deadline,
+            "{}: the policy and quota streams are not both open",
+            sc.admin
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = sc.process().id();
+    assert_eq!(
+        connections_to(pid, port),
+        1,
+        "{}: the policy and quota streams share one connection",
+        sc.admin
+    );
+}
+
 #[test]
 fn a_push_reaches_every_sidecar_and_the_next_one_changes_what_they_enforce() {
     let mut fleet = Fleet::start();
@@ -284,6 +347,10 @@ fn a_push_reaches_every_sidecar_and_the_next_one_changes_what_they_enforce() {
 
     let v1 = fleet.push_and_sync(&policy_v1());
     assert_eq!(v1, 1);
+    let grpc = control_plane_port(&fleet.cp);
+    for sc in &mut fleet.sidecars {
+        assert_one_connection(sc, grpc, SYNC);
+    }
     let mut sessions: Vec<Session> = fleet
         .sidecars
         .iter()
@@ -387,6 +454,11 @@ fn sidecars_outlive_the_control_plane_and_resync_without_a_resend() {
     );
     for sc in &fleet.sidecars {
         assert_eq!(sidecar_metric(sc, "tollgate_control_plane_connected"), 1.0);
+    }
+    // Both streams came back through one new connection.
+    let grpc = control_plane_port(&fleet.cp);
+    for sc in &mut fleet.sidecars {
+        assert_one_connection(sc, grpc, RESYNC);
     }
     for (i, sc) in fleet.sidecars.iter().enumerate() {
         assert_denied_by_v2(&Session::open(sc.listen).call("after"), v2, NODES[i]);

@@ -1,6 +1,6 @@
 //! Simulated sidecars: each is what `tollgate-sidecar --control-plane` runs
 //! for fleet-wide limits — its own [`FleetCounters`], [`Metrics`] and quota
-//! stream ([`Reporter`], a real tonic client on its own connection) over a
+//! stream ([`Reporter`], a real tonic client on a connection of its own) over a
 //! [`LivePolicy`] holding a compiled bundle — without the HTTP proxy around
 //! them. Calls go straight to `FleetCounters::acquire` with the limit's
 //! [`Charge`], as the sidecar's decision would.
@@ -24,7 +24,7 @@ use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{GetVersionRequest, Node, PolicyRequest, PushPolicyRequest};
 use tollgate_sidecar::control::backoff::BackoffConfig;
 use tollgate_sidecar::control::client::version_label;
-use tollgate_sidecar::control::dial::Dial;
+use tollgate_sidecar::control::connection::Connection;
 use tollgate_sidecar::control::quota::{FleetCounters, Reporter};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{LivePolicy, Snapshot};
@@ -196,21 +196,19 @@ impl Sidecar {
             .await
             .with_context(|| format!("node {id}"))?;
         // Plaintext, as the in-process control plane serves.
-        let dial =
-            Dial::new(&endpoint.uri().to_string(), None).context("the control plane's URL")?;
+        let connection = Connection::new(&endpoint.uri().to_string(), None)
+            .context("the control plane's URL")?;
         let reporter = Reporter::new(
-            dial,
             node,
             Arc::clone(&counters),
             Arc::clone(&limit.store),
             Arc::clone(&metrics),
-            BackoffConfig::default(),
             vec![SERVER.to_owned()],
         );
         Ok(Self {
             counters,
             metrics,
-            reporter: tokio::spawn(reporter.run()),
+            reporter: tokio::spawn(reporter.run(Arc::new(connection), BackoffConfig::default())),
         })
     }
 

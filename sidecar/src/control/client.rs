@@ -1,28 +1,27 @@
 //! The policy-distribution stream, from the sidecar's side.
 //!
-//! One task: connect (one HTTP/2 connection), open `StreamPolicy`, send the
+//! One task: take the shared connection ([`super::connection`]), open `StreamPolicy`, send the
 //! node and what it runs, then for each response compile the bundle (its
 //! keyed grants with the `grant_key` that came beside it) on a blocking
 //! thread, swap it in whole, persist both, and ACK — or keep the old snapshot
-//! and NACK with every validation error, or with what is missing. When the stream ends, wait
-//! a [`Backoff`] delay and start over; the snapshot in force never changes
+//! and NACK with every validation error, or with what is missing. When the stream ends,
+//! [`keep_open`] waits a [`Backoff`] delay and starts over; the snapshot in force never changes
 //! because of a lost stream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::FleetConfig;
 use super::backoff::Backoff;
-use super::dial::Dial;
+use super::connection::{Connection, Unreachable};
 use super::state_dir::{SavedBundle, StateDir, content_hash};
+use super::stream::{ControlStream, End, Recovery, chain, classify, keep_open, requests};
 use crate::metrics::Metrics;
 use crate::snapshot::{LivePolicy, Snapshot};
-use futures_util::Stream;
 use tokio::sync::mpsc;
 use tollgate_policy::{Bundle, GrantKey};
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
 use tollgate_proto::v1::{ErrorDetail, FieldError, Node, PolicyRequest, PolicyResponse};
-use tonic::Code;
+use tonic::transport::Channel;
 
 /// The bundle in force, as the control plane names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,59 +38,9 @@ pub fn version_label(n: u64) -> Arc<str> {
     format!("v{n}").into()
 }
 
-/// How to recover from a stream that ended with a status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// A passing fault (restart, overload, network): retry with backoff.
-    Transient,
-    /// The control plane refused us (bad node identity, no permission, wrong
-    /// service): log loudly, but still retry, from the backoff cap. Exiting
-    /// would crash-loop the pod and take its traffic down although the last
-    /// good policy is still enforceable, and the fix (an operator correcting
-    /// the control plane's config or RBAC) needs no sidecar restart.
-    Refused,
-}
-
-/// Which statuses are passing faults and which mean the control plane refused us.
-pub fn classify(code: Code) -> Recovery {
-    match code {
-        Code::InvalidArgument
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        | Code::FailedPrecondition
-        | Code::NotFound
-        | Code::Unimplemented
-        | Code::OutOfRange
-        | Code::AlreadyExists => Recovery::Refused,
-        Code::Ok
-        | Code::Unavailable
-        | Code::Internal
-        | Code::Unknown
-        | Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::DataLoss => Recovery::Transient,
-    }
-}
-
-/// How a stream ended.
-#[derive(Debug)]
-enum End {
-    /// The TLS files cannot be read or used.
-    Setup(String),
-    /// No connection could be made.
-    Connect(tonic::transport::Error),
-    /// The stream failed or was refused with a status.
-    Status(tonic::Status),
-    /// The control plane closed the stream cleanly.
-    Closed,
-}
-
 /// The stream client (see the module doc).
 #[derive(Debug)]
 pub struct Client {
-    dial: Dial,
     config: FleetConfig,
     store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
@@ -102,7 +51,6 @@ pub struct Client {
 impl Client {
     /// A client that reports `applied` as what it runs until it applies another.
     pub fn new(
-        dial: Dial,
         config: FleetConfig,
         store: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
@@ -110,7 +58,6 @@ impl Client {
         applied: Option<Applied>,
     ) -> Self {
         Self {
-            dial,
             config,
             store,
             metrics,
@@ -119,94 +66,10 @@ impl Client {
         }
     }
 
-    /// Keeps a stream open forever; returns only when the task is dropped.
-    pub async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.backoff);
-        loop {
-            let end = self.session(&mut backoff).await;
-            self.metrics.control_connected(false);
-            let url = &self.config.control_plane;
-            match &end {
-                End::Setup(e) => {
-                    tracing::error!(control_plane = %url, "cannot connect to the control plane: {e}")
-                }
-                End::Connect(e) => {
-                    tracing::warn!(control_plane = %url, "cannot connect to the control plane: {}", chain(e))
-                }
-                End::Closed => {
-                    tracing::info!(control_plane = %url, "the control plane closed the policy stream")
-                }
-                End::Status(s) => match classify(s.code()) {
-                    Recovery::Transient => tracing::warn!(
-                        control_plane = %url,
-                        code = ?s.code(),
-                        "the policy stream failed: {}", s.message()
-                    ),
-                    Recovery::Refused => {
-                        tracing::error!(
-                            control_plane = %url,
-                            code = ?s.code(),
-                            node = %self.config.node.id,
-                            "the control plane refused this sidecar: {}; still enforcing the current policy, retrying at the backoff cap",
-                            s.message()
-                        );
-                        backoff.saturate();
-                    }
-                },
-            }
-            let delay = backoff.wait().await;
-            tracing::debug!(?delay, "reconnecting to the control plane");
-        }
-    }
-
-    /// One connection and stream, until it ends.
-    async fn session(&mut self, backoff: &mut Backoff) -> End {
-        let endpoint = match self.dial.endpoint() {
-            Ok(e) => e
-                .connect_timeout(Duration::from_secs(5))
-                // Notice a dead control plane (or a NAT that dropped the flow)
-                // while the stream is idle, rather than waiting forever.
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true),
-            Err(e) => return End::Setup(e),
-        };
-        let channel = match endpoint.connect().await {
-            Ok(c) => c,
-            Err(e) => return End::Connect(e),
-        };
-        let mut grpc = PolicyDistributionClient::new(channel);
-        let (tx, rx) = mpsc::channel(4);
-        let first = self.request(Some(self.config.node.clone()), String::new(), None);
-        // The channel is new and empty: the first send always fits.
-        if tx.try_send(first).is_err() {
-            return End::Closed;
-        }
-        let mut inbound = match grpc.stream_policy(requests(rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return End::Status(s),
-        };
-        self.metrics.control_connected(true);
-        tracing::info!(
-            control_plane = %self.config.control_plane,
-            node = %self.config.node.id,
-            running = ?self.applied.as_ref().map(|a| a.version),
-            "policy stream open"
-        );
-        loop {
-            match inbound.message().await {
-                Ok(Some(response)) => {
-                    // Only a response proves the control plane works for us.
-                    backoff.reset();
-                    let reply = self.apply(response).await;
-                    if tx.send(reply).await.is_err() {
-                        return End::Closed;
-                    }
-                }
-                Ok(None) => return End::Closed,
-                Err(s) => return End::Status(s),
-            }
-        }
+    /// Keeps the stream open over `connection`; returns only when the task is dropped.
+    pub async fn run(self, connection: Arc<Connection>) {
+        let backoff = self.config.backoff;
+        keep_open(connection, self, backoff).await;
     }
 
     /// Applies one response and returns its ACK or NACK.
@@ -357,6 +220,77 @@ impl Client {
     }
 }
 
+impl ControlStream for Client {
+    /// One stream, until it ends.
+    async fn session(&mut self, channel: Channel, backoff: &mut Backoff) -> End {
+        let mut grpc = PolicyDistributionClient::new(channel);
+        let (tx, rx) = mpsc::channel(4);
+        let first = self.request(Some(self.config.node.clone()), String::new(), None);
+        // The channel is new and empty: the first send always fits.
+        if tx.try_send(first).is_err() {
+            return End::Closed;
+        }
+        let mut inbound = match grpc.stream_policy(requests(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return End::Status(s),
+        };
+        self.metrics.control_connected(true);
+        tracing::info!(
+            control_plane = %self.config.control_plane,
+            node = %self.config.node.id,
+            running = ?self.applied.as_ref().map(|a| a.version),
+            "policy stream open"
+        );
+        loop {
+            match inbound.message().await {
+                Ok(Some(response)) => {
+                    // Only a response proves the control plane works for us.
+                    backoff.reset();
+                    let reply = self.apply(response).await;
+                    if tx.send(reply).await.is_err() {
+                        return End::Closed;
+                    }
+                }
+                Ok(None) => return End::Closed,
+                Err(s) => return End::Status(s),
+            }
+        }
+    }
+
+    fn ended(&mut self, end: &End, backoff: &mut Backoff) {
+        self.metrics.control_connected(false);
+        let url = &self.config.control_plane;
+        match end {
+            End::Unreachable(Unreachable::Setup(e)) => {
+                tracing::error!(control_plane = %url, "cannot connect to the control plane: {e}")
+            }
+            End::Unreachable(Unreachable::Connect(e)) => {
+                tracing::warn!(control_plane = %url, "cannot connect to the control plane: {}", chain(e))
+            }
+            End::Closed => {
+                tracing::info!(control_plane = %url, "the control plane closed the policy stream")
+            }
+            End::Status(s) => match classify(s.code()) {
+                Recovery::Transient => tracing::warn!(
+                    control_plane = %url,
+                    code = ?s.code(),
+                    "the policy stream failed: {}", s.message()
+                ),
+                Recovery::Refused => {
+                    tracing::error!(
+                        control_plane = %url,
+                        code = ?s.code(),
+                        node = %self.config.node.id,
+                        "the control plane refused this sidecar: {}; still enforcing the current policy, retrying at the backoff cap",
+                        s.message()
+                    );
+                    backoff.saturate();
+                }
+            },
+        }
+    }
+}
+
 /// A refusal with a message and no field errors.
 fn only(message: String) -> ErrorDetail {
     ErrorDetail {
@@ -395,23 +329,6 @@ fn compile(bundle: &[u8], grant_key: Option<&GrantKey>) -> Result<Bundle, Unusab
                 .collect(),
         )
     })
-}
-
-/// An error and its causes (tonic's transport error alone says only "transport error").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// The request half of the stream: whatever the session sends on `rx`.
-fn requests(rx: mpsc::Receiver<PolicyRequest>) -> impl Stream<Item = PolicyRequest> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
 use crate::control::backoff::BackoffConfig;
-use crate::control::{FleetConfig, start};
+use crate::control::{FleetConfig, connect};
+use tonic::Code;
 
 const V1: &str = r#"{"version": "1", "default": "allow"}"#;
 const INVALID: &str = r#"{"version": "1", "default": "maybe", "tools": {"x": {"limits": [{"window": "fortnight"}]}}}"#;
@@ -192,6 +193,16 @@ fn restart_offline(
     )
     .unwrap();
     (store, task)
+}
+
+/// Starts the policy stream on a connection of its own.
+fn start(
+    config: FleetConfig,
+    store: Arc<LivePolicy>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, crate::control::ControlError> {
+    let connection = connect(&config)?;
+    crate::control::start(config, &connection, store, metrics)
 }
 
 fn version(store: &LivePolicy) -> Option<String> {

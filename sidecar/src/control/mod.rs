@@ -1,18 +1,29 @@
 //! Fleet mode: the policy comes from the control plane over the
-//! policy-distribution stream (ARCHITECTURE.md §4, stream 1) instead of a file.
+//! policy-distribution stream (ARCHITECTURE.md §4, stream 1) instead of a file,
+//! and fleet-wide limits are decided from leases taken over the quota stream
+//! (stream 2).
+//!
+//! Every stream rides one HTTP/2 connection ([`connect`] makes the
+//! [`Connection`]; it dials on first use and again after a stream finds it
+//! broken, re-reading the TLS files). Each stream is a [`stream::ControlStream`]
+//! that [`stream::keep_open`] keeps open with its own [`backoff`]: the policy
+//! stream in [`client`], the quota stream in [`quota`]. A new stream plugs in
+//! the same way.
 //!
 //! [`start`] first restores the last good bundle from the state dir (so a
 //! sidecar restarted while the control plane is down enforces it at once),
 //! then spawns the [`client`] task that keeps the stream open, applies each
-//! bundle off the request path, ACKs or NACKs it, and reconnects with
-//! [`backoff`]. Until a bundle is in force the [`LivePolicy`] is empty: every
-//! call is denied and `/readyz` is not ready.
+//! bundle off the request path, and ACKs or NACKs it. Until a bundle is in
+//! force the [`LivePolicy`] is empty: every call is denied and `/readyz` is
+//! not ready.
 
 pub mod backoff;
 pub mod client;
+pub mod connection;
 pub mod dial;
 pub mod quota;
 pub mod state_dir;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +35,8 @@ use crate::metrics::Metrics;
 use crate::snapshot::{LivePolicy, Snapshot};
 use backoff::BackoffConfig;
 use client::{Applied, Client};
-use dial::{ClientTls, Dial};
+use connection::Connection;
+use dial::ClientTls;
 use state_dir::{StateDir, StateError};
 
 /// Everything fleet mode needs to know.
@@ -162,14 +174,10 @@ pub fn labels(
     Ok(out)
 }
 
-/// Restores the last good bundle, then spawns the stream client. On return
-/// the store holds the restored bundle if there was a usable one.
-pub fn start(
-    config: FleetConfig,
-    store: Arc<LivePolicy>,
-    metrics: Arc<Metrics>,
-) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let dial = Dial::new(&config.control_plane, config.tls.clone())?;
+/// The one connection every stream shares; checks the URL and its TLS
+/// files' pairing, and connects on the first stream's demand.
+pub fn connect(config: &FleetConfig) -> Result<Arc<Connection>, ControlError> {
+    let connection = Connection::new(&config.control_plane, config.tls.clone())?;
     if config.tls.is_none() {
         tracing::warn!(
             control_plane = %config.control_plane,
@@ -177,6 +185,18 @@ pub fn start(
              (a development setup); use an https:// control plane with --ca, --cert and --key"
         );
     }
+    Ok(Arc::new(connection))
+}
+
+/// Restores the last good bundle, then spawns the policy stream over
+/// `connection`. On return the store holds the restored bundle if there was
+/// a usable one.
+pub fn start(
+    config: FleetConfig,
+    connection: &Arc<Connection>,
+    store: Arc<LivePolicy>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let state = config.state_dir.as_ref().map(StateDir::open).transpose()?;
     let applied = state
         .as_ref()
@@ -187,29 +207,22 @@ pub fn start(
             "no policy yet: every tools/call is denied until the control plane sends one"
         );
     }
-    let client = Client::new(dial, config, store, metrics, state, applied);
-    Ok(tokio::spawn(client.run()))
+    let client = Client::new(config, store, metrics, state, applied);
+    Ok(tokio::spawn(client.run(Arc::clone(connection))))
 }
 
-/// Starts the quota stream (fleet-wide limits) beside the policy stream.
+/// Starts the quota stream (fleet-wide limits) beside the policy stream, on
+/// the same connection.
 pub fn start_quota(
     config: &FleetConfig,
+    connection: &Arc<Connection>,
     counters: Arc<quota::FleetCounters>,
     store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     servers: Vec<String>,
-) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let dial = Dial::new(&config.control_plane, config.tls.clone())?;
-    let reporter = quota::Reporter::new(
-        dial,
-        config.node.clone(),
-        counters,
-        store,
-        metrics,
-        config.backoff,
-        servers,
-    );
-    Ok(tokio::spawn(reporter.run()))
+) -> tokio::task::JoinHandle<()> {
+    let reporter = quota::Reporter::new(config.node.clone(), counters, store, metrics, servers);
+    tokio::spawn(reporter.run(Arc::clone(connection), config.backoff))
 }
 
 /// Puts the saved bundle in force; `None` (and a log line) when there is none

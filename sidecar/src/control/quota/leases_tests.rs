@@ -1,7 +1,10 @@
 use std::time::{Duration, Instant};
 
-use tollgate_proto::v1::Lease;
+use tollgate_policy::document::{OnUnavailable, Scope};
+use tollgate_policy::{Admission, Counters};
+use tollgate_proto::v1::{LeaseHeld, QuotaReport};
 
+use super::super::wire;
 use super::*;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -27,30 +30,42 @@ fn charge<'a>(
     }
 }
 
-fn lease(seq: u64, granted_total: u64, ttl: Duration, fallback: u64) -> Lease {
-    Lease {
-        bucket: Some(BucketId {
+fn lease(seq: u64, granted_total: u64, ttl: Duration, fallback: u64) -> LeaseGrant {
+    LeaseGrant {
+        bucket: LeaseKey {
             server: "s".into(),
-            counter: "s:calls".into(),
-            scope: "global".into(),
-            key: String::new(),
-        }),
+            counter: counter(),
+            scope: Scope::Global,
+            key: "".into(),
+        },
         seq,
         granted_total,
-        ttl_ms: ttl.as_millis() as u64,
-        refresh_ms: 1000,
+        ttl,
+        refresh: Some(Duration::from_secs(1)),
         fallback,
         // On fallback at once once it has ended, for a minute.
-        fallback_after_ms: 0,
-        fallback_for_ms: 60_000,
+        fallback_after: Duration::ZERO,
+        fallback_for: Duration::from_secs(60),
     }
 }
 
-fn answer(leases: Vec<Lease>) -> QuotaLeases {
-    QuotaLeases {
-        leases,
+fn answer(grants: Vec<LeaseGrant>) -> Leases {
+    Leases {
+        grants,
         answers_report: 1,
-        errors: Vec::new(),
+    }
+}
+
+/// The bundle's one fleet bucket: `s:calls`, global, 100 a minute.
+fn global_bucket() -> FleetBucket {
+    FleetBucket {
+        server: "s".into(),
+        counter: counter(),
+        scope: Scope::Global,
+        key: Arc::from(""),
+        window: MIN,
+        max: 100,
+        on_unavailable: OnUnavailable::Fallback,
     }
 }
 
@@ -62,10 +77,11 @@ fn at(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// The one report a sidecar with few buckets sends.
+/// The one report a sidecar with few buckets sends, as the control plane gets it.
 fn one_report(fc: &FleetCounters, seq: u64, version: u64, now: Duration) -> QuotaReport {
-    let mut reports = fc.report(seq, version, now);
+    let mut reports = wire::reports(fc.report(version, now), seq, fc.epoch());
     assert_eq!(reports.len(), 1, "{reports:?}");
+    fc.reported(seq);
     reports.remove(0)
 }
 
@@ -191,8 +207,8 @@ fn fallback_admits_only_over_the_span_its_newest_lease_names() {
     // Sent at 5 s, ended at 15 s; fallback from receipt + 30 s (35 s) until
     // its end + 30 s + 60 s (105 s), 2 calls per window.
     let mut l = lease(1, 0, at(10), 2);
-    l.fallback_after_ms = 30_000;
-    l.fallback_for_ms = 60_000;
+    l.fallback_after = at(30);
+    l.fallback_for = at(60);
     fc.take(&answer(vec![l]), at(5));
     fc.stream_closed();
     assert!(!admitted(&fc, &g, at(20)), "not yet reserved for it");
@@ -304,15 +320,7 @@ fn reports_carry_totals_the_held_lease_and_demand_and_forget_idle_buckets() {
 fn the_bundles_buckets_ask_for_a_standing_lease_before_any_call() {
     let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
-    let known = [FleetBucket {
-        server: "s".into(),
-        counter: counter(),
-        scope: Scope::Global,
-        key: Arc::from(""),
-        window: MIN,
-        max: 100,
-        on_unavailable: OnUnavailable::Fallback,
-    }];
+    let known = [global_bucket()];
     fc.stand_by(&known, "pod-1", at(0));
     let report = one_report(&fc, 1, 3, at(0));
     assert_eq!(report.buckets.len(), 1);
@@ -399,15 +407,7 @@ fn the_policy_version_sent_is_the_control_planes_number() {
 fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
     let fc = FleetCounters::new(Instant::now(), Arc::new(Metrics::new()));
     fc.stream_opened();
-    let known = [FleetBucket {
-        server: "s".into(),
-        counter: counter(),
-        scope: Scope::Global,
-        key: Arc::from(""),
-        window: MIN,
-        max: 100,
-        on_unavailable: OnUnavailable::Fallback,
-    }];
+    let known = [global_bucket()];
     fc.stand_by(&known, "pod-1", at(0));
     assert_eq!(one_report(&fc, 1, 3, at(30)).buckets[0].standby, 1);
     // A window without a call: no standing demand.
@@ -427,172 +427,4 @@ fn a_shared_bucket_idle_for_a_window_gives_its_standing_call_back() {
         .find(|b| b.bucket.as_ref().is_some_and(|id| id.scope == "grant"))
         .map(|b| b.standby);
     assert_eq!(own_demand, Some(100));
-}
-
-/// A quota server on 127.0.0.1 that answers as the control plane does: a
-/// report over [`MAX_BUCKETS_PER_REPORT`] buckets gets one error and no
-/// lease; otherwise every bucket gets a lease of 5 more calls.
-mod double {
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures_util::Stream;
-    use tollgate_proto::v1::Lease;
-    use tollgate_proto::v1::quota_server::{Quota, QuotaServer};
-    use tonic::{Request, Response, Status, Streaming};
-
-    use super::*;
-
-    pub struct QuotaDouble {
-        /// The most buckets one report carried.
-        pub largest: Arc<AtomicUsize>,
-    }
-
-    type Answers = Pin<Box<dyn Stream<Item = Result<QuotaLeases, Status>> + Send>>;
-
-    #[tonic::async_trait]
-    impl Quota for QuotaDouble {
-        type StreamQuotaStream = Answers;
-
-        async fn stream_quota(
-            &self,
-            request: Request<Streaming<QuotaReport>>,
-        ) -> Result<Response<Answers>, Status> {
-            let largest = Arc::clone(&self.largest);
-            let mut inbound = request.into_inner();
-            let answers = async_stream(move |tx| async move {
-                while let Ok(Some(report)) = inbound.message().await {
-                    largest.fetch_max(report.buckets.len(), Ordering::Relaxed);
-                    let mut answer = QuotaLeases {
-                        leases: Vec::new(),
-                        answers_report: report.report_seq,
-                        errors: Vec::new(),
-                    };
-                    if report.buckets.len() > MAX_BUCKETS_PER_REPORT {
-                        answer.errors.push("too many buckets".into());
-                    } else {
-                        answer.leases = report
-                            .buckets
-                            .iter()
-                            .map(|b| Lease {
-                                bucket: b.bucket.clone(),
-                                seq: report.report_seq,
-                                granted_total: b.admitted_total + 5,
-                                ttl_ms: 60_000,
-                                refresh_ms: 100,
-                                fallback: 1,
-                                fallback_after_ms: 0,
-                                fallback_for_ms: 60_000,
-                            })
-                            .collect();
-                    }
-                    if tx.send(Ok(answer)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Ok(Response::new(answers))
-        }
-    }
-
-    /// The answers a task produces on a channel, as a stream.
-    fn async_stream<F, Fut>(f: F) -> Answers
-    where
-        F: FnOnce(mpsc::Sender<Result<QuotaLeases, Status>>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(f(tx));
-        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|a| (a, rx))
-        }))
-    }
-
-    /// Serves the double on 127.0.0.1; its address.
-    pub async fn serve(double: QuotaDouble) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(QuotaServer::new(double))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        addr
-    }
-}
-
-#[tokio::test]
-async fn a_sidecar_with_more_buckets_than_one_report_carries_splits_them_and_keeps_every_lease() {
-    use std::sync::atomic::Ordering;
-    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let addr = double::serve(double::QuotaDouble {
-        largest: Arc::clone(&largest),
-    })
-    .await;
-    let metrics = Arc::new(Metrics::new());
-    let fc = Arc::new(FleetCounters::new(Instant::now(), Arc::clone(&metrics)));
-    let id = counter();
-    let sessions: Vec<String> = (0..=MAX_BUCKETS_PER_REPORT)
-        .map(|i| format!("session-{i}"))
-        .collect();
-    fn charge_of<'a>(id: &'a Arc<str>, key: &'a str) -> Charge<'a> {
-        Charge {
-            counter: id,
-            server: "s",
-            scope: Scope::Session,
-            key,
-            window: MIN,
-            max: 100,
-            on_unavailable: OnUnavailable::Deny,
-        }
-    }
-    // One call in each of 10,001 sessions before the stream is up: 10,001
-    // buckets for the first report.
-    for s in &sessions {
-        fc.acquire(&[charge_of(&id, s)], fc.now());
-    }
-    let dial = Dial::new(&format!("http://{addr}"), None).expect("dial");
-    let node = Node {
-        id: "pod-1".into(),
-        ..Default::default()
-    };
-    let reporter = Reporter::new(
-        dial,
-        node,
-        Arc::clone(&fc),
-        Arc::new(LivePolicy::default()),
-        metrics,
-        BackoffConfig::default(),
-        vec!["s".into()],
-    );
-    let task = tokio::spawn(reporter.run());
-    // Every session's bucket gets its lease: a call in each is admitted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let leased = |fc: &FleetCounters| {
-        let now = fc.now();
-        fc.lock()
-            .buckets
-            .values()
-            .filter(|b| b.valid_lease(now).is_some())
-            .count()
-    };
-    while leased(&fc) < sessions.len() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    task.abort();
-    assert_eq!(
-        leased(&fc),
-        sessions.len(),
-        "every bucket holds a lease (largest report: {} buckets)",
-        largest.load(Ordering::Relaxed)
-    );
-    assert!(largest.load(Ordering::Relaxed) <= MAX_BUCKETS_PER_REPORT);
-    assert!(admitted(&fc, &[charge_of(&id, &sessions[0])], fc.now()));
-    assert!(admitted(
-        &fc,
-        &[charge_of(&id, &sessions[MAX_BUCKETS_PER_REPORT])],
-        fc.now()
-    ));
 }
