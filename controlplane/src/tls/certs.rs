@@ -80,12 +80,12 @@ impl NodeSubject<'_> {
 }
 
 /// A CA able to issue: its certificate (PEM) and signing key.
-pub struct Authority {
+pub struct CertificateAuthority {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
-impl Authority {
+impl CertificateAuthority {
     /// A new self-signed CA, valid ten years.
     pub fn generate() -> Result<(Self, Pem), CertError> {
         let mut params = CertificateParams::default();
@@ -226,7 +226,7 @@ pub fn init(dir: &Path, names: &[String], force: bool) -> Result<Vec<PathBuf>, C
         });
     }
     create_dir(dir)?;
-    let (ca, ca_pem) = Authority::generate()?;
+    let (ca, ca_pem) = CertificateAuthority::generate()?;
     let server = ca.issue_server(names)?;
     let written = [
         (CA_CERT, &ca_pem.cert),
@@ -247,7 +247,7 @@ pub fn init(dir: &Path, names: &[String], force: bool) -> Result<Vec<PathBuf>, C
 /// `tollgate certs issue`: a node certificate from the CA in `dir`, written
 /// to `out/<node-id>.pem` and `out/<node-id>-key.pem`.
 pub fn issue(dir: &Path, out: &Path, subject: &NodeSubject<'_>) -> Result<[PathBuf; 2], CertError> {
-    let ca = Authority::load(dir)?;
+    let ca = CertificateAuthority::load(dir)?;
     let pem = ca.issue_node(subject)?;
     create_dir(out)?;
     let cert = out.join(format!("{}.pem", subject.node_id));

@@ -151,11 +151,11 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::certs::{Authority, NodeSubject};
+    use crate::tls::certs::{CertificateAuthority, NodeSubject};
     use tokio_rustls::rustls::pki_types::pem::PemObject;
 
     fn chain(node: &str, ns: &str, td: &str) -> Arc<Vec<CertificateDer<'static>>> {
-        let (ca, _) = Authority::generate().expect("ca");
+        let (ca, _) = CertificateAuthority::generate().expect("ca");
         let pem = ca
             .issue_node(&NodeSubject {
                 node_id: node,
