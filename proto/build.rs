@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tollgate/v1/distribution.proto",
         "tollgate/v1/admin.proto",
         "tollgate/v1/quota.proto",
+        "tollgate/v1/approvals.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

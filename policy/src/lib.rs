@@ -24,6 +24,7 @@
 //! the evaluation order in [`evaluate`]; how grants name tokens, and the
 //! keyed form a control plane distributes, in [`grant_key`].
 
+pub mod approvals;
 pub mod classes;
 mod compile;
 pub mod conditions;
