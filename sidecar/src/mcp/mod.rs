@@ -5,4 +5,5 @@ pub mod answer;
 pub mod encoding;
 pub mod list_filter;
 pub mod peek;
+pub mod request_state;
 pub mod sse;
