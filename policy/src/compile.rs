@@ -144,6 +144,8 @@ pub struct ApprovalSpec {
     pub timeout: Duration,
     /// How long the agent's call is held waiting for a quick decision.
     pub hold: Duration,
+    /// Whether approvers see the arguments (else only their digest).
+    pub show_arguments: bool,
 }
 
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -562,6 +564,7 @@ fn compile_rule(
                 .and_then(|t| t.parse())
                 .unwrap_or(DEFAULT_APPROVAL_TIMEOUT),
             hold: a.hold.and_then(|t| t.parse()).unwrap_or(Duration::ZERO),
+            show_arguments: a.show_arguments.unwrap_or(false),
         }
     });
     CompiledRule {

@@ -419,6 +419,10 @@ pub struct Approval {
     /// decision before answering "pending" (default `0s`: answer at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<DurationText>,
+    /// Whether approvers see the call's arguments (default `false`: only
+    /// their SHA-256 digest leaves the sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_arguments: Option<bool>,
 }
 
 /// A duration written as an integer and a unit: `500ms`, `20s`, `10m`, `2h`, `1d`.

@@ -59,7 +59,7 @@ const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope", "on_unavail
 const RATE_LIMIT_FIELDS: &[&str] = &["max", "window"];
 const GROUP_FIELDS: &[&str] = &["conditions", "on_deny"];
 const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
-const APPROVAL_FIELDS: &[&str] = &["timeout", "hold"];
+const APPROVAL_FIELDS: &[&str] = &["timeout", "hold", "show_arguments"];
 
 fn read_bundle(v: &Value, at: &str, errs: &mut Errors) -> Option<BundleDocument> {
     let m = object(v, at, errs, BUNDLE_FIELDS, "a bundle")?;
@@ -572,7 +572,18 @@ fn read_approval(v: &Value, at: &str, errs: &mut Errors) -> Option<Approval> {
     };
     let timeout = optional(m, at, "timeout", errs, duration);
     let hold = optional(m, at, "hold", errs, duration);
-    Some(Approval { timeout, hold })
+    let show_arguments = optional(m, at, "show_arguments", errs, |v, at, errs| match v {
+        Value::Bool(b) => Some(*b),
+        other => {
+            errs.push(at, format!("expected true or false, found {}", describe(other)));
+            None
+        }
+    });
+    Some(Approval {
+        timeout,
+        hold,
+        show_arguments,
+    })
 }
 
 // ---- generic readers ----------------------------------------------------

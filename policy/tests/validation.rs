@@ -438,6 +438,17 @@ fn approval_needs_require_approval() {
 }
 
 #[test]
+fn show_arguments_is_true_or_false() {
+    let errs = errors_of(&with_tools(json!({"t": {"action": "require_approval",
+        "approval": {"show_arguments": "yes"}}})));
+    assert_one(
+        &errs,
+        "/tools/t/approval/show_arguments",
+        &["expected true or false, found the string \"yes\""],
+    );
+}
+
+#[test]
 fn unknown_class() {
     let errs = errors_of(&json!({"version": "1", "default": "deny", "classes": {"dangerous": {}}}));
     assert_one(
