@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod diff;

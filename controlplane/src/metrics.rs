@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,33 @@ pub struct Metrics {
     pub quota_buckets: Gauge,
     /// Quota streams open.
     pub quota_streams: Gauge,
+    /// Approval requests and their webhook.
+    pub approvals: ApprovalMetrics,
+}
+
+/// The approvals' metrics, cloned into the approvals core (each metric is a
+/// handle on shared counts).
+#[derive(Clone, Default)]
+pub struct ApprovalMetrics {
+    /// Requests pending now.
+    pub pending: Gauge,
+    /// Requests filed, approved, denied, expired and used, by `event`.
+    pub events: Family<Vec<(String, String)>, Counter>,
+    /// Webhook notices delivered (a 2xx answer).
+    pub webhook_delivered: Counter,
+    /// Webhook tries that failed (each retry counts).
+    pub webhook_failures: Counter,
+    /// Webhook notices given up: all tries failed, or the queue was full.
+    pub webhook_dropped: Counter,
+}
+
+impl ApprovalMetrics {
+    /// Counts one `event` (`filed`, `approved`, `denied`, `expired`, `used`).
+    pub fn event(&self, event: &str) {
+        self.events
+            .get_or_create(&vec![("event".to_owned(), event.to_owned())])
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -58,6 +86,7 @@ impl Metrics {
             quota_bucket_errors: Counter::default(),
             quota_buckets: Gauge::default(),
             quota_streams: Gauge::default(),
+            approvals: ApprovalMetrics::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -123,6 +152,31 @@ impl Metrics {
             "quota_streams",
             "Quota streams open",
             m.quota_streams.clone(),
+        );
+        r.register(
+            "approvals_pending",
+            "Approval requests waiting for a person",
+            m.approvals.pending.clone(),
+        );
+        r.register(
+            "approvals",
+            "Approval requests filed, approved, denied, expired and used",
+            m.approvals.events.clone(),
+        );
+        r.register(
+            "approval_webhook_delivered",
+            "Approval webhook notices delivered",
+            m.approvals.webhook_delivered.clone(),
+        );
+        r.register(
+            "approval_webhook_failures",
+            "Approval webhook tries that failed (each retry counts)",
+            m.approvals.webhook_failures.clone(),
+        );
+        r.register(
+            "approval_webhook_dropped",
+            "Approval webhook notices given up (tries exhausted or queue full)",
+            m.approvals.webhook_dropped.clone(),
         );
         Self { registry, ..m }
     }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tollgate_policy::GrantKey;
 
+use crate::approvals::Approvals;
 use crate::auth::Authority;
 use crate::auth::bootstrap::{self, BootstrapError, Bootstrapped};
 use crate::metrics::Metrics;
@@ -162,6 +163,8 @@ pub struct ControlPlane {
     nonce_seq: AtomicU64,
     /// Where a stream's node id comes from.
     node_identity: NodeIdentity,
+    /// The fleet's approval requests.
+    pub approvals: Arc<Approvals>,
 }
 
 impl ControlPlane {
@@ -203,8 +206,10 @@ impl ControlPlane {
         metrics
             .latest_version
             .set(latest.as_ref().map_or(0, |l| l.version as i64));
+        let store: Arc<dyn PolicyStore> = Arc::new(store);
+        let approvals = Arc::new(Approvals::open(store.clone(), metrics.approvals.clone())?);
         Ok(Self {
-            store: Arc::new(store),
+            store,
             latest: watch::Sender::new(latest),
             grant_key,
             fleet: Fleet::new(config.stale_after),
@@ -228,6 +233,7 @@ impl ControlPlane {
                 .map_or(0, |d| d.as_nanos() as u64),
             nonce_seq: AtomicU64::new(0),
             node_identity: config.node_identity.clone(),
+            approvals,
         })
     }
 

@@ -111,8 +111,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             )
         }
     };
-    // Ends by itself when the control plane drains.
+    // Both end by themselves when the control plane drains.
     tokio::spawn(quota::tick(cp.clone()));
+    let mut draining = cp.drain.latch();
+    tokio::spawn(
+        cp.approvals
+            .clone()
+            .run_sweeper(async move { draining.set().await }),
+    );
     let (http, http_addr) = match config.http {
         Some(addr) => {
             let listener = listen(addr).await?;

@@ -5,7 +5,8 @@
 //! the deployment's secrets, made once and kept for its lifetime.
 //!
 //! Beside the policy, the store keeps the operators' tokens (a salted hash
-//! each, never the token) and the audit trail of what operators did.
+//! each, never the token), the audit trail of what operators did, and the
+//! fleet's approval requests with where each stands.
 //!
 //! The trait is synchronous (SQLite is); async callers run it on the blocking
 //! pool. PostgreSQL for several replicas implements the same trait later.
@@ -13,6 +14,8 @@
 mod sqlite;
 
 pub use sqlite::SqliteStore;
+
+use tollgate_policy::approvals::{ApprovalRecord, ApprovalState};
 
 use crate::role::Role;
 
@@ -120,6 +123,12 @@ pub enum StoreError {
     TokenNameTaken(String),
     #[error("the store holds a token with role {0:?}, which this tollgate does not know")]
     UnknownRole(String),
+    #[error(
+        "the store holds an approval request in state {0:?}, which this tollgate does not know"
+    )]
+    UnknownApprovalState(String),
+    #[error("the store task failed: {0}")]
+    Task(String),
 }
 
 /// The versions of the fleet's policy.
@@ -183,6 +192,18 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// Unix epoch), oldest first.
     fn audit_since(&self, since: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Stores an approval request as it now stands, replacing the row of
+    /// the same id.
+    fn put_approval(&self, record: &ApprovalRecord) -> Result<(), StoreError>;
+
+    /// Every stored approval request, oldest first.
+    fn approvals(&self) -> Result<Vec<ApprovalRecord>, StoreError>;
+
+    /// Deletes the requests that ended (denied, expired, used) before
+    /// `before_ms` (Unix milliseconds), as the ledger forgets them; returns
+    /// how many.
+    fn forget_ended_approvals(&self, before_ms: i64) -> Result<usize, StoreError>;
+
     /// Makes everything written so far durable in the store's main file, for
     /// a clean stop.
     fn flush(&self) -> Result<(), StoreError>;
@@ -199,4 +220,17 @@ pub fn content_hash(content: &[u8]) -> String {
         let _ = write!(hex, "{b:02x}");
     }
     hex
+}
+
+/// The state an approval request is stored as ([`ApprovalState::as_str`]).
+pub fn approval_state(s: &str) -> Option<ApprovalState> {
+    [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Denied,
+        ApprovalState::Expired,
+        ApprovalState::Used,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == s)
 }

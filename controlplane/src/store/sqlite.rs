@@ -5,6 +5,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use tollgate_policy::approvals::{ApprovalRecord, ApprovalState, CallKey};
+
 use super::{
     AuditEntry, NACKS_KEPT_PER_NODE, Nack, PolicyStore, StoreError, StoredToken, StoredVersion,
 };
@@ -66,6 +68,28 @@ const MIGRATIONS: &[&str] = &[
          name        TEXT    PRIMARY KEY,
          value       BLOB    NOT NULL,
          created_at  INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+    // Approval requests filed by nodes, and where each stands (one row a
+    // request, rewritten on every change).
+    "CREATE TABLE approvals (
+         id               TEXT    PRIMARY KEY,
+         grant_name       TEXT    NOT NULL,
+         server           TEXT    NOT NULL,
+         tool             TEXT    NOT NULL,
+         arguments_sha256 TEXT    NOT NULL,
+         node             TEXT    NOT NULL,
+         session          TEXT    NOT NULL,
+         arguments_json   TEXT    NOT NULL,
+         policy_version   TEXT    NOT NULL,
+         rule             TEXT    NOT NULL,
+         created_ms       INTEGER NOT NULL,
+         expires_ms       INTEGER NOT NULL,
+         state            TEXT    NOT NULL,
+         reason           TEXT    NOT NULL,
+         decided_by       TEXT    NOT NULL,
+         decided_ms       INTEGER NOT NULL,
+         used_by          TEXT    NOT NULL,
+         used_ms          INTEGER NOT NULL
      ) WITHOUT ROWID;",
 ];
 
@@ -371,6 +395,94 @@ impl PolicyStore for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_approval(&self, r: &ApprovalRecord) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO approvals (id, grant_name, server, tool, arguments_sha256,
+                 node, session, arguments_json, policy_version, rule, created_ms, expires_ms,
+                 state, reason, decided_by, decided_ms, used_by, used_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18)",
+        )?
+        .execute(params![
+            r.id,
+            r.call.grant,
+            r.call.server,
+            r.call.tool,
+            r.call.arguments_sha256,
+            r.node,
+            r.session,
+            r.arguments_json,
+            r.policy_version,
+            r.rule,
+            r.created_ms,
+            r.expires_ms,
+            r.state.as_str(),
+            r.reason,
+            r.decided_by,
+            r.decided_ms,
+            r.used_by,
+            r.used_ms
+        ])?;
+        Ok(())
+    }
+
+    fn approvals(&self) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, grant_name, server, tool, arguments_sha256, node, session,
+                 arguments_json, policy_version, rule, created_ms, expires_ms, state, reason,
+                 decided_by, decided_ms, used_by, used_ms
+             FROM approvals ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(12)?,
+                ApprovalRecord {
+                    id: r.get(0)?,
+                    call: CallKey {
+                        grant: r.get(1)?,
+                        server: r.get(2)?,
+                        tool: r.get(3)?,
+                        arguments_sha256: r.get(4)?,
+                    },
+                    node: r.get(5)?,
+                    session: r.get(6)?,
+                    arguments_json: r.get(7)?,
+                    policy_version: r.get(8)?,
+                    rule: r.get(9)?,
+                    created_ms: r.get(10)?,
+                    expires_ms: r.get(11)?,
+                    // Parsed below, where an unknown state can be named.
+                    state: ApprovalState::Pending,
+                    reason: r.get(13)?,
+                    decided_by: r.get(14)?,
+                    decided_ms: r.get(15)?,
+                    used_by: r.get(16)?,
+                    used_ms: r.get(17)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, mut record) = row?;
+            record.state = super::approval_state(&state)
+                .ok_or_else(|| StoreError::UnknownApprovalState(state.clone()))?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn forget_ended_approvals(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.conn()?;
+        let gone = conn.execute(
+            "DELETE FROM approvals WHERE state IN ('denied', 'expired', 'used')
+                 AND max(decided_ms, used_ms, expires_ms) < ?1",
+            [before_ms],
+        )?;
+        Ok(gone)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
