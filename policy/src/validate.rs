@@ -575,7 +575,10 @@ fn read_approval(v: &Value, at: &str, errs: &mut Errors) -> Option<Approval> {
     let show_arguments = optional(m, at, "show_arguments", errs, |v, at, errs| match v {
         Value::Bool(b) => Some(*b),
         other => {
-            errs.push(at, format!("expected true or false, found {}", describe(other)));
+            errs.push(
+                at,
+                format!("expected true or false, found {}", describe(other)),
+            );
             None
         }
     });

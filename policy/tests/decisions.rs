@@ -391,7 +391,10 @@ fn approval_settings_are_carried_by_the_decision() {
     let approval = d.approval.expect("approval settings");
     assert_eq!(approval.timeout, Duration::from_secs(300));
     assert_eq!(approval.hold, Duration::from_secs(2));
-    assert!(approval.show_arguments, "the rule shows approvers the arguments");
+    assert!(
+        approval.show_arguments,
+        "the rule shows approvers the arguments"
+    );
 
     // Defaults: ten minutes to decide, no hold.
     let bundle = must_load(ALL_TOOLS_APPROVAL);
@@ -399,7 +402,10 @@ fn approval_settings_are_carried_by_the_decision() {
     let approval = d.approval.expect("approval settings");
     assert_eq!(approval.timeout, Duration::from_secs(600));
     assert_eq!(approval.hold, Duration::ZERO);
-    assert!(!approval.show_arguments, "by default approvers see only the digest");
+    assert!(
+        !approval.show_arguments,
+        "by default approvers see only the digest"
+    );
 
     // Nothing but approvals carry them.
     let d = decide(

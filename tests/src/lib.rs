@@ -6,6 +6,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`bins`] | the workspace's binaries, built once per test process |
+//! | [`browser`] | a real headless Chromium over WebDriver, for the control plane's pages |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
 //! | [`legacy_sse`] | a hand-made legacy HTTP+SSE client: the stream's endpoint and messages |
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bins;
+pub mod browser;
 pub mod controlplane;
 pub mod legacy_sse;
 pub mod link;

@@ -128,7 +128,20 @@ impl Authority {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Malformed);
         }
-        let presented = token::parse(text.trim()).ok_or(AuthError::Malformed)?;
+        self.check_token(text.trim(), need, command)
+            .map(|(_, principal)| principal)
+    }
+
+    /// Checks a token's text (`tgt_…`) and that its role includes `need`;
+    /// returns the token's id (to look it up again with [`Authority::live`])
+    /// and who it names.
+    pub fn check_token(
+        &self,
+        text: &str,
+        need: Role,
+        command: &'static str,
+    ) -> Result<(String, Principal), AuthError> {
+        let presented = token::parse(text).ok_or(AuthError::Malformed)?;
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         let unknown = || AuthError::Unknown {
             id: presented.id.to_owned(),
@@ -150,9 +163,22 @@ impl Authority {
                 has: entry.role,
             });
         }
-        Ok(Principal {
-            name: entry.name.clone(),
-            role: entry.role,
+        Ok((
+            presented.id.to_owned(),
+            Principal {
+                name: entry.name.clone(),
+                role: entry.role,
+            },
+        ))
+    }
+
+    /// Who token `id` names now, unless it is unknown or revoked: a login
+    /// made with it holds only while this answers.
+    pub fn live(&self, id: &str) -> Option<Principal> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        tokens.get(id).filter(|e| !e.revoked).map(|e| Principal {
+            name: e.name.clone(),
+            role: e.role,
         })
     }
 

@@ -1,4 +1,5 @@
-//! The HTTP port: `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP port: `/healthz`, `/readyz`, `/metrics`, and the approval page
+//! (`/approvals`, `/login`; see [`super::page`]).
 //!
 //! It is bound only after the store opened and the gRPC port listens, so
 //! whenever it answers the control plane is ready.
@@ -34,8 +35,9 @@ pub async fn serve(
         };
         let cp = cp.clone();
         let tls = tls.as_ref().map(|t| t.current());
+        let secure = tls.is_some();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(req, cp.clone()));
+            let svc = service_fn(move |req| answer(req, cp.clone(), secure));
             let http = http1::Builder::new();
             let _ = match tls {
                 Some(config) => match acceptor::handshake(config, stream).await {
@@ -61,7 +63,11 @@ fn readiness(cp: &ControlPlane) -> String {
 async fn answer(
     req: Request<Incoming>,
     cp: Arc<ControlPlane>,
+    secure: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if super::page::serves(req.uri().path()) {
+        return Ok(super::page::respond(req, &cp, secure).await);
+    }
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => (StatusCode::OK, "text/plain", readiness(&cp)),

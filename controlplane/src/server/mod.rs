@@ -10,6 +10,7 @@ mod distributed;
 mod distribution;
 pub mod drain;
 mod http;
+mod page;
 mod quota;
 mod restart;
 mod running;
@@ -165,6 +166,8 @@ pub struct ControlPlane {
     node_identity: NodeIdentity,
     /// The fleet's approval requests.
     pub approvals: Arc<Approvals>,
+    /// Approvers signed in to the approval page.
+    logins: page::session::Logins,
 }
 
 impl ControlPlane {
@@ -234,6 +237,7 @@ impl ControlPlane {
             nonce_seq: AtomicU64::new(0),
             node_identity: config.node_identity.clone(),
             approvals,
+            logins: page::session::Logins::default(),
         })
     }
 
