@@ -1,10 +1,11 @@
-//! `tollgate serve`: the gRPC services (distribution, quota and admin, one
-//! port) and the HTTP port (health, readiness, metrics) over one shared
+//! `tollgate serve`: the gRPC services (distribution, quota, approvals and
+//! admin, one port) and the HTTP port (health, readiness, metrics) over one shared
 //! [`ControlPlane`], which this module holds. Starting them ([`start`]) and
 //! the clean stop ([`Running::shutdown`]) are in `running.rs`.
 
 mod admin;
 pub mod admission;
+mod approvals;
 mod authorize;
 mod distributed;
 mod distribution;

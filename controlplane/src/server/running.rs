@@ -15,10 +15,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tollgate_proto::v1::admin_server::AdminServer;
+use tollgate_proto::v1::approvals_server::ApprovalsServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
 
-use super::{Config, ControlPlane, ServeError, admin, distribution, http, quota};
+use super::{Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota};
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsFiles, acceptor};
 
 /// How long a stopping control plane waits for its connections to close
@@ -79,6 +80,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             QuotaServer::new(quota::QuotaService::new(cp.clone()))
                 .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
+        )
+        .add_service(
+            ApprovalsServer::new(approvals::ApprovalsService::new(cp.clone()))
+                .max_decoding_message_size(approvals::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(approvals::MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(admin::AdminService::new(cp.clone())));
     let stopped = async {
