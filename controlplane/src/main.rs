@@ -50,6 +50,9 @@ enum Command {
     Token(cli::tokens::TokenCommand),
     /// Show what operators did: pushes, token changes, refused attempts.
     Audit(cli::audit::AuditArgs),
+    /// List, approve and deny approval requests (calls waiting for a person).
+    #[command(subcommand)]
+    Approvals(cli::approvals::ApprovalsCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Limits(args) => cli::limits::limits(&remote, &args),
         Command::Token(cmd) => cli::tokens::run(cmd, &remote),
         Command::Audit(args) => cli::audit::run(&args, &remote),
+        Command::Approvals(cmd) => cli::approvals::run(cmd, &remote),
     };
     match result {
         Ok(code) => code,
