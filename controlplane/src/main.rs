@@ -37,7 +37,7 @@ enum Command {
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
     /// Run the control plane.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Make development certificates: a CA, the control plane's, sidecars'.
     #[command(subcommand)]
     Certs(cli::certs::CertsCommand),
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd, &remote),
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Certs(cmd) => cli::certs::run(cmd),
         Command::Status(args) => cli::fleet::status(&remote, &args),
         Command::Limits(args) => cli::limits::limits(&remote, &args),

@@ -9,6 +9,7 @@
 //! here: the gRPC service (`server/approvals`) adapts this to the wire.
 
 pub mod bounds;
+pub mod webhook;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

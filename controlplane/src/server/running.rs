@@ -20,6 +20,7 @@ use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
 
 use super::{Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota};
+use crate::approvals::webhook;
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsFiles, acceptor};
 
 /// How long a stopping control plane waits for its connections to close
@@ -138,6 +139,35 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => (None, None),
     };
+    let public_url = match (&config.public_url, http_addr) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(addr)) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{addr}")
+        }
+        (None, None) => String::new(),
+    };
+    let _ = cp.public_url.set(public_url.clone());
+    if let Some(url) = &config.approval_webhook {
+        let (secret, from) =
+            webhook::secret(config.approval_webhook_secret_file.as_deref(), &config.data)?;
+        let hook = webhook::Webhook::new(url, secret, &public_url)?;
+        tracing::info!(
+            url,
+            secret = %from.display(),
+            "approval webhook: each new request is POSTed there, signed with the secret in this file"
+        );
+        let mut draining = cp.drain.latch();
+        tokio::spawn(hook.run(
+            cp.approvals.clone(),
+            cp.metrics.approvals.clone(),
+            async move { draining.set().await },
+        ));
+    }
     tracing::info!(
         %grpc_addr,
         ?http_addr,

@@ -2,6 +2,8 @@
 //! running `tollgate serve`: files requests, asks to use approvals, and
 //! collects the decisions the control plane pushes.
 
+#![allow(dead_code)] // Each test file uses a part.
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
