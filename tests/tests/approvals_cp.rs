@@ -10,7 +10,9 @@
 //! - a node reconnecting hears the decisions it missed; a restart of the
 //!   control plane keeps every request and its state;
 //! - hostile requests (a 2 KiB tool name, a bad id) are refused with the
-//!   reason and nothing is stored.
+//!   reason and nothing is stored;
+//! - `tollgate approvals list --watch` prints the list, then each request
+//!   as it is filed and decided.
 
 #[path = "approvals_cp/node.rs"]
 mod node;
@@ -346,4 +348,60 @@ async fn expiry_reconnects_restarts_and_hostile_requests() {
     let mut a = ApprovalsNode::connect(&cp.url(), "node-a").await;
     let granted = a.use_approval(&pending, &pending.id).await;
     assert_eq!(granted.approval_id, pending.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_prints_requests_as_they_are_filed_and_decided() {
+    let cp = ControlPlane::start();
+    let mut a = ApprovalsNode::connect(&cp.url(), "node-a").await;
+    let before = request("read", ARGS, Duration::from_secs(600));
+    assert_eq!(a.file(before.clone()).await.error, "");
+
+    let mut cmd = std::process::Command::new(tollgate_e2e::bins::tollgate());
+    cmd.args([
+        "--addr",
+        &cp.url(),
+        "approvals",
+        "list",
+        "--watch",
+        "--json",
+    ])
+    .env("TOLLGATE_TOKEN_FILE", cp.admin_token_file())
+    .env_remove("TOLLGATE_TOKEN");
+    let mut watch = tollgate_e2e::Process::spawn("tollgate approvals list --watch", cmd);
+    // The list first, then each change.
+    tokio::task::block_in_place(|| watch.wait_for_output(&before.id, EXPIRY_WAIT));
+    let after = request("write", ARGS, Duration::from_secs(600));
+    assert_eq!(a.file(after.clone()).await.error, "");
+    tokio::task::block_in_place(|| watch.wait_for_output(&after.id, EXPIRY_WAIT));
+    ok(
+        cli(
+            &cp,
+            &[
+                "approvals",
+                "deny",
+                &after.id,
+                "--reason",
+                "no writes today",
+            ],
+        ),
+        "deny",
+    );
+    tokio::task::block_in_place(|| watch.wait_for_output("no writes today", EXPIRY_WAIT));
+    let output = watch.output();
+    let denied: Vec<Value> = output
+        .lines()
+        .filter(|l| l.contains(&after.id))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(
+        denied
+            .iter()
+            .map(|v| v["state"].clone())
+            .collect::<Vec<_>>(),
+        ["pending", "denied"],
+        "{output}"
+    );
+    assert_eq!(denied[1]["decided_by"], "bootstrap");
+    watch.assert_running();
 }
