@@ -12,7 +12,8 @@
 //! - hostile requests (a 2 KiB tool name, a bad id) are refused with the
 //!   reason and nothing is stored;
 //! - `tollgate approvals list --watch` prints the list, then each request
-//!   as it is filed and decided.
+//!   as it is filed and decided;
+//! - with mTLS, a node's certificate files only as that node.
 
 #[path = "approvals_cp/node.rs"]
 mod node;
@@ -404,4 +405,42 @@ async fn a_watch_prints_requests_as_they_are_filed_and_decided() {
     );
     assert_eq!(denied[1]["decided_by"], "bootstrap");
     watch.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mtls_a_node_files_only_as_the_node_its_certificate_names() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let cp = tokio::task::block_in_place(|| ControlPlane::start_secured(&[]));
+    let (cert, key) = tokio::task::block_in_place(|| cp.issue_node_cert("node-a", "agents"));
+    let read =
+        |p: &std::path::Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&cp.certs_dir().join("ca.pem"))))
+        .identity(Identity::from_pem(read(&cert), read(&key)));
+    let channel = Endpoint::from_shared(cp.url())
+        .and_then(|e| e.tls_config(tls))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach {}: {e}", cp.url()));
+
+    let refused = ApprovalsNode::open(channel.clone(), "node-b")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("node-a's certificate spoke for node-b"));
+    assert!(
+        refused
+            .message()
+            .contains("only speak for the node its certificate names"),
+        "{refused}"
+    );
+
+    let mut a = ApprovalsNode::open(channel, "node-a")
+        .await
+        .unwrap_or_else(|e| panic!("node-a refused: {e}"));
+    let req = request("delete", ARGS, Duration::from_secs(600));
+    assert_eq!(a.file(req.clone()).await.error, "");
+    let listed = listed(&cp, &[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["node"], "node-a");
 }

@@ -15,6 +15,7 @@ use tollgate_proto::v1::{
     Approval, ApprovalRequest, ApprovalsDown, ApprovalsUp, Filed, Hello, Node, UseAnswer,
     UseApproval, approvals_down, approvals_up,
 };
+use tonic::transport::{Channel, Endpoint};
 
 /// How long an answer or a pushed decision may take.
 const ANSWER: Duration = Duration::from_secs(10);
@@ -33,9 +34,20 @@ impl ApprovalsNode {
     /// Opens a stream to `url` (`http://…`) as node `id` (declared: the
     /// control plane runs with `--insecure-dev`).
     pub async fn connect(url: &str, id: &str) -> ApprovalsNode {
-        let mut client = ApprovalsClient::connect(url.to_owned())
+        let channel = Endpoint::from_shared(url.to_owned())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .connect()
             .await
             .unwrap_or_else(|e| panic!("cannot reach the control plane at {url}: {e}"));
+        Self::open(channel, id)
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: StreamApprovals refused: {e}"))
+    }
+
+    /// Opens a stream on `channel` declaring node `id`; the control plane's
+    /// refusal if it does not let it in.
+    pub async fn open(channel: Channel, id: &str) -> Result<ApprovalsNode, tonic::Status> {
+        let mut client = ApprovalsClient::new(channel);
         let (up, rx) = mpsc::channel(16);
         up.send(ApprovalsUp {
             node: Some(Node {
@@ -48,16 +60,15 @@ impl ApprovalsNode {
         .unwrap_or_else(|e| panic!("{e}"));
         let down = client
             .stream_approvals(ReceiverStream::new(rx))
-            .await
-            .unwrap_or_else(|e| panic!("node {id}: StreamApprovals refused: {e}"))
+            .await?
             .into_inner();
-        ApprovalsNode {
+        Ok(ApprovalsNode {
             id: id.to_owned(),
             up,
             down,
             decided: VecDeque::new(),
             seq: 0,
-        }
+        })
     }
 
     /// Files `request` and returns the control plane's answer.
