@@ -114,6 +114,13 @@ impl Webhook {
         })
     }
 
+    /// Links approval pages under `page_base` (`--public-url`).
+    pub fn link_pages_under(&mut self, page_base: &str) {
+        page_base
+            .trim_end_matches('/')
+            .clone_into(&mut self.page_base);
+    }
+
     /// Sends a notice for each request filed from now on, until `stop`
     /// resolves. Never waits on filing: see the module doc.
     pub async fn run(

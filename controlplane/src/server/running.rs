@@ -59,6 +59,15 @@ impl Stream for Accepting {
 /// Opens the store, binds both ports and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let cp = Arc::new(ControlPlane::open(&config)?);
+    // Checked before anything listens: a bad URL or secret stops the start.
+    let hook = match &config.approval_webhook {
+        Some(url) => {
+            let (secret, from) =
+                webhook::secret(config.approval_webhook_secret_file.as_deref(), &config.data)?;
+            Some((webhook::Webhook::new(url, secret, "")?, url.clone(), from))
+        }
+        None => None,
+    };
     let listen = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -152,10 +161,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         (None, None) => String::new(),
     };
     let _ = cp.public_url.set(public_url.clone());
-    if let Some(url) = &config.approval_webhook {
-        let (secret, from) =
-            webhook::secret(config.approval_webhook_secret_file.as_deref(), &config.data)?;
-        let hook = webhook::Webhook::new(url, secret, &public_url)?;
+    if let Some((mut hook, url, from)) = hook {
+        hook.link_pages_under(&public_url);
         tracing::info!(
             url,
             secret = %from.display(),
