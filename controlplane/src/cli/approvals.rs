@@ -15,6 +15,9 @@ use tollgate_proto::v1::{
 use super::fleet::runtime;
 use super::remote::{Answer, Remote};
 
+/// The largest list the CLI reads.
+const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
+
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
     /// Approval requests, newest first.
@@ -51,7 +54,11 @@ pub enum ApprovalsCommand {
 
 pub fn run(cmd: ApprovalsCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut client = remote.connect().await?;
+        // A list carries each request's arguments (up to 64 KiB each).
+        let mut client = remote
+            .connect()
+            .await?
+            .max_decoding_message_size(MAX_LIST_BYTES);
         match cmd {
             ApprovalsCommand::List { state, watch, json } => {
                 let filter = parse_state(state.as_deref())?;
