@@ -244,6 +244,7 @@ async fn approved_once_pushed_to_the_node_and_used_once_fleet_wide() {
         [1.0, 1.0, 1.0]
     );
     assert_eq!(cp.metric("tollgate_controlplane_approvals_pending"), 0.0);
+    assert_eq!(cp.metric("tollgate_controlplane_approval_streams"), 2.0);
     let audit = ok(cli(&cp, &["audit", "--json"]), "audit");
     assert!(
         audit.lines().any(|l| l.contains("\"approval.approve\"")

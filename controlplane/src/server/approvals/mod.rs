@@ -86,6 +86,8 @@ impl pb::approvals_server::Approvals for ApprovalsService {
                 tx: &tx,
                 draining: cp.drain.latch(),
             };
+            let open = cp.metrics.approvals.streams.clone();
+            open.inc();
             tracing::info!(node = %node, "approvals stream opened");
             let mut end = stream.on_message(first).await;
             if end.is_none() {
@@ -105,6 +107,7 @@ impl pb::approvals_server::Approvals for ApprovalsService {
                 }
                 _ => tracing::info!(node = %node, "approvals stream closed"),
             }
+            open.dec();
             // Dropping `tx` ends the response stream; only then is the
             // stream no longer counted open.
             drop(tx);
