@@ -37,7 +37,7 @@ enum Command {
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
     /// Run the control plane.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Make development certificates: a CA, the control plane's, sidecars'.
     #[command(subcommand)]
     Certs(cli::certs::CertsCommand),
@@ -50,6 +50,9 @@ enum Command {
     Token(cli::tokens::TokenCommand),
     /// Show what operators did: pushes, token changes, refused attempts.
     Audit(cli::audit::AuditArgs),
+    /// List, approve and deny approval requests (calls waiting for a person).
+    #[command(subcommand)]
+    Approvals(cli::approvals::ApprovalsCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,12 +64,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd, &remote),
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Certs(cmd) => cli::certs::run(cmd),
         Command::Status(args) => cli::fleet::status(&remote, &args),
         Command::Limits(args) => cli::limits::limits(&remote, &args),
         Command::Token(cmd) => cli::tokens::run(cmd, &remote),
         Command::Audit(args) => cli::audit::run(&args, &remote),
+        Command::Approvals(cmd) => cli::approvals::run(cmd, &remote),
     };
     match result {
         Ok(code) => code,

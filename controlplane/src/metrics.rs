@@ -48,6 +48,8 @@ pub struct Metrics {
 pub struct ApprovalMetrics {
     /// Requests pending now.
     pub pending: Gauge,
+    /// Approvals streams open (one per sidecar process).
+    pub streams: Gauge,
     /// Requests filed, approved, denied, expired and used, by `event`.
     pub events: Family<Vec<(String, String)>, Counter>,
     /// Webhook notices delivered (a 2xx answer).
@@ -157,6 +159,11 @@ impl Metrics {
             "approvals_pending",
             "Approval requests waiting for a person",
             m.approvals.pending.clone(),
+        );
+        r.register(
+            "approval_streams",
+            "Approvals streams open",
+            m.approvals.streams.clone(),
         );
         r.register(
             "approvals",

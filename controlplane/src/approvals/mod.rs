@@ -9,7 +9,9 @@
 //! here: the gRPC service (`server/approvals`) adapts this to the wire.
 
 pub mod bounds;
+pub mod webhook;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -49,7 +51,7 @@ pub struct UseError(StoreError);
 
 /// The fleet's approval requests.
 pub struct Approvals {
-    ledger: Mutex<Ledger>,
+    book: Mutex<Book>,
     /// Serializes changes: each is stored before the next is made, so the
     /// store never ends up behind a change already announced.
     writes: tokio::sync::Mutex<()>,
@@ -61,14 +63,14 @@ pub struct Approvals {
 impl Approvals {
     /// The requests stored in `store`, as they stood when it stopped.
     pub fn open(store: Arc<dyn PolicyStore>, metrics: ApprovalMetrics) -> Result<Self, StoreError> {
-        let mut ledger = Ledger::new();
+        let mut book = Book::default();
         for record in store.approvals()? {
             // Ids are the table's key: a duplicate cannot come back.
-            let _ = ledger.file(record);
+            let _ = book.file(record);
         }
-        metrics.pending.set(ledger.pending() as i64);
+        metrics.pending.set(book.pending_total() as i64);
         Ok(Self {
-            ledger: Mutex::new(ledger),
+            book: Mutex::new(book),
             writes: tokio::sync::Mutex::new(()),
             store,
             events: broadcast::channel(EVENTS_BUFFER).0,
@@ -80,7 +82,8 @@ impl Approvals {
     /// even before the sweep stores that).
     pub fn get(&self, id: &str) -> Option<ApprovalRecord> {
         let now = now_ms();
-        self.ledger()
+        self.book()
+            .ledger
             .get(id, NO_EXPIRY)
             .cloned()
             .map(|r| as_of(r, now))
@@ -89,7 +92,8 @@ impl Approvals {
     /// Every request, newest first, optionally only those in `state`.
     pub fn list(&self, state: Option<ApprovalState>) -> Vec<ApprovalRecord> {
         let now = now_ms();
-        self.ledger()
+        self.book()
+            .ledger
             .list(None, NO_EXPIRY)
             .into_iter()
             .map(|r| as_of(r, now))
@@ -117,9 +121,12 @@ impl Approvals {
         let _write = self.writes.lock().await;
         let now = now_ms();
         let (expired, decided) = {
-            let mut ledger = self.ledger();
-            let expired = expire(&mut ledger, now);
-            let decided = ledger.decide(id, approve, reason, by, now).cloned();
+            let mut book = self.book();
+            let expired = book.expire(now);
+            let decided = book.ledger.decide(id, approve, reason, by, now).cloned();
+            if let Ok(record) = &decided {
+                book.left_pending(&record.node);
+            }
             (expired, decided)
         };
         self.changed(expired).await;
@@ -159,13 +166,9 @@ impl Approvals {
         record.used_by.clear();
         record.used_ms = 0;
         let (expired, refused) = {
-            let mut ledger = self.ledger();
-            let expired = expire(&mut ledger, now);
-            let pending = ledger
-                .list(Some(ApprovalState::Pending), NO_EXPIRY)
-                .iter()
-                .filter(|r| r.node == record.node)
-                .count();
+            let mut book = self.book();
+            let expired = book.expire(now);
+            let pending = book.pending.get(&record.node).copied().unwrap_or(0);
             let refused: Option<FileError> = if pending >= bounds::MAX_PENDING_PER_NODE {
                 Some(
                     Refused::TooManyPending {
@@ -174,7 +177,7 @@ impl Approvals {
                     }
                     .into(),
                 )
-            } else if ledger.get(&record.id, NO_EXPIRY).is_some() {
+            } else if book.ledger.get(&record.id, NO_EXPIRY).is_some() {
                 Some(ApprovalError::Duplicate(record.id.clone()).into())
             } else {
                 None
@@ -189,7 +192,7 @@ impl Approvals {
         // restart.
         self.put(record.clone()).await.map_err(FileError::Store)?;
         // Checked above, under the write lock: the id is new.
-        let _ = self.ledger().file(record.clone());
+        let _ = self.book().file(record.clone());
         self.metrics.event("filed");
         self.set_pending();
         let _ = self.events.send(record);
@@ -208,9 +211,9 @@ impl Approvals {
         let _write = self.writes.lock().await;
         let now = now_ms();
         let (expired, outcome) = {
-            let mut ledger = self.ledger();
-            let expired = expire(&mut ledger, now);
-            (expired, ledger.use_for(call, only, node, now))
+            let mut book = self.book();
+            let expired = book.expire(now);
+            (expired, book.ledger.use_for(call, only, node, now))
         };
         self.changed(expired).await;
         if let UseOutcome::Granted(record) = &outcome {
@@ -243,9 +246,9 @@ impl Approvals {
     pub async fn sweep(&self, now_ms: i64) {
         let _write = self.writes.lock().await;
         let (expired, forgotten) = {
-            let mut ledger = self.ledger();
-            let expired = expire(&mut ledger, now_ms);
-            (expired, ledger.forget_ended(now_ms - KEEP_ENDED_MS))
+            let mut book = self.book();
+            let expired = book.expire(now_ms);
+            (expired, book.ledger.forget_ended(now_ms - KEEP_ENDED_MS))
         };
         self.changed(expired).await;
         if forgotten > 0 {
@@ -271,10 +274,10 @@ impl Approvals {
         }
     }
 
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+    fn book(&self) -> MutexGuard<'_, Book> {
         // The ledger's methods do not panic midway; a poisoned lock still
         // holds a whole ledger.
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores, counts and announces requests the ledger just expired.
@@ -313,7 +316,7 @@ impl Approvals {
     }
 
     fn set_pending(&self) {
-        self.metrics.pending.set(self.ledger().pending() as i64);
+        self.metrics.pending.set(self.book().pending_total() as i64);
     }
 }
 
@@ -321,13 +324,54 @@ impl Approvals {
 /// nothing (expiring is the sweep's and the writers' job, which store it).
 const NO_EXPIRY: i64 = i64::MIN;
 
-/// Expires the ledger's due requests; returns them as they now stand.
-fn expire(ledger: &mut Ledger, now: i64) -> Vec<ApprovalRecord> {
-    ledger
-        .expire(now)
-        .iter()
-        .filter_map(|id| ledger.get(id, NO_EXPIRY).cloned())
-        .collect()
+/// The ledger, with how many requests each node has pending, kept beside
+/// it so that filing need not look at every request.
+#[derive(Default)]
+struct Book {
+    ledger: Ledger,
+    pending: HashMap<String, usize>,
+}
+
+impl Book {
+    fn file(&mut self, record: ApprovalRecord) -> Result<(), ApprovalError> {
+        let node = (record.state == ApprovalState::Pending).then(|| record.node.clone());
+        self.ledger.file(record)?;
+        if let Some(node) = node {
+            *self.pending.entry(node).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// A request of `node` is no longer pending.
+    fn left_pending(&mut self, node: &str) {
+        if let Some(n) = self.pending.get_mut(node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending.remove(node);
+            }
+        }
+    }
+
+    /// Expires the due requests; returns them as they now stand.
+    fn expire(&mut self, now: i64) -> Vec<ApprovalRecord> {
+        let expired: Vec<ApprovalRecord> = self
+            .ledger
+            .expire(now)
+            .iter()
+            .filter_map(|id| self.ledger.get(id, NO_EXPIRY).cloned())
+            .collect();
+        for r in &expired {
+            // Never decided: it expired pending (else approved).
+            if r.decided_ms == 0 && r.decided_by.is_empty() {
+                self.left_pending(&r.node);
+            }
+        }
+        expired
+    }
+
+    fn pending_total(&self) -> usize {
+        self.pending.values().sum()
+    }
 }
 
 /// `r` as it stands at `now`: expired if its time has passed.

@@ -189,16 +189,22 @@ async fn a_node_has_at_most_a_thousand_pending() {
     {
         // Filled straight into the ledger: a thousand store writes add
         // nothing to what is tested.
-        let mut ledger = a.ledger();
+        let mut book = a.book();
         for n in 0..bounds::MAX_PENDING_PER_NODE {
             let mut r = request(&format!("ap_{n:0>26}"), "n1");
             r.call.arguments_sha256 = format!("{n:064x}");
-            ledger.file(r).expect("file");
+            book.file(r).expect("file");
         }
     }
     let e = a.file(request(&id(1), "n1")).await.unwrap_err();
     assert!(e.to_string().contains("node n1 has 1000"), "{e}");
     a.file(request(&id(1), "n2")).await.expect("another node");
+    // One decided: room for one more.
+    let first = format!("ap_{:0>26}", 0);
+    a.decide(&first, false, "no", "bob").await.expect("deny");
+    a.file(request(&id(2), "n1")).await.expect("room again");
+    assert!(a.file(request(&id(3), "n1")).await.is_err());
+    assert_eq!(a.metrics.pending.get(), 1_001);
 }
 
 #[tokio::test]

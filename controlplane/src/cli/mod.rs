@@ -1,5 +1,6 @@
 //! The operator CLI, one module per command group.
 
+pub mod approvals;
 pub mod audit;
 pub mod certs;
 pub mod fleet;

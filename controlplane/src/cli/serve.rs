@@ -82,6 +82,19 @@ pub struct ServeArgs {
     /// any node. Said in the log and on /readyz.
     #[arg(long, conflicts_with = "client_ca")]
     insecure_dev: bool,
+    /// Where people reach the --http port, for links to approval pages
+    /// (`URL/approvals/ID`); default http(s)://<the --http address>.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// POST each new approval request to this URL (http or https) as JSON,
+    /// signed with X-Tollgate-Signature: sha256=HMAC(secret, timestamp +
+    /// "." + body); retried, never delaying a call.
+    #[arg(long, value_name = "URL")]
+    approval_webhook: Option<String>,
+    /// The webhook's signing secret (at least 16 bytes). Without it, one is
+    /// generated once into DATA/approval-webhook-secret (0600).
+    #[arg(long, value_name = "FILE", requires = "approval_webhook")]
+    approval_webhook_secret_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -163,6 +176,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             fallback_horizon: args.fallback_horizon,
         },
         bootstrap_token_file: args.bootstrap_token_file,
+        public_url: args.public_url,
+        approval_webhook: args.approval_webhook,
+        approval_webhook_secret_file: args.approval_webhook_secret_file,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

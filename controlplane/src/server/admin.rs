@@ -1,5 +1,6 @@
 //! `Admin`: what the `tollgate` CLI calls — push, versions, node status,
-//! fleet-wide limits, operator tokens and the audit trail. Each method
+//! fleet-wide limits, operator tokens, the audit trail and approval requests
+//! (`approvals/operators.rs`). Each method
 //! first checks the caller's role (see `authorize`).
 
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::{
-    CreateTokenRequest, CreateTokenResponse, FieldError, GetVersionRequest, ListAuditRequest,
+    Approval, CreateTokenRequest, CreateTokenResponse, DecideApprovalRequest, FieldError,
+    GetVersionRequest, ListApprovalsRequest, ListApprovalsResponse, ListAuditRequest,
     ListAuditResponse, ListLimitsRequest, ListLimitsResponse, ListTokensRequest,
     ListTokensResponse, ListVersionsRequest, ListVersionsResponse, NodeStatusRequest,
     NodeStatusResponse, PolicyVersion, PushPolicyRequest, PushPolicyResponse, RevokeTokenRequest,
@@ -17,6 +19,7 @@ use tollgate_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::approvals::operators;
 use super::authorize::Action;
 use super::{ControlPlane, Latest};
 use crate::auth::Principal;
@@ -207,6 +210,39 @@ impl Admin for AdminService {
         self.viewer(&request, Action::AuditList).await?;
         let since = request.into_inner().since;
         Ok(Response::new(self.cp.list_audit(since).await?))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<ListApprovalsRequest>,
+    ) -> Result<Response<ListApprovalsResponse>, Status> {
+        self.viewer(&request, Action::ApprovalsRead).await?;
+        operators::list(&self.cp, request.get_ref()).map(Response::new)
+    }
+
+    type WatchApprovalsStream = operators::Watch;
+
+    async fn watch_approvals(
+        &self,
+        request: Request<ListApprovalsRequest>,
+    ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
+        self.viewer(&request, Action::ApprovalsRead).await?;
+        let metadata = request.metadata().clone();
+        operators::watch(self.cp.clone(), metadata, request.get_ref()).map(Response::new)
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<DecideApprovalRequest>,
+    ) -> Result<Response<Approval>, Status> {
+        let id = request.get_ref().id.clone();
+        let who = self
+            .cp
+            .authorize(&request, Role::Approver, Action::ApprovalDecide, &id)
+            .await?;
+        operators::decide(&self.cp, &who, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) enum Action {
     TokenList,
     TokenRevoke,
     AuditList,
+    ApprovalsRead,
+    ApprovalDecide,
 }
 
 impl Action {
@@ -37,6 +39,8 @@ impl Action {
             Action::TokenList => "token list",
             Action::TokenRevoke => "token revoke",
             Action::AuditList => "audit",
+            Action::ApprovalsRead => "approvals list",
+            Action::ApprovalDecide => "approvals approve|deny",
         }
     }
 
@@ -50,6 +54,8 @@ impl Action {
             Action::TokenList => "token.list",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.read",
+            Action::ApprovalsRead => "approval.read",
+            Action::ApprovalDecide => "approval.decide",
         }
     }
 }

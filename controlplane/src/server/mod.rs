@@ -1,10 +1,11 @@
-//! `tollgate serve`: the gRPC services (distribution, quota and admin, one
-//! port) and the HTTP port (health, readiness, metrics) over one shared
+//! `tollgate serve`: the gRPC services (distribution, quota, approvals and
+//! admin, one port) and the HTTP port (health, readiness, metrics) over one shared
 //! [`ControlPlane`], which this module holds. Starting them ([`start`]) and
 //! the clean stop ([`Running::shutdown`]) are in `running.rs`.
 
 mod admin;
 pub mod admission;
+mod approvals;
 mod authorize;
 mod distributed;
 mod distribution;
@@ -71,6 +72,15 @@ pub struct Config {
     /// A file holding the first admin token, stored when the store has no
     /// token at all; `None`: generate one into `<data>/admin-token`.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Where people reach the HTTP port (approval pages are under
+    /// `/approvals/ID`); `None`: `http(s)://<the bound --http address>`.
+    pub public_url: Option<String>,
+    /// POST each new approval request here (see
+    /// [`crate::approvals::webhook`]).
+    pub approval_webhook: Option<String>,
+    /// The webhook's signing secret; `None`: generated into
+    /// `<data>/approval-webhook-secret`.
+    pub approval_webhook_secret_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -86,6 +96,9 @@ impl Config {
             tls: None,
             node_identity: NodeIdentity::Declared,
             bootstrap_token_file: None,
+            public_url: None,
+            approval_webhook: None,
+            approval_webhook_secret_file: None,
         }
     }
 }
@@ -111,6 +124,8 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Webhook(#[from] crate::approvals::webhook::WebhookError),
 }
 
 /// The version every node should run: as sent on the wire (derived once
@@ -168,6 +183,9 @@ pub struct ControlPlane {
     pub approvals: Arc<Approvals>,
     /// Approvers signed in to the approval page.
     logins: page::session::Logins,
+    /// `--public-url`, or `http(s)://<http addr>`; set once the HTTP port
+    /// is bound.
+    public_url: std::sync::OnceLock<String>,
 }
 
 impl ControlPlane {
@@ -238,7 +256,15 @@ impl ControlPlane {
             node_identity: config.node_identity.clone(),
             approvals,
             logins: page::session::Logins::default(),
+            public_url: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where people reach the HTTP port, without a trailing slash: the
+    /// approval page of request ID is `<public_url>/approvals/ID`. Empty
+    /// before the control plane has started.
+    pub fn public_url(&self) -> &str {
+        self.public_url.get().map_or("", String::as_str)
     }
 
     /// A nonce no other response of this or an earlier process carried.

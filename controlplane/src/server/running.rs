@@ -15,10 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tollgate_proto::v1::admin_server::AdminServer;
+use tollgate_proto::v1::approvals_server::ApprovalsServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
 
-use super::{Config, ControlPlane, ServeError, admin, distribution, http, quota};
+use super::{Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota};
+use crate::approvals::webhook;
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsFiles, acceptor};
 
 /// How long a stopping control plane waits for its connections to close
@@ -57,6 +59,15 @@ impl Stream for Accepting {
 /// Opens the store, binds both ports and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let cp = Arc::new(ControlPlane::open(&config)?);
+    // Checked before anything listens: a bad URL or secret stops the start.
+    let hook = match &config.approval_webhook {
+        Some(url) => {
+            let (secret, from) =
+                webhook::secret(config.approval_webhook_secret_file.as_deref(), &config.data)?;
+            Some((webhook::Webhook::new(url, secret, "")?, url.clone(), from))
+        }
+        None => None,
+    };
     let listen = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -79,6 +90,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             QuotaServer::new(quota::QuotaService::new(cp.clone()))
                 .max_decoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_QUOTA_MESSAGE_BYTES),
+        )
+        .add_service(
+            ApprovalsServer::new(approvals::ApprovalsService::new(cp.clone()))
+                .max_decoding_message_size(approvals::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(approvals::MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(admin::AdminService::new(cp.clone())));
     let stopped = async {
@@ -132,6 +148,33 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => (None, None),
     };
+    let public_url = match (&config.public_url, http_addr) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(addr)) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{addr}")
+        }
+        (None, None) => String::new(),
+    };
+    let _ = cp.public_url.set(public_url.clone());
+    if let Some((mut hook, url, from)) = hook {
+        hook.link_pages_under(&public_url);
+        tracing::info!(
+            url,
+            secret = %from.display(),
+            "approval webhook: each new request is POSTed there, signed with the secret in this file"
+        );
+        let mut draining = cp.drain.latch();
+        tokio::spawn(hook.run(
+            cp.approvals.clone(),
+            cp.metrics.approvals.clone(),
+            async move { draining.set().await },
+        ));
+    }
     tracing::info!(
         %grpc_addr,
         ?http_addr,
