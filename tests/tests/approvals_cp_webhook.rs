@@ -158,10 +158,13 @@ async fn each_new_request_is_posted_signed_with_its_page() {
     for part in ["node-a", "delete", "files", "ci", &page, expires] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
     }
-    assert_eq!(
-        cp.metric("tollgate_controlplane_approval_webhook_delivered_total"),
-        1.0
-    );
+    // Counted once the receiver's 2xx is read, which may be just after it
+    // recorded the notice.
+    tokio::task::block_in_place(|| {
+        wait_until("the delivery counted", || {
+            cp.metric("tollgate_controlplane_approval_webhook_delivered_total") == 1.0
+        })
+    });
     // Decisions and uses are not new requests: no more notices.
     let alice = tokio::task::block_in_place(|| {
         cp.cli(&["token", "create", "--role", "approver", "--name", "alice"])
