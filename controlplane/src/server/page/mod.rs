@@ -29,8 +29,8 @@ use view::{ApprovalPage, ListPage, LoginPage, MessagePage, Shown, SignedIn};
 
 /// The largest form body read, in bytes.
 const MAX_FORM: usize = 16 * 1024;
-/// The longest reason kept, in characters.
-const MAX_REASON: usize = 1_000;
+/// The longest reason accepted, in bytes (as the admin API).
+const MAX_REASON: usize = 1_024;
 /// Requests shown on the list.
 const MAX_LISTED: usize = 200;
 
@@ -281,13 +281,12 @@ async fn decide(req: Request<Incoming>, cp: &ControlPlane, id: &str) -> Response
             );
         }
     };
-    let reason: String = form
-        .get("reason")
-        .unwrap_or("")
-        .chars()
-        .take(MAX_REASON)
-        .collect();
-    match cp.approvals.decide(id, approve, &reason, &who.name).await {
+    let reason = form.get("reason").unwrap_or("").trim();
+    if reason.len() > MAX_REASON {
+        let e = format!("the reason is {} bytes; keep it to {MAX_REASON}", reason.len());
+        return show(cp, id, &login, &who, None, Some((StatusCode::BAD_REQUEST, e)));
+    }
+    match cp.approvals.decide(id, approve, reason, &who.name).await {
         Ok(r) => {
             tracing::info!(approval = %id, approver = %who.name, state = r.state.as_str(), "decided on the approval page");
             redirect(&format!("/approvals/{id}"))
