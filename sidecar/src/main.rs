@@ -12,6 +12,9 @@ use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tollgate_policy::LocalCounters;
+use tollgate_sidecar::approvals::LocalBroker;
+use tollgate_sidecar::approvals::admin_api::AdminApprovals;
+use tollgate_sidecar::approvals::events::Events;
 use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
@@ -164,6 +167,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.grant_header
             )
         })?;
+    // Standalone, this sidecar keeps the approval ledger and its admin port
+    // decides; with a control plane, requests are decided there.
+    let broker = Arc::new(LocalBroker::new(
+        Arc::clone(&node_id),
+        Events::new(Arc::clone(&metrics), log.clone()),
+    ));
+    tokio::spawn(Arc::clone(&broker).sweep_every(Duration::from_secs(5)));
+    let approval_url = args
+        .approval_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.admin));
+    let admin_approvals = AdminApprovals {
+        broker: broker.clone(),
+        fleet: args.control_plane.is_some(),
+    };
     let sc = Sidecar::new(
         Arc::clone(&policy),
         Arc::clone(&metrics),
@@ -173,7 +191,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.max_body,
         routes,
     )
-    .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)));
+    .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)))
+    .with_approvals(broker, &approval_url);
     let sc = sc.with_max_legacy_sessions(args.max_legacy_sessions);
     let sc = Arc::new(match fleet_counters {
         Some(c) => {
@@ -194,6 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_listener,
         Arc::clone(&policy),
         Arc::clone(&metrics),
+        admin_approvals,
     ));
     let limits = args.conn_limits();
     let mcp = TcpListener::bind(args.listen)

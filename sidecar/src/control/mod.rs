@@ -254,7 +254,7 @@ fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Appl
         }
     };
     let label = client::version_label(saved.version);
-    store.store(Snapshot::new(bundle, Arc::clone(&label)));
+    store.store(Snapshot::new(bundle, Arc::clone(&label)).with_grant_key(saved.grant_key.as_ref()));
     metrics.policy_loaded(&label);
     tracing::info!(
         version = %label,
