@@ -5,6 +5,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`approvals`] | a standalone sidecar's approval endpoints: list, approve, deny, wait for a request |
 //! | [`bins`] | the workspace's binaries, built once per test process |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod bins;
 pub mod controlplane;
 pub mod legacy_sse;
