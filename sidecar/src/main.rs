@@ -12,9 +12,9 @@ use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tollgate_policy::LocalCounters;
-use tollgate_sidecar::approvals::LocalBroker;
 use tollgate_sidecar::approvals::admin_api::AdminApprovals;
 use tollgate_sidecar::approvals::events::Events;
+use tollgate_sidecar::approvals::{Approvals, LocalBroker};
 use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
@@ -169,6 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?;
     // Standalone, this sidecar keeps the approval ledger and its admin port
     // decides; with a control plane, requests are decided there.
+    let log_for_approvals = log.clone();
     let broker = Arc::new(LocalBroker::new(
         Arc::clone(&node_id),
         Events::new(Arc::clone(&metrics), log.clone()),
@@ -186,13 +187,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&policy),
         Arc::clone(&metrics),
         log,
-        node_id,
+        Arc::clone(&node_id),
         grant_header,
         args.max_body,
         routes,
     )
     .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)))
-    .with_approvals(broker, &approval_url);
+    .with_approvals(Approvals::new(
+        broker,
+        Events::new(Arc::clone(&metrics), log_for_approvals),
+        &approval_url,
+        Arc::clone(&node_id),
+    ));
     let sc = sc.with_max_legacy_sessions(args.max_legacy_sessions);
     let sc = Arc::new(match fleet_counters {
         Some(c) => {

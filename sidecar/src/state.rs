@@ -12,12 +12,10 @@ use http::HeaderMap;
 use http::header::HeaderName;
 use tollgate_policy::{Annotations, Counters, LocalCounters};
 
+use crate::approvals::Approvals;
 use crate::approvals::events::Events;
-use crate::approvals::sessions::UrlSessions;
-use crate::approvals::{Broker, LocalBroker};
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::{ListIds, SeenTool};
-use crate::mcp::request_state::StateKey;
 use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
 use crate::reply::RequestError;
 use crate::snapshot::{LivePolicy, Snapshot};
@@ -53,17 +51,8 @@ pub struct Sidecar {
     pub routes: HashMap<String, Arc<Route>>,
     /// The ids forwarded `tools/list` requests carry.
     pub list_ids: ListIds,
-    /// Where approval requests are filed and decided.
-    pub approvals: Arc<dyn Broker>,
-    /// Approval events to the decision log and metrics.
-    pub approval_events: Events,
-    /// The base of the page where approvals are decided (no trailing `/`).
-    pub approval_url: String,
-    /// This sidecar's own `requestState` key, used when the control plane
-    /// sent no grant key; `None` when the system gave no randomness.
-    pub state_key: Option<Arc<StateKey>>,
-    /// Sessions whose client declared URL elicitation (2025-11-25).
-    pub url_sessions: UrlSessions,
+    /// Held calls' approvals.
+    pub approvals: Approvals,
     decisions: AtomicU64,
     decision_prefix: String,
 }
@@ -84,21 +73,13 @@ impl Sidecar {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let approval_events = Events::new(Arc::clone(&metrics), log.clone());
-        let approvals = Arc::new(LocalBroker::new(
+        let approvals = Approvals::local(
             Arc::clone(&node_id),
-            approval_events.clone(),
-        ));
-        let mut secret = [0u8; 32];
-        let state_key = getrandom::fill(&mut secret)
-            .ok()
-            .map(|()| Arc::new(StateKey::derive(&secret)));
+            Events::new(Arc::clone(&metrics), log.clone()),
+            "http://127.0.0.1:9901",
+        );
         Self {
             approvals,
-            approval_events,
-            approval_url: "http://127.0.0.1:9901".to_owned(),
-            state_key,
-            url_sessions: UrlSessions::default(),
             policy,
             counters: Arc::new(LocalCounters::new()),
             started: Instant::now(),
@@ -136,10 +117,9 @@ impl Sidecar {
         self
     }
 
-    /// Files approvals with `broker`, decided at `url/approvals/ID`.
-    pub fn with_approvals(mut self, broker: Arc<dyn Broker>, url: &str) -> Self {
-        self.approvals = broker;
-        self.approval_url = url.trim_end_matches('/').to_owned();
+    /// Holds calls with `approvals`.
+    pub fn with_approvals(mut self, approvals: Approvals) -> Self {
+        self.approvals = approvals;
         self
     }
 

@@ -71,7 +71,7 @@ async fn post(
         None => match (batch, verdicts.held()) {
             (false, Some(held)) => {
                 let call = HeldCall {
-                    route,
+                    server: &route.server,
                     snapshot: &snapshot,
                     grant: &grant,
                     session: judge::session_id(&parts.headers).ok().flatten(),
@@ -79,7 +79,7 @@ async fn post(
                     refused: held,
                     message: &body,
                 };
-                match Box::pin(hold::resolve(sc, call)).await {
+                match Box::pin(hold::resolve(&sc.approvals, call)).await {
                     Resolution::Forward(b) => b,
                     Resolution::Answer(json) => {
                         return reply::answer_response(&json, reply::prefers_sse(&parts.headers));
@@ -106,7 +106,7 @@ async fn post(
     if url_elicitation
         && let Some(Ok(session)) = resp.headers().get(judge::SESSION).map(|v| v.to_str())
     {
-        let evicted = sc.url_sessions.insert(session);
+        let evicted = sc.approvals.url_sessions.insert(session);
         sc.metrics.evicted("url_elicitation_sessions", evicted);
     }
     // An approved held call was the request's one message: its reply is the

@@ -13,10 +13,9 @@ use tollgate_policy::ApprovalSpec;
 
 use super::canonical::{canonical_value, sha256_hex};
 use super::pending::{self, PendingForm};
-use super::{ApprovalRecord, ApprovalState, CallKey, UseOutcome, ids, now_ms};
+use super::{ApprovalRecord, ApprovalState, Approvals, CallKey, UseOutcome, ids, now_ms};
 use crate::mcp::request_state::{self, StateError};
 use crate::snapshot::Snapshot;
-use crate::state::{Route, Sidecar};
 use crate::verdict::RefusedCall;
 
 /// The protocol revision whose clients get `input_required`.
@@ -29,8 +28,8 @@ const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// A held call and what is known about its request.
 #[derive(Debug)]
 pub struct HeldCall<'a> {
-    /// The server's route.
-    pub route: &'a Route,
+    /// The server (its name in the policy).
+    pub server: &'a str,
     /// The policy that decided.
     pub snapshot: &'a Snapshot,
     /// The caller's grant.
@@ -55,7 +54,7 @@ pub enum Resolution {
 }
 
 /// Resolves a held call; may wait up to the rule's `hold`.
-pub async fn resolve(sc: &Sidecar, call: HeldCall<'_>) -> Resolution {
+pub async fn resolve(sc: &Approvals, call: HeldCall<'_>) -> Resolution {
     let id: Value = call
         .refused
         .id
@@ -76,7 +75,7 @@ pub async fn resolve(sc: &Sidecar, call: HeldCall<'_>) -> Resolution {
         .map_or_else(|| "{}".to_owned(), canonical_value);
     let key = CallKey {
         grant: call.grant.to_owned(),
-        server: call.route.server.to_string(),
+        server: call.server.to_owned(),
         tool: call.refused.tool.to_string(),
         arguments_sha256: sha256_hex(&canonical),
     };
@@ -85,17 +84,17 @@ pub async fn resolve(sc: &Sidecar, call: HeldCall<'_>) -> Resolution {
         timeout: std::time::Duration::from_secs(600),
         hold: std::time::Duration::ZERO,
     });
-    let url_of = |r: &ApprovalRecord| format!("{}/approvals/{}", sc.approval_url, r.id);
+    let url_of = |r: &ApprovalRecord| format!("{}/approvals/{}", sc.url, r.id);
 
     let state = params.and_then(|p| p.get("requestState"));
     let outcome = match state {
         Some(text) => match open_state(sc, call.snapshot, text, &key) {
-            Ok(named) => sc.approvals.use_for(&key, Some(&named)).await,
+            Ok(named) => sc.broker.use_for(&key, Some(&named)).await,
             Err(e) => {
                 return Resolution::Answer(pending::tool_error(&id, &e.to_string(), None));
             }
         },
-        None => sc.approvals.use_for(&key, None).await,
+        None => sc.broker.use_for(&key, None).await,
     };
     let record = match outcome {
         UseOutcome::Granted(_) => return Resolution::Forward(forwarded(call.message, &message)),
@@ -118,10 +117,10 @@ pub async fn resolve(sc: &Sidecar, call: HeldCall<'_>) -> Resolution {
     };
 
     if !spec.hold.is_zero() {
-        sc.approval_events.record(&record, "held");
-        match sc.approvals.wait(&record.id, spec.hold).await {
+        sc.events.record(&record, "held");
+        match sc.broker.wait(&record.id, spec.hold).await {
             Some(r) if r.state == ApprovalState::Approved => {
-                if let UseOutcome::Granted(_) = sc.approvals.use_for(&key, Some(&r.id)).await {
+                if let UseOutcome::Granted(_) = sc.broker.use_for(&key, Some(&r.id)).await {
                     return Resolution::Forward(forwarded(call.message, &message));
                 }
             }
@@ -139,7 +138,7 @@ pub async fn resolve(sc: &Sidecar, call: HeldCall<'_>) -> Resolution {
         }
     }
 
-    sc.approval_events.record(&record, "pending");
+    sc.events.record(&record, "pending");
     let sealed = (form == PendingForm::InputRequired)
         .then(|| {
             state_key(sc, call.snapshot).and_then(|k| {
@@ -182,7 +181,7 @@ fn forwarded(raw: &[u8], message: &Value) -> Bytes {
 
 /// The key `requestState`s are sealed with: the deployment's, else this
 /// sidecar's own.
-fn state_key<'a>(sc: &'a Sidecar, snapshot: &'a Snapshot) -> Option<&'a request_state::StateKey> {
+fn state_key<'a>(sc: &'a Approvals, snapshot: &'a Snapshot) -> Option<&'a request_state::StateKey> {
     snapshot
         .state_key()
         .map(|k| &**k)
@@ -191,7 +190,7 @@ fn state_key<'a>(sc: &'a Sidecar, snapshot: &'a Snapshot) -> Option<&'a request_
 
 /// Opens a retry's `requestState` for `key`; the approval id it names.
 fn open_state(
-    sc: &Sidecar,
+    sc: &Approvals,
     snapshot: &Snapshot,
     text: &Value,
     key: &CallKey,
@@ -216,7 +215,7 @@ fn open_state(
 
 /// Files a new request for `key`.
 async fn file(
-    sc: &Sidecar,
+    sc: &Approvals,
     call: &HeldCall<'_>,
     key: CallKey,
     spec: &ApprovalSpec,
@@ -226,7 +225,7 @@ async fn file(
     let record = ApprovalRecord {
         id,
         call: key,
-        node: sc.node_id.to_string(),
+        node: sc.node.to_string(),
         session: call.session.unwrap_or_default().to_owned(),
         // Approvers see the digest; the arguments stay with the agent.
         arguments_json: String::new(),
@@ -241,13 +240,13 @@ async fn file(
         used_by: String::new(),
         used_ms: 0,
     };
-    sc.approvals.file(record.clone()).await?;
+    sc.broker.file(record.clone()).await?;
     Ok(record)
 }
 
 /// Which pending answer the client understands.
 fn form(
-    sc: &Sidecar,
+    sc: &Approvals,
     params: Option<&Value>,
     headers: &HeaderMap,
     session: Option<&str>,

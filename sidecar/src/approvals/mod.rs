@@ -27,7 +27,10 @@ pub mod sessions;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::mcp::request_state::StateKey;
 
 pub use local::LocalBroker;
 pub use tollgate_policy::approvals::{
@@ -85,6 +88,50 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         reason: &'a str,
         by: &'a str,
     ) -> BoxFuture<'a, Result<ApprovalRecord, DecideError>>;
+}
+
+/// What a sidecar needs to hold calls: where requests live, where events
+/// go, the approval page, and the `requestState` key.
+#[derive(Debug)]
+pub struct Approvals {
+    /// Where requests are filed and decided.
+    pub broker: Arc<dyn Broker>,
+    /// Approval events to the decision log and metrics.
+    pub events: events::Events,
+    /// The base of the page where approvals are decided (no trailing `/`).
+    pub url: String,
+    /// This sidecar's own `requestState` key, used when the control plane
+    /// sent no grant key; `None` when the system gave no randomness.
+    pub state_key: Option<Arc<StateKey>>,
+    /// Sessions whose client declared URL elicitation (2025-11-25).
+    pub url_sessions: sessions::UrlSessions,
+    /// This sidecar's node id (recorded on the requests it files).
+    pub node: Arc<str>,
+}
+
+impl Approvals {
+    /// A local ledger for `node`, decided at `url/approvals/ID`, with a
+    /// random `requestState` key of this process.
+    pub fn local(node: Arc<str>, events: events::Events, url: &str) -> Self {
+        let broker = Arc::new(LocalBroker::new(Arc::clone(&node), events.clone()));
+        Self::new(broker, events, url, node)
+    }
+
+    /// Requests in `broker`, decided at `url/approvals/ID`.
+    pub fn new(broker: Arc<dyn Broker>, events: events::Events, url: &str, node: Arc<str>) -> Self {
+        let mut secret = [0u8; 32];
+        let state_key = getrandom::fill(&mut secret)
+            .ok()
+            .map(|()| Arc::new(StateKey::derive(&secret)));
+        Self {
+            broker,
+            events,
+            url: url.trim_end_matches('/').to_owned(),
+            state_key,
+            url_sessions: sessions::UrlSessions::default(),
+            node,
+        }
+    }
 }
 
 /// Now, in Unix milliseconds.

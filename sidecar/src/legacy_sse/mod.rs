@@ -131,7 +131,7 @@ pub async fn message(
     let held = match judged.verdicts.held().filter(|_| !judged.batch) {
         Some(refused) => {
             let call = HeldCall {
-                route,
+                server: &route.server,
                 snapshot: &judged.snapshot,
                 grant: &judged.grant,
                 session: None,
@@ -139,7 +139,7 @@ pub async fn message(
                 refused,
                 message: &judged.body,
             };
-            match Box::pin(hold::resolve(sc, call)).await {
+            match Box::pin(hold::resolve(&sc.approvals, call)).await {
                 Resolution::Forward(b) => Some(b),
                 Resolution::Answer(a) => {
                     if session.inject.try_send(a).is_err() {
