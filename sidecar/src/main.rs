@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 use tollgate_policy::LocalCounters;
 use tollgate_sidecar::approvals::admin_api::AdminApprovals;
 use tollgate_sidecar::approvals::events::Events;
-use tollgate_sidecar::approvals::{Approvals, LocalBroker};
+use tollgate_sidecar::approvals::{Approvals, Broker, LocalBroker};
 use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
+use tollgate_sidecar::control::approvals::RemoteBroker;
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{self, LivePolicy};
@@ -121,6 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let node_id: Arc<str> = args.node_id.clone().unwrap_or_else(hostname).into();
     let mut fleet_counters = None;
+    let mut remote_approvals = None;
     if let Some(url) = &args.control_plane {
         let node = tollgate_proto::v1::Node {
             id: node_id.to_string(),
@@ -152,6 +154,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Arc::clone(&metrics),
             specs.iter().map(|s| s.name.clone()).collect(),
         );
+        let (remote, stream) = RemoteBroker::new(
+            config.node.clone(),
+            Events::new(Arc::clone(&metrics), log.clone()),
+        );
+        tokio::spawn(stream.run(Arc::clone(&connection), config.backoff));
+        remote_approvals = Some(Arc::new(remote));
         control::start(
             config,
             &connection,
@@ -170,11 +178,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Standalone, this sidecar keeps the approval ledger and its admin port
     // decides; with a control plane, requests are decided there.
     let log_for_approvals = log.clone();
-    let broker = Arc::new(LocalBroker::new(
-        Arc::clone(&node_id),
-        Events::new(Arc::clone(&metrics), log.clone()),
-    ));
-    tokio::spawn(Arc::clone(&broker).sweep_every(Duration::from_secs(5)));
+    let broker: Arc<dyn Broker> = match remote_approvals {
+        Some(remote) => remote,
+        None => {
+            let local = Arc::new(LocalBroker::new(
+                Arc::clone(&node_id),
+                Events::new(Arc::clone(&metrics), log.clone()),
+            ));
+            tokio::spawn(Arc::clone(&local).sweep_every(Duration::from_secs(5)));
+            local
+        }
+    };
     let approval_url = args
         .approval_url
         .clone()

@@ -192,7 +192,7 @@ impl LocalBroker {
 }
 
 /// Refuses a request with a text field over [`MAX_FIELD`] bytes.
-fn check_fields(r: &ApprovalRecord) -> Result<(), String> {
+pub fn check_fields(r: &ApprovalRecord) -> Result<(), String> {
     let fields = [
         ("id", &r.id),
         ("grant", &r.call.grant),
