@@ -183,6 +183,33 @@ fn approvals_are_single_use_per_call_and_denials_and_expiry_are_told() {
 }
 
 #[test]
+fn legacy_sse_clients_are_held_and_answered_on_their_stream() {
+    let Some(peers) = Peers::require() else {
+        return;
+    };
+    let everything = peers.everything(Transport::Sse);
+    let sidecar = sidecar::builder()
+        .upstream(format!("ev=sse:{}", everything.url()))
+        .policy(&policy("0s"))
+        .start();
+    let url = sidecar.url("/mcp/ev/sse");
+    let call_sse = |message: &str| -> Value {
+        let out = peers.client().legacy_sse().steps(
+            &url,
+            &json!([{ "op": "call", "name": "echo", "arguments": { "message": message } }]),
+        );
+        out["results"][0]["result"].clone()
+    };
+    let first = call_sse("over sse");
+    let id = pending_id(&first);
+    approvals::approve(sidecar.admin, &id);
+    let through = call_sse("over sse");
+    assert_eq!(text_of(&through), "Echo: over sse", "{through:#}");
+    let again = call_sse("over sse");
+    assert_ne!(pending_id(&again), id);
+}
+
+#[test]
 fn a_client_that_declared_url_elicitation_is_sent_to_the_approval_page() {
     let Some(peers) = Peers::require() else {
         return;

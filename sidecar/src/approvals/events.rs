@@ -29,7 +29,8 @@ impl Events {
             return;
         }
         self.log.record(DecisionRecord {
-            id: String::new(),
+            // Not a decision: named after the request and the event.
+            id: format!("{}.{event}", r.id),
             time: now_rfc3339(),
             policy_version: r.policy_version.as_str().into(),
             server: r.call.server.as_str().into(),
