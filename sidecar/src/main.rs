@@ -193,6 +193,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .approval_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", args.admin));
+    if !(approval_url.starts_with("http://") || approval_url.starts_with("https://"))
+        || approval_url.parse::<http::Uri>().is_err()
+    {
+        return Err(anyhow!(
+            "--approval-url {approval_url:?} is not an http(s) URL; give the base of the approval page, e.g. https://tollgate.example.com"
+        ));
+    }
     let admin_approvals = AdminApprovals {
         broker: broker.clone(),
         fleet: args.control_plane.is_some(),

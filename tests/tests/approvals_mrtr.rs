@@ -100,10 +100,19 @@ fn a_2026_client_retries_with_the_sealed_state_and_gets_the_result_once() {
     let sc = sidecar::builder()
         .upstream(recorder.url())
         .policy(&policy())
+        .arg("--approval-url")
+        .arg("https://tollgate.example.com/")
         .start();
     let args = json!({ "message": "hi" });
 
-    let (id, state) = input_required(&post(&sc, &call(1, "echo", &args, None)));
+    let first = post(&sc, &call(1, "echo", &args, None));
+    let (id, state) = input_required(&first);
+    // The page named is --approval-url's.
+    assert_eq!(
+        first["result"]["inputRequests"]["approval"]["params"]["url"],
+        format!("https://tollgate.example.com/approvals/{id}"),
+        "{first:#}"
+    );
     // Before anyone decides, the retry is still waiting: same request.
     let (same, _) = input_required(&post(&sc, &call(2, "echo", &args, Some(&state))));
     assert_eq!(same, id);

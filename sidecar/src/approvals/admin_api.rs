@@ -235,4 +235,44 @@ mod tests {
         assert_eq!(body_value(b"", "reason"), None);
         assert_eq!(body_value(b"reason=%4", "reason").as_deref(), Some("%4"));
     }
+
+    #[tokio::test]
+    async fn only_loopback_peers_are_answered_and_fleet_mode_sends_to_the_control_plane() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let events = super::super::events::Events::new(
+            Arc::clone(&metrics),
+            crate::decision_log::DecisionLog::disabled(metrics),
+        );
+        let broker: Arc<dyn Broker> = Arc::new(super::super::LocalBroker::new("n1".into(), events));
+        let mut approvals = AdminApprovals {
+            broker,
+            fleet: false,
+        };
+        let get = http::Method::GET;
+        let remote: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let (status, _) = handle(&approvals, remote, &get, "/approvals", None, b"").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = handle(&approvals, local, &get, "/approvals", None, b"").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _) = handle(
+            &approvals,
+            local,
+            &get,
+            "/approvals",
+            Some("state=odd"),
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        approvals.fleet = true;
+        let id = "ap_abcdefghijklmnopqrstuvwxyz";
+        let path = format!("/approvals/{id}/approve");
+        let (status, body) = handle(&approvals, local, &http::Method::POST, &path, None, b"").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body["error"],
+            format!("decide on the control plane: tollgate approvals approve {id}")
+        );
+    }
 }
