@@ -1,7 +1,8 @@
 //! Human approvals on a standalone sidecar, with real peers: the Python
 //! `mcp` SDK client calls `@modelcontextprotocol/server-everything`'s
-//! `echo` through a sidecar whose policy requires approval for it, and a
-//! person decides on the sidecar's admin port.
+//! `echo` (over Streamable HTTP, legacy HTTP+SSE and stdio) through a
+//! sidecar whose policy requires approval for it, and a person decides on
+//! the sidecar's admin port.
 
 use std::thread;
 
@@ -206,6 +207,25 @@ fn legacy_sse_clients_are_held_and_answered_on_their_stream() {
     let through = call_sse("over sse");
     assert_eq!(text_of(&through), "Echo: over sse", "{through:#}");
     let again = call_sse("over sse");
+    assert_ne!(pending_id(&again), id);
+}
+
+#[test]
+fn a_stdio_server_gets_the_approved_call_once() {
+    let Some(peers) = Peers::require() else {
+        return;
+    };
+    let sidecar = sidecar::builder()
+        .upstream(format!("ev=stdio:{}", peers.everything_stdio_command()))
+        .policy(&policy("0s"))
+        .start();
+    let url = sidecar.mcp_url_of("ev");
+    let first = call(&peers, &url, "echo", json!({ "message": "to a child" }));
+    let id = pending_id(&first);
+    approvals::approve(sidecar.admin, &id);
+    let through = call(&peers, &url, "echo", json!({ "message": "to a child" }));
+    assert_eq!(text_of(&through), "Echo: to a child", "{through:#}");
+    let again = call(&peers, &url, "echo", json!({ "message": "to a child" }));
     assert_ne!(pending_id(&again), id);
 }
 
