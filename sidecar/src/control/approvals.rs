@@ -32,6 +32,9 @@ use crate::approvals::{
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest approvals message accepted from the control plane.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Why a request was not filed while the stream is down.
+const NOT_OPEN: &str =
+    "the approvals stream to the control plane is not open (is it reachable?); call again shortly";
 /// How long this node remembers requests it filed after they end.
 const KEEP_ENDED_MS: i64 = 3_600_000;
 
@@ -186,6 +189,7 @@ impl RemoteBroker {
                 Ok(())
             }
             Some(Err(e)) => Err(format!("the control plane refused it: {e}")),
+            None if !sent => Err(NOT_OPEN.to_owned()),
             None => Err(format!(
                 "the control plane did not confirm it within {} s (is it reachable?); call again",
                 ANSWER_TIMEOUT.as_secs()
@@ -357,8 +361,7 @@ impl ControlStream for ApprovalsStream {
         // Whatever was queued for a stream that ended is stale.
         while self.rx.try_recv().is_ok() {}
         self.shared.open.store(true, Ordering::Release);
-        // Requests filed before a reconnect and still pending are filed
-        // again: the control plane may have lost them with the stream.
+        // Pending requests are filed again: the control plane may have lost them.
         let refile: Vec<pb::ApprovalsUp> = self
             .shared
             .lock()

@@ -104,8 +104,14 @@ async fn an_unanswered_use_is_not_granted() {
         ..r
     };
     let filed = broker.file(pending.clone()).await;
-    assert!(filed.unwrap_err().contains("did not confirm"));
+    assert!(
+        filed
+            .unwrap_err()
+            .contains("stream to the control plane is not open")
+    );
     // Open but silent: after the timeout, not granted either.
     broker.shared.open.store(true, Ordering::Release);
     assert_eq!(broker.use_for(&pending.call, None).await, UseOutcome::None);
+    let silent = broker.file(pending.clone()).await;
+    assert!(silent.unwrap_err().contains("did not confirm"));
 }
