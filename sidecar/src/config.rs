@@ -80,6 +80,11 @@ pub struct RunArgs {
     /// Health, readiness and metrics (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// The base URL of the page where people decide approval requests
+    /// (`URL/approvals/ID` is shown to agents); default: this sidecar's
+    /// admin address.
+    #[arg(long, env = "TOLLGATE_APPROVAL_URL", value_name = "URL")]
+    pub approval_url: Option<String>,
     /// Where decision records go: a file path, or `-` for standard output.
     #[arg(long, value_name = "PATH|-")]
     pub decision_log: Option<String>,

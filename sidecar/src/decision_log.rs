@@ -60,6 +60,13 @@ pub struct DecisionRecord {
     pub retry_after_ms: Option<u64>,
     /// Microseconds spent deciding.
     pub micros: u64,
+    /// The approval request (`ap_…`) an approval event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// For approval events, what happened: `requested`, `held`, `approved`,
+    /// `denied`, `expired`, `used` or `pending`. Absent on plain decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
 }
 
 /// Where records go.
@@ -188,9 +195,12 @@ async fn write_loop(
         let taken: usize = batch.iter().map(record_bytes).sum();
         queued.fetch_sub(taken, Ordering::Relaxed);
         for record in &mut batch {
-            let (hash, value) = arguments_sha256(record.raw_arguments.as_deref());
-            record.arguments_sha256 = hash;
-            record.arguments = value.filter(|_| with_arguments.0);
+            // An approval event carries its request's digest already.
+            if record.event.is_none() {
+                let (hash, value) = arguments_sha256(record.raw_arguments.as_deref());
+                record.arguments_sha256 = hash;
+                record.arguments = value.filter(|_| with_arguments.0);
+            }
             line.clear();
             if serde_json::to_writer(&mut line, record).is_err() {
                 metrics.log_error();
@@ -234,6 +244,15 @@ pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
+    rfc3339(now)
+}
+
+/// Unix milliseconds (0 or later) as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(Duration::from_millis(ms.max(0) as u64))
+}
+
+fn rfc3339(now: Duration) -> String {
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
@@ -292,6 +311,8 @@ mod tests {
             reason: None,
             retry_after_ms: None,
             micros: 0,
+            approval_id: None,
+            event: None,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct Judged {
     pub batch: bool,
     /// A single message's raw id (a slice of the body), for error replies.
     pub id: Option<Bytes>,
+    /// The body as received (a held call is read from it).
+    pub body: Bytes,
+    /// Whether the body is a single `initialize` request.
+    pub initialize: bool,
 }
 
 /// Reads a POSTed body and judges it. Refused: a body not declared as
@@ -82,6 +86,7 @@ pub async fn inspect(
         Peeked::Single(m) => (false, raw_id(m)),
         Peeked::Batch(_) => (true, None),
     };
+    let initialize = matches!(&peeked, Peeked::Single(m) if m.method() == "initialize");
     let (forward, lists) = if verdicts.not_forwarded() < messages.len() {
         let (body, lists) = forward_body(&bytes, batch, messages, &verdicts, &sc.list_ids);
         (Some(body), lists)
@@ -96,6 +101,8 @@ pub async fn inspect(
         lists,
         batch,
         id,
+        body: bytes.clone(),
+        initialize,
     })
 }
 
@@ -202,6 +209,8 @@ fn judge(
                 reason: decision.reason.clone(),
                 retry_after_ms: decision.retry_after.map(|r| r.as_millis() as u64),
                 micros,
+                approval_id: None,
+                event: None,
             });
         }
         if enforced == Outcome::Allow {

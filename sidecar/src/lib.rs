@@ -12,6 +12,7 @@
 //! [`decision_log`] and [`metrics`] record. The policy lives in [`snapshot`].
 
 pub mod admin;
+pub mod approvals;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -12,7 +12,11 @@ use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
 use tollgate_policy::LocalCounters;
+use tollgate_sidecar::approvals::admin_api::AdminApprovals;
+use tollgate_sidecar::approvals::events::Events;
+use tollgate_sidecar::approvals::{Approvals, Broker, LocalBroker};
 use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
+use tollgate_sidecar::control::approvals::RemoteBroker;
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
 use tollgate_sidecar::snapshot::{self, LivePolicy};
@@ -118,6 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let node_id: Arc<str> = args.node_id.clone().unwrap_or_else(hostname).into();
     let mut fleet_counters = None;
+    let mut remote_approvals = None;
     if let Some(url) = &args.control_plane {
         let node = tollgate_proto::v1::Node {
             id: node_id.to_string(),
@@ -149,6 +154,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Arc::clone(&metrics),
             specs.iter().map(|s| s.name.clone()).collect(),
         );
+        let (remote, stream) = RemoteBroker::new(
+            config.node.clone(),
+            Events::new(Arc::clone(&metrics), log.clone()),
+        );
+        tokio::spawn(stream.run(Arc::clone(&connection), config.backoff));
+        remote_approvals = Some(Arc::new(remote));
         control::start(
             config,
             &connection,
@@ -164,16 +175,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.grant_header
             )
         })?;
+    // Standalone, this sidecar keeps the approval ledger and its admin port
+    // decides; with a control plane, requests are decided there.
+    let log_for_approvals = log.clone();
+    let broker: Arc<dyn Broker> = match remote_approvals {
+        Some(remote) => remote,
+        None => {
+            let local = Arc::new(LocalBroker::new(
+                Arc::clone(&node_id),
+                Events::new(Arc::clone(&metrics), log.clone()),
+            ));
+            tokio::spawn(Arc::clone(&local).sweep_every(Duration::from_secs(5)));
+            local
+        }
+    };
+    let approval_url = args
+        .approval_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.admin));
+    if !(approval_url.starts_with("http://") || approval_url.starts_with("https://"))
+        || approval_url.parse::<http::Uri>().is_err()
+    {
+        return Err(anyhow!(
+            "--approval-url {approval_url:?} is not an http(s) URL; give the base of the approval page, e.g. https://tollgate.example.com"
+        ));
+    }
+    let admin_approvals = AdminApprovals {
+        broker: broker.clone(),
+        fleet: args.control_plane.is_some(),
+    };
     let sc = Sidecar::new(
         Arc::clone(&policy),
         Arc::clone(&metrics),
         log,
-        node_id,
+        Arc::clone(&node_id),
         grant_header,
         args.max_body,
         routes,
     )
-    .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)));
+    .with_body_timeout(Duration::from_millis(args.body_timeout_ms.max(1)))
+    .with_approvals(Approvals::new(
+        broker,
+        Events::new(Arc::clone(&metrics), log_for_approvals),
+        &approval_url,
+        Arc::clone(&node_id),
+    ));
     let sc = sc.with_max_legacy_sessions(args.max_legacy_sessions);
     let sc = Arc::new(match fleet_counters {
         Some(c) => {
@@ -194,6 +240,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_listener,
         Arc::clone(&policy),
         Arc::clone(&metrics),
+        admin_approvals,
     ));
     let limits = args.conn_limits();
     let mcp = TcpListener::bind(args.listen)

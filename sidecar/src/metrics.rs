@@ -49,6 +49,11 @@ struct StateLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApprovalLabels {
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VersionLabels {
     version: Label,
 }
@@ -110,6 +115,8 @@ pub struct Metrics {
     connections_refused: Family<ListenerLabels, Counter>,
     evictions: Family<StateLabels, Counter>,
     state_save_failures: Counter,
+    approvals_pending: Gauge,
+    approvals: Family<ApprovalLabels, Counter>,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -241,8 +248,22 @@ impl Metrics {
             "Bundles in force that could not be saved to --state-dir (a restart while the control plane is down would not find them)",
             state_save_failures.clone(),
         );
+        let approvals_pending = Gauge::default();
+        registry.register(
+            "approvals_pending",
+            "Approval requests waiting for a person in this sidecar's ledger",
+            approvals_pending.clone(),
+        );
+        let approvals = Family::<ApprovalLabels, Counter>::default();
+        registry.register(
+            "approvals",
+            "Approval events (requested, held, approved, denied, expired, used, pending)",
+            approvals.clone(),
+        );
         Self {
             registry,
+            approvals_pending,
+            approvals,
             state_save_failures,
             connections,
             connections_refused,
@@ -418,6 +439,19 @@ impl Metrics {
                 .get_or_create(&StateLabels { state })
                 .inc_by(n);
         }
+    }
+
+    /// Counts one approval event (`requested`, `held`, `approved`, `denied`,
+    /// `expired`, `used` or `pending`).
+    pub fn approval(&self, event: &'static str) {
+        self.approvals
+            .get_or_create(&ApprovalLabels { event })
+            .inc();
+    }
+
+    /// Sets how many approval requests are pending.
+    pub fn approvals_pending(&self, n: usize) {
+        self.approvals_pending.set(n as i64);
     }
 
     /// The Prometheus text exposition.

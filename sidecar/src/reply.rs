@@ -362,7 +362,7 @@ pub fn join_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Bytes {
 }
 
 /// Whether the client accepts only SSE (then the sidecar's answers are SSE).
-fn prefers_sse(headers: &HeaderMap) -> bool {
+pub fn prefers_sse(headers: &HeaderMap) -> bool {
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()

@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     bundle: Option<Bundle>,
     version: Arc<str>,
+    /// The key approval `requestState`s are sealed with, derived from the
+    /// deployment's grant key when the control plane sent one.
+    state_key: Option<Arc<crate::mcp::request_state::StateKey>>,
 }
 
 impl Snapshot {
@@ -37,7 +40,22 @@ impl Snapshot {
         Self {
             bundle: Some(bundle),
             version,
+            state_key: None,
         }
+    }
+
+    /// Seals approval states with a key derived from `grant_key`, the
+    /// secret every sidecar of the deployment shares (so one sidecar opens
+    /// another's states); without one the sidecar's own key is used.
+    pub fn with_grant_key(mut self, grant_key: Option<&tollgate_policy::GrantKey>) -> Self {
+        self.state_key =
+            grant_key.map(|k| Arc::new(crate::mcp::request_state::StateKey::derive(k.as_bytes())));
+        self
+    }
+
+    /// The deployment's `requestState` key, if the control plane sent one.
+    pub fn state_key(&self) -> Option<&Arc<crate::mcp::request_state::StateKey>> {
+        self.state_key.as_ref()
     }
 
     /// What is in force before any valid policy: every call denied.
@@ -45,6 +63,7 @@ impl Snapshot {
         Self {
             bundle: None,
             version: Arc::from("(none)"),
+            state_key: None,
         }
     }
 

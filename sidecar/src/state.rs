@@ -12,6 +12,8 @@ use http::HeaderMap;
 use http::header::HeaderName;
 use tollgate_policy::{Annotations, Counters, LocalCounters};
 
+use crate::approvals::Approvals;
+use crate::approvals::events::Events;
 use crate::decision_log::DecisionLog;
 use crate::mcp::list_filter::{ListIds, SeenTool};
 use crate::metrics::{Metrics, ServerMetrics, ToolCounters};
@@ -49,6 +51,8 @@ pub struct Sidecar {
     pub routes: HashMap<String, Arc<Route>>,
     /// The ids forwarded `tools/list` requests carry.
     pub list_ids: ListIds,
+    /// Held calls' approvals.
+    pub approvals: Approvals,
     decisions: AtomicU64,
     decision_prefix: String,
 }
@@ -69,7 +73,13 @@ impl Sidecar {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        let approvals = Approvals::local(
+            Arc::clone(&node_id),
+            Events::new(Arc::clone(&metrics), log.clone()),
+            "http://127.0.0.1:9901",
+        );
         Self {
+            approvals,
             policy,
             counters: Arc::new(LocalCounters::new()),
             started: Instant::now(),
@@ -104,6 +114,12 @@ impl Sidecar {
     /// Lets at most `n` legacy SSE sessions be open per route.
     pub fn with_max_legacy_sessions(mut self, n: usize) -> Self {
         self.max_legacy_sessions = n;
+        self
+    }
+
+    /// Holds calls with `approvals`.
+    pub fn with_approvals(mut self, approvals: Approvals) -> Self {
+        self.approvals = approvals;
         self
     }
 

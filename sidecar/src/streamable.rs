@@ -9,6 +9,8 @@ use http::{Method, Response, StatusCode, Uri, header, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::approvals::hold::{self, HeldCall, Resolution};
+use crate::approvals::sessions::declares_url_elicitation;
 use crate::forward::{Outgoing, forward, pass_through};
 use crate::judge::{self, Judged};
 use crate::mcp::list_filter;
@@ -60,11 +62,35 @@ async fn post(
         lists,
         batch,
         id,
+        body,
+        initialize,
     } = judged;
-    let Some(forward_body) = forward_body else {
-        // No message goes upstream.
-        return reply::answered(&verdicts, batch, &parts.headers);
+    let held_forwarded = forward_body.is_none() && !batch && verdicts.held().is_some();
+    let forward_body = match forward_body {
+        Some(b) => b,
+        None => match (batch, verdicts.held()) {
+            (false, Some(held)) => {
+                let call = HeldCall {
+                    server: &route.server,
+                    snapshot: &snapshot,
+                    grant: &grant,
+                    session: judge::session_id(&parts.headers).ok().flatten(),
+                    headers: &parts.headers,
+                    refused: held,
+                    message: &body,
+                };
+                match Box::pin(hold::resolve(&sc.approvals, call)).await {
+                    Resolution::Forward(b) => b,
+                    Resolution::Answer(json) => {
+                        return reply::answer_response(&json, reply::prefers_sse(&parts.headers));
+                    }
+                }
+            }
+            // No message goes upstream.
+            _ => return reply::answered(&verdicts, batch, &parts.headers),
+        },
     };
+    let url_elicitation = initialize && declares_url_elicitation(&body);
     let out = Outgoing {
         method: Method::POST,
         target,
@@ -77,7 +103,15 @@ async fn post(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if lists == 0 && verdicts.all_forwarded() {
+    if url_elicitation
+        && let Some(Ok(session)) = resp.headers().get(judge::SESSION).map(|v| v.to_str())
+    {
+        let evicted = sc.approvals.url_sessions.insert(session);
+        sc.metrics.evicted("url_elicitation_sessions", evicted);
+    }
+    // An approved held call was the request's one message: its reply is the
+    // upstream's.
+    if held_forwarded || (lists == 0 && verdicts.all_forwarded()) {
         return resp;
     }
     // Boxed: only lists and batches with refusals come here, and the common

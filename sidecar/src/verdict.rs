@@ -17,9 +17,9 @@ pub enum Verdict {
     Forward,
     /// Not forwarded: the sidecar answers with the decision.
     Answer(RefusedCall),
-    /// Not forwarded yet: the call waits for an external decision
-    /// (`require_approval`). Without an approval broker the transports answer
-    /// it like [`Verdict::Answer`], saying no one can approve it yet.
+    /// Not forwarded yet: the call waits for a person's decision
+    /// (`require_approval`). A single held call goes through
+    /// [`crate::approvals::hold`]; in a batch it is answered at once.
     Hold(RefusedCall),
 }
 
@@ -87,6 +87,14 @@ impl Verdicts {
     /// Whether every message is forwarded.
     pub fn all_forwarded(&self) -> bool {
         self.not_forwarded.is_empty()
+    }
+
+    /// The held call of a single-message request that expects a reply.
+    pub fn held(&self) -> Option<&RefusedCall> {
+        match self.not_forwarded.as_slice() {
+            [(0, Verdict::Hold(r))] if r.id.is_some() => Some(r),
+            _ => None,
+        }
     }
 
     /// The refused calls, in message order.

@@ -5,6 +5,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`approvals`] | a standalone sidecar's approval endpoints: list, approve, deny, wait for a request |
 //! | [`bins`] | the workspace's binaries, built once per test process |
 //! | [`browser`] | a real headless Chromium over WebDriver, for the control plane's pages |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
@@ -27,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod bins;
 pub mod browser;
 pub mod controlplane;

@@ -137,7 +137,8 @@ impl Client {
             }
         };
         let label = version_label(version);
-        self.store.store(Snapshot::new(bundle, Arc::clone(&label)));
+        self.store
+            .store(Snapshot::new(bundle, Arc::clone(&label)).with_grant_key(grant_key.as_ref()));
         self.metrics.policy_loaded(&label);
         self.metrics.bundle_applied();
         tracing::info!(version = %label, hash = %actual, rollout = %rollout_id, "policy applied");

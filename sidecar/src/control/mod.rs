@@ -7,8 +7,8 @@
 //! [`Connection`]; it dials on first use and again after a stream finds it
 //! broken, re-reading the TLS files). Each stream is a [`stream::ControlStream`]
 //! that [`stream::keep_open`] keeps open with its own [`backoff`]: the policy
-//! stream in [`client`], the quota stream in [`quota`]. A new stream plugs in
-//! the same way.
+//! stream in [`client`], the quota stream in [`quota`], the approvals stream
+//! in [`approvals`]. A new stream plugs in the same way.
 //!
 //! [`start`] first restores the last good bundle from the state dir (so a
 //! sidecar restarted while the control plane is down enforces it at once),
@@ -17,6 +17,7 @@
 //! force the [`LivePolicy`] is empty: every call is denied and `/readyz` is
 //! not ready.
 
+pub mod approvals;
 pub mod backoff;
 pub mod client;
 pub mod connection;
@@ -254,7 +255,7 @@ fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Appl
         }
     };
     let label = client::version_label(saved.version);
-    store.store(Snapshot::new(bundle, Arc::clone(&label)));
+    store.store(Snapshot::new(bundle, Arc::clone(&label)).with_grant_key(saved.grant_key.as_ref()));
     metrics.policy_loaded(&label);
     tracing::info!(
         version = %label,

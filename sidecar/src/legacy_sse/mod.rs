@@ -19,6 +19,7 @@ use http_body_util::StreamBody;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::approvals::hold::{self, HeldCall, Resolution};
 use crate::forward::{Outgoing, forward};
 use crate::judge;
 use crate::reply::{self, RequestError};
@@ -125,12 +126,39 @@ pub async fn message(
         .ok_or(RequestError::LegacyEndpointPending)?;
     let (parts, body) = req.into_parts();
     let judged = judge::inspect(sc, route, &parts.headers, body).await?;
-    for a in reply::refusals(&judged.verdicts) {
-        if session.inject.try_send(a).is_err() {
-            return Err(RequestError::LegacyStreamClosed);
+    // A single held call: the POST stays open while it is held, and the
+    // answer (or the upstream's, once approved) comes on the stream.
+    let held = match judged.verdicts.held().filter(|_| !judged.batch) {
+        Some(refused) => {
+            let call = HeldCall {
+                server: &route.server,
+                snapshot: &judged.snapshot,
+                grant: &judged.grant,
+                session: None,
+                headers: &parts.headers,
+                refused,
+                message: &judged.body,
+            };
+            match Box::pin(hold::resolve(&sc.approvals, call)).await {
+                Resolution::Forward(b) => Some(b),
+                Resolution::Answer(a) => {
+                    if session.inject.try_send(a).is_err() {
+                        return Err(RequestError::LegacyStreamClosed);
+                    }
+                    return Ok(reply::accepted());
+                }
+            }
+        }
+        None => None,
+    };
+    if held.is_none() {
+        for a in reply::refusals(&judged.verdicts) {
+            if session.inject.try_send(a).is_err() {
+                return Err(RequestError::LegacyStreamClosed);
+            }
         }
     }
-    let Some(forward_body) = judged.forward else {
+    let Some(forward_body) = held.or(judged.forward) else {
         return Ok(reply::accepted());
     };
     let target = up

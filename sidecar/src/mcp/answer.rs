@@ -59,9 +59,6 @@ pub fn refusal(
     if let Some(r) = decision.retry_after {
         details["retry_after_ms"] = json!(r.as_millis() as u64);
     }
-    if decision.outcome == Outcome::RequireApproval {
-        details["approval_id"] = json!(approval_id(decision_id));
-    }
     let id = id.map_or(Value::Null, |raw| {
         serde_json::from_str(raw.get()).unwrap_or(Value::Null)
     });
@@ -75,10 +72,6 @@ pub fn refusal(
         },
     });
     Bytes::from(body.to_string())
-}
-
-fn approval_id(decision_id: &str) -> String {
-    format!("ap_{decision_id}")
 }
 
 /// The text the model reads.
@@ -103,9 +96,9 @@ pub fn refusal_text(tool: &str, d: &Decision, decision_id: &str) -> String {
             }
         }
         Outcome::RequireApproval => format!(
-            "Approval required: request {} is pending; call again with the same arguments once \
-             approved. (This sidecar has no approval broker connected, so no one can approve it yet.)",
-            approval_id(decision_id)
+            "Approval required: calling {tool} needs a person's approval, which is requested only \
+             for a call sent on its own; send this call again alone (not in a batch) to request \
+             it (decision {decision_id})."
         ),
         Outcome::Deny | Outcome::Hidden | Outcome::Allow => format!("Denied by policy: {reason}"),
     }
