@@ -59,7 +59,7 @@ impl Browser {
             "goog:chromeOptions".to_owned(),
             json!({
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1100,950"]
+                         "--disable-dev-shm-usage", "--window-size=1100,1000"]
             }),
         );
         ClientBuilder::new(HttpConnector::new())

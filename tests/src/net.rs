@@ -69,6 +69,19 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The one JSON-RPC message of an MCP reply: the JSON body, or the
+    /// first `data:` line of an SSE body. Panics, showing the body, if it
+    /// is neither.
+    pub fn message(&self) -> serde_json::Value {
+        let text = self.text();
+        let json = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data:"))
+            .unwrap_or(&text)
+            .trim();
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC reply ({e}): {text}"))
+    }
 }
 
 /// `GET http://addr{path}`.

@@ -83,6 +83,7 @@ pub async fn resolve(sc: &Approvals, call: HeldCall<'_>) -> Resolution {
     let spec = call.refused.decision.approval.unwrap_or(ApprovalSpec {
         timeout: std::time::Duration::from_secs(600),
         hold: std::time::Duration::ZERO,
+        show_arguments: false,
     });
     let url_of = |r: &ApprovalRecord| format!("{}/approvals/{}", sc.url, r.id);
 
@@ -103,7 +104,7 @@ pub async fn resolve(sc: &Approvals, call: HeldCall<'_>) -> Resolution {
             return Resolution::Answer(pending::denied(&id, &r, &url_of(&r)));
         }
         UseOutcome::Found(_) | UseOutcome::None => {
-            match file(sc, &call, key.clone(), &spec).await {
+            match file(sc, &call, key.clone(), &canonical, &spec).await {
                 Ok(r) => r,
                 Err(e) => {
                     return Resolution::Answer(pending::tool_error(
@@ -214,10 +215,15 @@ fn open_state(
 }
 
 /// Files a new request for `key`.
+/// The largest arguments shown to approvers, in bytes of canonical JSON
+/// (larger ones are shown by digest only).
+const MAX_SHOWN_ARGUMENTS: usize = 64 * 1024;
+
 async fn file(
     sc: &Approvals,
     call: &HeldCall<'_>,
     key: CallKey,
+    canonical: &str,
     spec: &ApprovalSpec,
 ) -> Result<ApprovalRecord, String> {
     let id = ids::new_id().ok_or("the system gave no randomness for a request id")?;
@@ -227,8 +233,13 @@ async fn file(
         call: key,
         node: sc.node.to_string(),
         session: call.session.unwrap_or_default().to_owned(),
-        // Approvers see the digest; the arguments stay with the agent.
-        arguments_json: String::new(),
+        // Approvers see the digest, and the arguments only where the rule
+        // says `show_arguments` (and they fit the control plane's bound).
+        arguments_json: if spec.show_arguments && canonical.len() <= MAX_SHOWN_ARGUMENTS {
+            canonical.to_owned()
+        } else {
+            String::new()
+        },
         policy_version: call.refused.policy_version.to_string(),
         rule: call.refused.decision.rule.to_string(),
         created_ms: now,

@@ -11,24 +11,25 @@
 //! Routes: `GET /approvals`, `GET /approvals/ID`, `POST /approvals/ID/decide`,
 //! `GET|POST /login`, `POST /logout`, `GET /page.css`.
 
+mod form;
+mod reply;
 pub mod session;
-pub mod view;
+mod view;
 
-use askama::Template;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tollgate_policy::approvals::ApprovalError;
 
 use super::ControlPlane;
 use crate::auth::Principal;
 use crate::role::Role;
+use form::{cross_site, read_form};
+use reply::{css, html, not_found, plain, redirect, to_login};
 use session::{COOKIE, LOGIN_LIFETIME, Login};
 use view::{ApprovalPage, ListPage, LoginPage, MessagePage, Shown, SignedIn};
 
-/// The largest form body read, in bytes.
-const MAX_FORM: usize = 16 * 1024;
 /// The longest reason accepted, in bytes (as the admin API).
 const MAX_REASON: usize = 1_024;
 /// Requests shown on the list.
@@ -259,32 +260,30 @@ async fn decide(req: Request<Incoming>, cp: &ControlPlane, id: &str) -> Response
             "refused: the form's CSRF token is missing or not this login's; reload the page and decide again\n",
         );
     }
+    // The request's page again, with what is wrong.
+    let refuse =
+        |status: StatusCode, e: String| show(cp, id, &login, &who, None, Some((status, e)));
     if who.role < Role::Approver {
-        let e = format!(
-            "{} has role {}: deciding needs approver or admin (tollgate token create --role approver)",
-            who.name, who.role
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} has role {}: deciding needs approver or admin (tollgate token create --role approver)",
+                who.name, who.role
+            ),
         );
-        return show(cp, id, &login, &who, None, Some((StatusCode::FORBIDDEN, e)));
     }
     let approve = match form.get("decision") {
         Some("approve") => true,
         Some("deny") => false,
-        _ => {
-            let e = "choose Approve or Deny".to_owned();
-            return show(
-                cp,
-                id,
-                &login,
-                &who,
-                None,
-                Some((StatusCode::BAD_REQUEST, e)),
-            );
-        }
+        _ => return refuse(StatusCode::BAD_REQUEST, "choose Approve or Deny".to_owned()),
     };
     let reason = form.get("reason").unwrap_or("").trim();
     if reason.len() > MAX_REASON {
-        let e = format!("the reason is {} bytes; keep it to {MAX_REASON}", reason.len());
-        return show(cp, id, &login, &who, None, Some((StatusCode::BAD_REQUEST, e)));
+        let e = format!(
+            "the reason is {} bytes; keep it to {MAX_REASON}",
+            reason.len()
+        );
+        return refuse(StatusCode::BAD_REQUEST, e);
     }
     match cp.approvals.decide(id, approve, reason, &who.name).await {
         Ok(r) => {
@@ -299,72 +298,9 @@ async fn decide(req: Request<Incoming>, cp: &ControlPlane, id: &str) -> Response
                 }
                 ApprovalError::NoReason(_) => StatusCode::BAD_REQUEST,
             };
-            show(cp, id, &login, &who, None, Some((status, e.to_string())))
+            refuse(status, e.to_string())
         }
     }
-}
-
-/// A POST from another site (by `Sec-Fetch-Site` or an `Origin` that is not
-/// this host) is refused before anything is read.
-fn cross_site<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
-    let h = req.headers();
-    let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let foreign_site = site.is_some_and(|s| s != "same-origin" && s != "none");
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-    let foreign_origin = h
-        .get(header::ORIGIN)
-        .map(|o| {
-            let origin = o.to_str().unwrap_or("");
-            let authority = origin.split_once("://").map_or("", |(_, a)| a);
-            host != Some(authority)
-        })
-        .unwrap_or(false);
-    (foreign_site || foreign_origin).then(|| {
-        plain(
-            StatusCode::FORBIDDEN,
-            "refused: a form posted from another site; open the approval page itself and decide there\n",
-        )
-    })
-}
-
-/// The decoded fields of a form body (at most [`MAX_FORM`] bytes).
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-async fn read_form(req: Request<Incoming>) -> Result<Form, Response<Full<Bytes>>> {
-    let form_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    if !form_type {
-        return Err(plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the page's form (application/x-www-form-urlencoded)\n",
-        ));
-    }
-    let bytes = match Limited::new(req.into_body(), MAX_FORM).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => {
-            return Err(plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the form is larger than 16 KiB or did not arrive whole; shorten the reason\n",
-            ));
-        }
-    };
-    Ok(Form(
-        form_urlencoded::parse(&bytes)
-            .map(|(n, v)| (n.into_owned(), v.into_owned()))
-            .collect(),
-    ))
 }
 
 /// Where to go after signing in: only a page of this site.
@@ -384,90 +320,6 @@ fn next_of(query: Option<&str>) -> String {
             .map(|(_, v)| v.into_owned())
     });
     safe_next(next.as_deref())
-}
-
-fn to_login(next: &str) -> Response<Full<Bytes>> {
-    let target: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("next", next)
-        .finish();
-    redirect(&format!("/login?{target}"))
-}
-
-fn redirect(to: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(v) = HeaderValue::from_str(to) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    harden(resp)
-}
-
-fn not_found() -> Response<Full<Bytes>> {
-    plain(
-        StatusCode::NOT_FOUND,
-        "not found: the approval page is /approvals/ap_… (list: /approvals)\n",
-    )
-}
-
-fn css() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(view::CSS.as_bytes())));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
-    harden(resp)
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    harden(resp)
-}
-
-fn html(status: StatusCode, page: &impl Template) -> Response<Full<Bytes>> {
-    let body = match page.render() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "rendering the approval page failed");
-            return plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page could not be rendered; see the control plane's log\n",
-            );
-        }
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    harden(resp)
-}
-
-/// Headers every page answer carries: no script, no framing, no caching, no referrer.
-fn harden(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 #[cfg(test)]
