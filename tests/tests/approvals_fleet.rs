@@ -3,8 +3,9 @@
 //! sidecar the agent's retry lands on.
 //!
 //! Real peers: the `tollgate` control plane, two `tollgate-sidecar`s in fleet
-//! mode, server-everything as the upstream of both, calls by hand over
-//! Streamable HTTP (the JSON-RPC an agent sends).
+//! mode, server-everything as the upstream of both; calls by hand over
+//! Streamable HTTP (the JSON-RPC an agent sends) and through the Python `mcp`
+//! SDK client, decided with `tollgate approvals approve|deny`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -214,4 +215,131 @@ fn a_held_call_completes_when_approved_through_the_cli() {
         "the held call completes: {reply}"
     );
     assert_eq!(state_of(&cp, &id), "used");
+}
+
+/// One call through the Python `mcp` SDK client in its own session: its result.
+fn sdk_call(peers: &Peers, url: &str, tool: &str, arguments: Value) -> Value {
+    let out = peers.client().steps(
+        url,
+        &json!([{ "op": "call", "name": tool, "arguments": arguments }]),
+    );
+    let result = out["results"][0]["result"].clone();
+    assert!(result.is_object(), "{tool}: no result: {out:#}");
+    result
+}
+
+/// A pending answer's approval id (also in its `_meta`).
+fn sdk_pending(result: &Value) -> String {
+    assert_eq!(result["isError"], true, "not a pending answer: {result:#}");
+    let meta = &result["_meta"]["tollgate.dev/approval"];
+    assert_eq!(meta["state"], "pending", "{result:#}");
+    meta["id"].as_str().unwrap_or_default().to_owned()
+}
+
+fn cli_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = cp.cli(args);
+    assert!(
+        out.status.success(),
+        "tollgate {args:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+#[test]
+fn the_python_sdk_flow_decided_through_the_control_plane_cli() {
+    let Some(peers) = Peers::require() else {
+        return;
+    };
+    let everything = peers.everything(Transport::StreamableHttp);
+    let cp = ControlPlane::start();
+    cp.push(&json!({
+        "version": "1",
+        "default": "allow",
+        "tools": {
+            "echo": {"action": "require_approval", "approval": {"timeout": "10m", "hold": "30s"}},
+            "get-sum": {"action": "require_approval", "approval": {"timeout": "10m"}},
+            "get-env": {"action": "require_approval", "approval": {"timeout": "1s"}}
+        }
+    }));
+    let state = Scratch::new("fleet-approvals-sdk");
+    let sc = fleet_sidecar(&cp, everything.addr, "pod-a", &state);
+    let url = sc.mcp_url();
+
+    // Held, and approved through the CLI during the hold: the SDK gets the real result.
+    let held = {
+        let (peers, url) = (peers.clone(), url.clone());
+        std::thread::spawn(move || sdk_call(&peers, &url, "echo", json!({"message": "now"})))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id0 = loop {
+        if let Some(r) = list(&cp).into_iter().find(|r| r["state"] == "pending") {
+            break r["id"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no pending request within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = cli_ok(
+        &cp,
+        &["approvals", "approve", &id0, "--reason", "looks fine"],
+    );
+    assert!(said.contains(&format!("approved {id0}")), "{said}");
+    let result = held.join().expect("the held call");
+    assert_eq!(result["content"][0]["text"], "Echo: now", "{result:#}");
+
+    // Not held: pending at once; approved; the same call goes through once.
+    let sum = json!({"a": 2, "b": 3});
+    let id1 = sdk_pending(&sdk_call(&peers, &url, "get-sum", sum.clone()));
+    cli_ok(&cp, &["approvals", "approve", &id1]);
+    let through = sdk_call(&peers, &url, "get-sum", sum.clone());
+    assert!(
+        through["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains('5')),
+        "the upstream's sum: {through:#}"
+    );
+    // Again: a new request.
+    let id2 = sdk_pending(&sdk_call(&peers, &url, "get-sum", sum.clone()));
+    assert_ne!(id2, id1);
+    // Other arguments: another request.
+    let id3 = sdk_pending(&sdk_call(&peers, &url, "get-sum", json!({"a": 2, "b": 4})));
+    assert_ne!(id3, id2);
+    // Denied through the CLI: the agent gets the reason.
+    cli_ok(
+        &cp,
+        &[
+            "approvals",
+            "deny",
+            &id2,
+            "--reason",
+            "not during the freeze",
+        ],
+    );
+    let told = sdk_call(&peers, &url, "get-sum", sum);
+    assert_eq!(told["isError"], true, "{told:#}");
+    let text = told["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("not during the freeze"), "{told:#}");
+    // Expired (1 s): approving is refused, and the next call files a new request.
+    let id4 = sdk_pending(&sdk_call(&peers, &url, "get-env", json!({})));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(&cp, &id4) != "expired" {
+        assert!(Instant::now() < deadline, "{id4} did not expire");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let late = cp.cli(&["approvals", "approve", &id4]);
+    assert!(
+        !late.status.success() && late.stderr.contains("expired"),
+        "{}",
+        late.stderr
+    );
+    let id5 = sdk_pending(&sdk_call(&peers, &url, "get-env", json!({})));
+    assert_ne!(id5, id4);
+    // Unknown ids are refused, saying how to list them.
+    let unknown = cp.cli(&["approvals", "approve", &format!("ap_{}", "a".repeat(26))]);
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("approvals list"),
+        "{}",
+        unknown.stderr
+    );
 }
