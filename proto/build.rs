@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tollgate/v1/admin.proto",
         "tollgate/v1/quota.proto",
         "tollgate/v1/approvals.proto",
+        "tollgate/v1/rollouts.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -355,6 +355,8 @@ impl NodeStream {
             rollout_id: String::new(),
             bundle: latest.content.to_vec(),
             grant_key: latest.grant_key.to_vec(),
+            // No shadow until rollouts send one.
+            ..PolicyResponse::default()
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.last_sent = Some((nonce, latest.version, latest.content_hash.clone()));

@@ -81,6 +81,10 @@ impl Client {
             rollout_id,
             bundle,
             grant_key,
+            // Shadow bundles are not applied yet: the live bundle alone is enforced.
+            shadow_version: _,
+            shadow_content_hash: _,
+            shadow_bundle: _,
         } = response;
         let actual = content_hash(&bundle);
         if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&actual) {

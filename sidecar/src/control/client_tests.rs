@@ -58,6 +58,7 @@ impl Session {
             rollout_id: String::new(),
             bundle: bundle.as_bytes().to_vec(),
             grant_key: grant_key.to_vec(),
+            ..PolicyResponse::default()
         };
         self.responses.send(Ok(response)).await.unwrap();
     }
@@ -280,6 +281,7 @@ async fn applies_acks_nacks_reconnects_and_restores() {
         rollout_id: String::new(),
         bundle: br#"{"version": "1", "default": "deny"}"#.to_vec(),
         grant_key: Vec::new(),
+        ..PolicyResponse::default()
     };
     s.responses.send(Ok(forged)).await.unwrap();
     let nack = s.next().await;
