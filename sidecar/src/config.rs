@@ -74,6 +74,16 @@ pub struct RunArgs {
     /// while the control plane is down enforces it at once.
     #[arg(long, value_name = "DIR", requires = "control_plane")]
     pub state_dir: Option<PathBuf>,
+    /// Fleet mode: how often decision counts per policy version (and a
+    /// shadow version's differences) are reported for staged rollouts, e.g.
+    /// `5s` or `500ms`.
+    #[arg(
+        long,
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = parse_interval
+    )]
+    pub decision_report_interval: std::time::Duration,
     /// How often the policy file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub policy_poll_ms: u64,
@@ -178,6 +188,29 @@ pub enum Target {
     LegacySse(String),
     /// A stdio server started with this command line.
     Stdio(String),
+}
+
+/// A duration of whole milliseconds, seconds or minutes (`500ms`, `5s`,
+/// `1m`), from 100 ms to one hour.
+pub fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 5s, 500ms, 1m)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        _ => return Err(format!("{text:?} is not a duration (e.g. 5s, 500ms, 1m)")),
+    };
+    if !(100..=3_600_000).contains(&ms) {
+        return Err(format!("{text:?} is out of range: from 100ms to 60m"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Reads the `--upstream` values.

@@ -16,12 +16,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tollgate_policy::{Arguments, Call, Outcome};
 
+use crate::approvals::canonical::{canonical_json, sha256_hex};
 use crate::decision_log::{DecisionRecord, now_rfc3339};
 use crate::mcp::encoding;
 use crate::mcp::list_filter::ListIds;
 use crate::mcp::peek::{Kind, Message, Peeked, peek};
 use crate::reply::{McpHeader, RequestError};
-use crate::snapshot::Snapshot;
+use crate::rollout_report::Difference;
+use crate::snapshot::{Shadow, Snapshot};
 use crate::state::{Route, Sidecar};
 use crate::verdict::{RefusedCall, Verdict, Verdicts};
 
@@ -162,22 +164,26 @@ fn judge(
         let known = catalog.tools.get(&*call.name);
         // Timing is only reported in the decision log.
         let started = sc.log.enabled().then(Instant::now);
-        let decision = snapshot.decide(
-            &Call {
-                server: &route.server,
-                tool: &call.name,
-                arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
-                grant,
-                session: session_key.as_deref(),
-                annotations: match known {
-                    Some(t) => t.annotations.as_ref(),
-                    None => Some(&UNSEEN),
-                },
+        let judged = Call {
+            server: &route.server,
+            tool: &call.name,
+            arguments: call.arguments.map_or(Arguments::None, Arguments::Raw),
+            grant,
+            session: session_key.as_deref(),
+            annotations: match known {
+                Some(t) => t.annotations.as_ref(),
+                None => Some(&UNSEEN),
             },
-            sc.now(),
-            &*sc.counters,
-        );
+        };
+        let now = sc.now();
+        let decision = snapshot.decide(&judged, now, &*sc.counters);
         let micros = started.map_or(0, |t| t.elapsed().as_micros() as u64);
+        if let Some(tally) = snapshot.tally() {
+            tally.count(decision.outcome);
+        }
+        if let Some(shadow) = snapshot.shadow() {
+            decide_shadow(shadow, &judged, now, &decision, call.arguments);
+        }
         let version = snapshot.version();
         let enforced = decision.enforced();
         let mut id = if enforced != Outcome::Allow || sc.log.enabled() {
@@ -236,6 +242,33 @@ fn judge(
         );
     }
     verdicts
+}
+
+/// Decides `call` with the shadow version too, which the agent never sees,
+/// and records it when it differs from the live `decision`.
+fn decide_shadow(
+    shadow: &Shadow,
+    call: &Call<'_>,
+    now: std::time::Duration,
+    decision: &tollgate_policy::Decision,
+    arguments: Option<&serde_json::value::RawValue>,
+) {
+    let would = shadow.decide(call, now);
+    if would.outcome == decision.outcome {
+        return;
+    }
+    let difference = Difference {
+        server: call.server,
+        tool: call.tool,
+        grant: call.grant,
+        live: decision,
+        shadow: &would,
+    };
+    shadow.decisions().differ(&difference, || {
+        canonical_json(arguments)
+            .map(|c| sha256_hex(&c))
+            .unwrap_or_default()
+    });
 }
 
 /// The body to forward — the original bytes, or the forwarded messages (a
@@ -379,3 +412,7 @@ pub async fn read_body(
         Err(e) => Err(RequestError::BodyUnreadable(e.to_string())),
     }
 }
+
+#[cfg(test)]
+#[path = "judge_tests.rs"]
+mod tests;

@@ -26,6 +26,7 @@ pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod reply;
+pub mod rollout_report;
 pub mod routes;
 pub mod session_ids;
 pub mod snapshot;

@@ -19,6 +19,7 @@ use tollgate_sidecar::config::{Cli, Command, RunArgs, parse_upstreams};
 use tollgate_sidecar::control::approvals::RemoteBroker;
 use tollgate_sidecar::decision_log::{DecisionLog, LogArguments, Sink};
 use tollgate_sidecar::metrics::Metrics;
+use tollgate_sidecar::rollout_report::Decisions;
 use tollgate_sidecar::snapshot::{self, LivePolicy};
 use tollgate_sidecar::state::Sidecar;
 use tollgate_sidecar::{admin, control, demo, listener};
@@ -160,11 +161,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(stream.run(Arc::clone(&connection), config.backoff));
         remote_approvals = Some(Arc::new(remote));
+        let decisions = Arc::new(Decisions::new(Arc::clone(&metrics)));
+        control::start_rollouts(
+            &config,
+            &connection,
+            Arc::clone(&decisions),
+            Arc::clone(&metrics),
+            args.decision_report_interval,
+        );
         control::start(
             config,
             &connection,
             Arc::clone(&policy),
             Arc::clone(&metrics),
+            decisions,
         )?;
         fleet_counters = Some(counters);
     }

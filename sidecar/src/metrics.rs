@@ -3,6 +3,8 @@
 //! Tool labels are bounded: a tool the server listed or a rule names gets its
 //! own label; any other name an agent sends is counted as `(unlisted)`, so a
 //! caller cannot grow the metrics without limit.
+//!
+//! Longer than 500 lines: every metric is registered here with its help text, in one place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,17 @@ struct StateLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ApprovalLabels {
     event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReportLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DifferenceLabels {
+    live: &'static str,
+    shadow: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -117,6 +130,8 @@ pub struct Metrics {
     state_save_failures: Counter,
     approvals_pending: Gauge,
     approvals: Family<ApprovalLabels, Counter>,
+    decision_reports: Family<ReportLabels, Counter>,
+    shadow_differences: Family<DifferenceLabels, Counter>,
     current_version: std::sync::Mutex<Option<Arc<str>>>,
     unlisted: Arc<str>,
     requests: AtomicU64,
@@ -239,7 +254,7 @@ impl Metrics {
         let evictions = Family::<StateLabels, Counter>::default();
         registry.register(
             "state_evictions",
-            "Entries dropped because a bounded table was full (session_buckets, legacy_sessions, decision_log_bytes, catalog_tools)",
+            "Entries dropped because a bounded table was full (session_buckets, legacy_sessions, decision_log_bytes, catalog_tools, decision_versions)",
             evictions.clone(),
         );
         let state_save_failures = Counter::default();
@@ -260,8 +275,22 @@ impl Metrics {
             "Approval events (requested, held, approved, denied, expired, used, pending)",
             approvals.clone(),
         );
+        let decision_reports = Family::<ReportLabels, Counter>::default();
+        registry.register(
+            "decision_reports",
+            "Decision reports sent to the control plane for staged rollouts, by result (accepted, refused, failed)",
+            decision_reports.clone(),
+        );
+        let shadow_differences = Family::<DifferenceLabels, Counter>::default();
+        registry.register(
+            "shadow_differences",
+            "Calls on which the shadow policy version decided otherwise than the live one, by both decisions",
+            shadow_differences.clone(),
+        );
         Self {
             registry,
+            decision_reports,
+            shadow_differences,
             approvals_pending,
             approvals,
             state_save_failures,
@@ -430,6 +459,20 @@ impl Metrics {
     /// Counts a bundle that could not be saved to the state dir.
     pub fn state_save_failed(&self) {
         self.state_save_failures.inc();
+    }
+
+    /// Counts one decision report by `result` (`accepted`, `refused`, `failed`).
+    pub fn decision_report(&self, result: &'static str) {
+        self.decision_reports
+            .get_or_create(&ReportLabels { result })
+            .inc();
+    }
+
+    /// Counts one call the shadow version decided otherwise than the live one.
+    pub fn shadow_difference(&self, live: &'static str, shadow: &'static str) {
+        self.shadow_differences
+            .get_or_create(&DifferenceLabels { live, shadow })
+            .inc();
     }
 
     /// Counts `n` entries dropped from the bounded table `state`.

@@ -6,6 +6,11 @@
 //! error, counted, and the previous snapshot stays. Before any valid policy
 //! is in force the snapshot is [`Snapshot::none`], a value like any other:
 //! it denies every call, lists no tool, and `/readyz` is not ready.
+//!
+//! In fleet mode a snapshot also carries the [`Tally`] its decisions are
+//! counted in, and may carry a [`Shadow`]: a second bundle every call is
+//! decided with too, never enforced, never charging a limit (see
+//! [`crate::rollout_report`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use tollgate_policy::{
 
 use crate::identity::{IdentityError, identify};
 use crate::metrics::Metrics;
+use crate::rollout_report::{Decisions, Tally};
 
 /// The policy in force: a compiled bundle and its version, or, before any
 /// has loaded, none (which denies everything).
@@ -31,6 +37,66 @@ pub struct Snapshot {
     /// The key approval `requestState`s are sealed with, derived from the
     /// deployment's grant key when the control plane sent one.
     state_key: Option<Arc<crate::mcp::request_state::StateKey>>,
+    /// Where this version's decisions are counted (fleet mode).
+    tally: Option<Arc<Tally>>,
+    /// The version decided beside this one, not enforced.
+    shadow: Option<Shadow>,
+}
+
+/// A bundle every call is decided with beside the live one: enforced never,
+/// charging no limit, filing no approval; its decisions are counted and the
+/// calls on which it differs recorded in [`Decisions`].
+#[derive(Debug)]
+pub struct Shadow {
+    bundle: Bundle,
+    version: u64,
+    tally: Arc<Tally>,
+    decisions: Arc<Decisions>,
+}
+
+impl Shadow {
+    /// Control-plane version `version`, counted in `decisions`.
+    pub fn new(bundle: Bundle, version: u64, decisions: Arc<Decisions>) -> Self {
+        Self {
+            tally: decisions.tally(version, true),
+            bundle,
+            version,
+            decisions,
+        }
+    }
+
+    /// The control plane's version number.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Decides one call as this version would, without charging any limit:
+    /// every limit admits it (a shadow never reports `rate_limited`), and
+    /// the live counters are left as they are.
+    pub fn decide(&self, call: &Call<'_>, now: Duration) -> Decision {
+        let decision = self.bundle.decide(call, now, &NoCharge);
+        self.tally.count(decision.outcome);
+        decision
+    }
+
+    /// Where differences from the live version are recorded.
+    pub fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+}
+
+/// Limits as a shadow sees them: every call admitted, nothing charged.
+#[derive(Debug)]
+struct NoCharge;
+
+impl Counters for NoCharge {
+    fn acquire(
+        &self,
+        _: &[tollgate_policy::Charge<'_>],
+        _: Duration,
+    ) -> tollgate_policy::Admission {
+        tollgate_policy::Admission::Admitted
+    }
 }
 
 impl Snapshot {
@@ -41,7 +107,31 @@ impl Snapshot {
             bundle: Some(bundle),
             version,
             state_key: None,
+            tally: None,
+            shadow: None,
         }
+    }
+
+    /// Counts this version's decisions in `tally`.
+    pub fn with_tally(mut self, tally: Arc<Tally>) -> Self {
+        self.tally = Some(tally);
+        self
+    }
+
+    /// Decides every call with `shadow` too.
+    pub fn with_shadow(mut self, shadow: Option<Shadow>) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Where this version's decisions are counted, in fleet mode.
+    pub fn tally(&self) -> Option<&Tally> {
+        self.tally.as_deref()
+    }
+
+    /// The shadow version decided beside this one, if any.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref()
     }
 
     /// Seals approval states with a key derived from `grant_key`, the
@@ -64,6 +154,8 @@ impl Snapshot {
             bundle: None,
             version: Arc::from("(none)"),
             state_key: None,
+            tally: None,
+            shadow: None,
         }
     }
 

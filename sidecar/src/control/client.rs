@@ -4,7 +4,14 @@
 //! node and what it runs, then for each response compile the bundle (its
 //! keyed grants with the `grant_key` that came beside it) on a blocking
 //! thread, swap it in whole, persist both, and ACK — or keep the old snapshot
-//! and NACK with every validation error, or with what is missing. When the stream ends,
+//! and NACK with every validation error, or with what is missing. A response
+//! may carry a shadow bundle beside the live one: it is checked and compiled
+//! with it, and the two are swapped in together ([`Shadow`]); the ACK or NACK
+//! covers both (a shadow that does not compile or match its hash is a NACK
+//! naming it, and neither is swapped in). A response without a shadow drops
+//! the one in force. Shadows are not persisted: a restarted sidecar enforces
+//! the saved live bundle and decides with a shadow again once the control
+//! plane sends it. When the stream ends,
 //! [`keep_open`] waits a [`Backoff`] delay and starts over; the snapshot in force never changes
 //! because of a lost stream.
 
@@ -16,7 +23,8 @@ use super::connection::{Connection, Unreachable};
 use super::state_dir::{SavedBundle, StateDir, content_hash};
 use super::stream::{ControlStream, End, Recovery, chain, classify, keep_open, requests};
 use crate::metrics::Metrics;
-use crate::snapshot::{LivePolicy, Snapshot};
+use crate::rollout_report::Decisions;
+use crate::snapshot::{LivePolicy, Shadow, Snapshot};
 use tokio::sync::mpsc;
 use tollgate_policy::{Bundle, GrantKey};
 use tollgate_proto::v1::policy_distribution_client::PolicyDistributionClient;
@@ -46,6 +54,8 @@ pub struct Client {
     metrics: Arc<Metrics>,
     state: Option<StateDir>,
     applied: Option<Applied>,
+    /// Where decisions are counted per version (rollout reports).
+    decisions: Arc<Decisions>,
 }
 
 impl Client {
@@ -56,6 +66,7 @@ impl Client {
         metrics: Arc<Metrics>,
         state: Option<StateDir>,
         applied: Option<Applied>,
+        decisions: Arc<Decisions>,
     ) -> Self {
         Self {
             config,
@@ -63,6 +74,7 @@ impl Client {
             metrics,
             state,
             applied,
+            decisions,
         }
     }
 
@@ -81,10 +93,9 @@ impl Client {
             rollout_id,
             bundle,
             grant_key,
-            // Shadow bundles are not applied yet: the live bundle alone is enforced.
-            shadow_version: _,
-            shadow_content_hash: _,
-            shadow_bundle: _,
+            shadow_version,
+            shadow_content_hash,
+            shadow_bundle,
         } = response;
         let actual = content_hash(&bundle);
         if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&actual) {
@@ -109,11 +120,26 @@ impl Client {
                 }
             }
         };
+        if !shadow_bundle.is_empty() {
+            let actual = content_hash(&shadow_bundle);
+            if !shadow_content_hash.is_empty() && !shadow_content_hash.eq_ignore_ascii_case(&actual)
+            {
+                let message = format!(
+                    "version {version}: shadow version {shadow_version}'s shadow_content_hash \
+                     {shadow_content_hash} is not the shadow bundle's SHA-256 {actual}; keeping {}",
+                    self.running()
+                );
+                return self.refuse(version, nonce, only(message));
+            }
+        }
         // Compiling a large bundle is CPU work: keep it off the request threads.
         let key = grant_key.clone();
-        let compiled =
-            tokio::task::spawn_blocking(move || (compile(&bundle, key.as_ref()), bundle)).await;
-        let (compiled, bytes) = match compiled {
+        let compiled = tokio::task::spawn_blocking(move || {
+            let shadow = (!shadow_bundle.is_empty()).then(|| compile(&shadow_bundle, key.as_ref()));
+            (compile(&bundle, key.as_ref()), shadow, bundle)
+        })
+        .await;
+        let (compiled, shadow, bytes) = match compiled {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("version {version}: compiling failed: {e}");
@@ -140,12 +166,46 @@ impl Client {
                 return self.refuse(version, nonce, only(message));
             }
         };
+        let shadow = match shadow {
+            None => None,
+            Some(Ok(b)) => Some(Shadow::new(b, shadow_version, Arc::clone(&self.decisions))),
+            Some(Err(Unusable::Invalid(errors))) => {
+                let n = errors.len();
+                let message = format!(
+                    "version {version}: its shadow, version {shadow_version}, is invalid ({n} \
+                     error{}); applying neither, keeping {}",
+                    if n == 1 { "" } else { "s" },
+                    self.running()
+                );
+                return self.refuse(version, nonce, ErrorDetail { message, errors });
+            }
+            Some(Err(Unusable::NoGrantKey)) => {
+                let message = format!(
+                    "version {version}: its shadow, version {shadow_version}, names its grants' \
+                     tokens by token_hmac_sha256, but came without the control plane's grant_key \
+                     to check them with; applying neither, keeping {}",
+                    self.running()
+                );
+                return self.refuse(version, nonce, only(message));
+            }
+        };
         let label = version_label(version);
-        self.store
-            .store(Snapshot::new(bundle, Arc::clone(&label)).with_grant_key(grant_key.as_ref()));
+        let shadow_version = shadow.as_ref().map(Shadow::version);
+        self.store.store(
+            Snapshot::new(bundle, Arc::clone(&label))
+                .with_grant_key(grant_key.as_ref())
+                .with_tally(self.decisions.tally(version, false))
+                .with_shadow(shadow),
+        );
         self.metrics.policy_loaded(&label);
         self.metrics.bundle_applied();
-        tracing::info!(version = %label, hash = %actual, rollout = %rollout_id, "policy applied");
+        tracing::info!(
+            version = %label,
+            hash = %actual,
+            rollout = %rollout_id,
+            shadow = ?shadow_version,
+            "policy applied"
+        );
         let applied = Applied {
             version,
             content_hash: actual,

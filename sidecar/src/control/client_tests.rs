@@ -5,6 +5,9 @@
 //! `PolicyDistribution` server, generated from the same proto, that hands
 //! each stream to the test, which plays the server's side of the protocol by
 //! hand. Replace it with the real server in the whole-binary tests of issue 4.
+//!
+//! Longer than 500 lines: the in-process control plane and every scenario of
+//! the policy stream against it (live bundles, keys, restarts, shadows).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,11 +26,14 @@ use tonic::{Request, Response, Status, Streaming};
 use super::*;
 use crate::control::backoff::BackoffConfig;
 use crate::control::{FleetConfig, connect};
+use crate::rollout_report::Decisions;
 use tonic::Code;
 
 const V1: &str = r#"{"version": "1", "default": "allow"}"#;
 const INVALID: &str = r#"{"version": "1", "default": "maybe", "tools": {"x": {"limits": [{"window": "fortnight"}]}}}"#;
 const WAIT: Duration = Duration::from_secs(10);
+/// A shadow version that denies `echo` where [`V1`] allows it.
+const DENY_ECHO: &str = r#"{"version": "1", "default": "allow", "tools": {"echo": {"action": "deny", "reason": "echo is retired"}}}"#;
 
 /// One stream the double accepted: the sidecar's requests, and where the
 /// test writes the server's responses.
@@ -203,7 +209,8 @@ fn start(
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, crate::control::ControlError> {
     let connection = connect(&config)?;
-    crate::control::start(config, &connection, store, metrics)
+    let decisions = Arc::new(Decisions::new(Arc::clone(&metrics)));
+    crate::control::start(config, &connection, store, metrics, decisions)
 }
 
 fn version(store: &LivePolicy) -> Option<String> {
@@ -431,4 +438,123 @@ fn status_classification() {
     ] {
         assert_eq!(classify(code), Recovery::Refused, "{code:?}");
     }
+}
+
+/// `bundle` as version `version`, with `shadow` (version, bundle, claimed
+/// hash) beside it.
+fn with_shadow(
+    version: u64,
+    bundle: &str,
+    nonce: &str,
+    shadow: Option<(u64, &str, String)>,
+) -> PolicyResponse {
+    let (shadow_version, shadow_bundle, shadow_content_hash) = match shadow {
+        Some((v, b, h)) => (v, b.as_bytes().to_vec(), h),
+        None => (0, Vec::new(), String::new()),
+    };
+    PolicyResponse {
+        version,
+        content_hash: content_hash(bundle.as_bytes()),
+        nonce: nonce.into(),
+        bundle: bundle.as_bytes().to_vec(),
+        shadow_version,
+        shadow_content_hash,
+        shadow_bundle,
+        ..PolicyResponse::default()
+    }
+}
+
+/// How `store`'s shadow decides a call of `tool` (`None`: no shadow).
+fn shadow_decides(store: &LivePolicy, tool: &str) -> Option<tollgate_policy::Outcome> {
+    let snapshot = store.load();
+    let call = tollgate_policy::Call {
+        server: "default",
+        tool,
+        arguments: tollgate_policy::Arguments::None,
+        grant: "pod-a",
+        session: None,
+        annotations: None,
+    };
+    snapshot
+        .shadow()
+        .map(|s| s.decide(&call, Duration::ZERO).outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_applied_with_its_live_bundle_nacked_with_it_and_dropped_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlaneDouble::start("127.0.0.1:0".parse().unwrap());
+    let store = Arc::new(LivePolicy::default());
+    let task = start(
+        fleet_config(cp.addr, tmp.path()),
+        Arc::clone(&store),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let mut s = cp.session().await;
+    s.next().await;
+    let h1 = content_hash(V1.as_bytes());
+    let hd = content_hash(DENY_ECHO.as_bytes());
+
+    // v1 with v2 as its shadow: one ACK for both, both in one snapshot.
+    let response = with_shadow(1, V1, "n1", Some((2, DENY_ECHO, hd.clone())));
+    s.responses.send(Ok(response)).await.unwrap();
+    let ack = s.next().await;
+    assert_eq!(ack.response_nonce, "n1");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(
+        (ack.version_info.as_str(), ack.content_hash.as_str()),
+        ("1", h1.as_str())
+    );
+    assert_eq!(version(&store).as_deref(), Some("v1"));
+    assert_eq!(store.load().shadow().map(|s| s.version()), Some(2));
+    assert_eq!(
+        shadow_decides(&store, "echo"),
+        Some(tollgate_policy::Outcome::Deny)
+    );
+    assert_eq!(
+        shadow_decides(&store, "add"),
+        Some(tollgate_policy::Outcome::Allow)
+    );
+
+    // A new live version whose shadow does not compile: NACKed naming the
+    // shadow; neither is swapped in (v1 and its shadow stay).
+    let response = with_shadow(
+        3,
+        DENY_ECHO,
+        "n2",
+        Some((4, INVALID, content_hash(INVALID.as_bytes()))),
+    );
+    s.responses.send(Ok(response)).await.unwrap();
+    let nack = s.next().await;
+    assert_eq!(nack.response_nonce, "n2");
+    assert_eq!(nack.version_info, "1", "a NACK reports what still runs");
+    let detail = nack.error_detail.expect("a NACK carries error_detail");
+    assert!(detail.message.contains("shadow, version 4"), "{detail:?}");
+    assert!(
+        detail.errors.iter().any(|e| e.pointer == "/default"),
+        "{detail:?}"
+    );
+    assert_eq!(version(&store).as_deref(), Some("v1"));
+    assert_eq!(store.load().shadow().map(|s| s.version()), Some(2));
+
+    // A shadow whose content does not match its hash is refused too.
+    let response = with_shadow(3, DENY_ECHO, "n3", Some((4, V1, hd.clone())));
+    s.responses.send(Ok(response)).await.unwrap();
+    let nack = s.next().await;
+    let detail = nack.error_detail.expect("a NACK carries error_detail");
+    assert!(detail.message.contains("shadow_content_hash"), "{detail:?}");
+    assert_eq!(version(&store).as_deref(), Some("v1"));
+
+    // A response without a shadow drops it.
+    s.responses
+        .send(Ok(with_shadow(1, V1, "n4", None)))
+        .await
+        .unwrap();
+    let ack = s.next().await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(version(&store).as_deref(), Some("v1"));
+    assert!(store.load().shadow().is_none(), "no shadow any more");
+    assert_eq!(shadow_decides(&store, "echo"), None);
+    task.abort();
 }

@@ -8,7 +8,8 @@
 //! broken, re-reading the TLS files). Each stream is a [`stream::ControlStream`]
 //! that [`stream::keep_open`] keeps open with its own [`backoff`]: the policy
 //! stream in [`client`], the quota stream in [`quota`], the approvals stream
-//! in [`approvals`]. A new stream plugs in the same way.
+//! in [`approvals`]; decision reports for staged rollouts are unary calls
+//! made by [`rollouts`]. A new stream plugs in the same way.
 //!
 //! [`start`] first restores the last good bundle from the state dir (so a
 //! sidecar restarted while the control plane is down enforces it at once),
@@ -23,6 +24,7 @@ pub mod client;
 pub mod connection;
 pub mod dial;
 pub mod quota;
+pub mod rollouts;
 pub mod state_dir;
 pub mod stream;
 
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use tollgate_proto::v1::Node;
 
 use crate::metrics::Metrics;
+use crate::rollout_report::Decisions;
 use crate::snapshot::{LivePolicy, Snapshot};
 use backoff::BackoffConfig;
 use client::{Applied, Client};
@@ -197,18 +200,19 @@ pub fn start(
     connection: &Arc<Connection>,
     store: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
+    decisions: Arc<Decisions>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let state = config.state_dir.as_ref().map(StateDir::open).transpose()?;
     let applied = state
         .as_ref()
-        .and_then(|dir| restore(dir, &store, &metrics));
+        .and_then(|dir| restore(dir, &store, &metrics, &decisions));
     if applied.is_none() {
         tracing::warn!(
             control_plane = %config.control_plane,
             "no policy yet: every tools/call is denied until the control plane sends one"
         );
     }
-    let client = Client::new(config, store, metrics, state, applied);
+    let client = Client::new(config, store, metrics, state, applied, decisions);
     Ok(tokio::spawn(client.run(Arc::clone(connection))))
 }
 
@@ -226,9 +230,27 @@ pub fn start_quota(
     tokio::spawn(reporter.run(Arc::clone(connection), config.backoff))
 }
 
+/// Starts the decision reporter (staged rollouts) on the same connection:
+/// a report of `decisions` every `every`.
+pub fn start_rollouts(
+    config: &FleetConfig,
+    connection: &Arc<Connection>,
+    decisions: Arc<Decisions>,
+    metrics: Arc<Metrics>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let reporter = rollouts::Reporter::new(config.node.clone(), decisions, metrics, every);
+    tokio::spawn(reporter.run(Arc::clone(connection)))
+}
+
 /// Puts the saved bundle in force; `None` (and a log line) when there is none
 /// or it is unusable.
-fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Applied> {
+fn restore(
+    dir: &StateDir,
+    store: &LivePolicy,
+    metrics: &Metrics,
+    decisions: &Decisions,
+) -> Option<Applied> {
     let saved = match dir.load() {
         Ok(Some(saved)) => saved,
         Ok(None) => return None,
@@ -255,7 +277,11 @@ fn restore(dir: &StateDir, store: &LivePolicy, metrics: &Metrics) -> Option<Appl
         }
     };
     let label = client::version_label(saved.version);
-    store.store(Snapshot::new(bundle, Arc::clone(&label)).with_grant_key(saved.grant_key.as_ref()));
+    store.store(
+        Snapshot::new(bundle, Arc::clone(&label))
+            .with_grant_key(saved.grant_key.as_ref())
+            .with_tally(decisions.tally(saved.version, false)),
+    );
     metrics.policy_loaded(&label);
     tracing::info!(
         version = %label,
