@@ -136,3 +136,7 @@ impl Reporter {
         sent
     }
 }
+
+#[cfg(test)]
+#[path = "rollouts_tests.rs"]
+mod tests;
