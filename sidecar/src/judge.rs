@@ -245,7 +245,10 @@ fn judge(
 }
 
 /// Decides `call` with the shadow version too, which the agent never sees,
-/// and records it when it differs from the live `decision`.
+/// and records it when it differs from the live `decision`. A shadow
+/// evaluates no limit (every limit admits its calls), so a call the live
+/// version rate-limited and the shadow allows is no difference: the shadow
+/// cannot tell whether its own limits would have refused it.
 fn decide_shadow(
     shadow: &Shadow,
     call: &Call<'_>,
@@ -254,7 +257,8 @@ fn decide_shadow(
     arguments: Option<&serde_json::value::RawValue>,
 ) {
     let would = shadow.decide(call, now);
-    if would.outcome == decision.outcome {
+    let unknowable = decision.outcome == Outcome::RateLimited && would.outcome == Outcome::Allow;
+    if would.outcome == decision.outcome || unknowable {
         return;
     }
     let difference = Difference {

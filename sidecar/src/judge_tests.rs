@@ -39,10 +39,14 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(LIVE)
+}
+
+fn setup_with(live: &str) -> Setup {
     let metrics = Arc::new(Metrics::new());
     let decisions = Arc::new(Decisions::new(Arc::clone(&metrics)));
     let policy = Arc::new(LivePolicy::default());
-    let live = tollgate_policy::load(LIVE).expect("live policy");
+    let live = tollgate_policy::load(live).expect("live policy");
     let shadow = tollgate_policy::load(SHADOW).expect("shadow policy");
     policy.store(
         Snapshot::new(live, Arc::from("v1"))
@@ -157,4 +161,40 @@ fn a_shadow_charges_no_limit() {
         "every limit admits a shadow's call and none is charged"
     );
     assert!(report.differences.is_empty(), "{:?}", report.differences);
+}
+
+#[test]
+fn a_live_rate_limit_is_no_difference_from_a_shadow_that_evaluates_none() {
+    // Live: `echo` limited to one call a minute; the shadow denies it, and
+    // allows `add`, limited live too.
+    let live = r#"{"version": "1", "default": "allow", "tools": {
+        "echo": {"limits": [{"counter": "echo_pod", "window": "minute", "max": 1, "scope": "pod"}]},
+        "add": {"limits": [{"counter": "add_pod", "window": "minute", "max": 1, "scope": "pod"}]}
+    }}"#;
+    let s = setup_with(live);
+    assert!(forwarded(&s, &call("add", "{}")));
+    assert!(!forwarded(&s, &call("add", "{}")), "the live limit refuses");
+    assert!(forwarded(&s, &call("echo", "{}")));
+    assert!(!forwarded(&s, &call("echo", "{}")));
+    let report = s.decisions.drain().report(0);
+    let live = report
+        .versions
+        .iter()
+        .find(|v| !v.shadow)
+        .expect("live counts");
+    assert_eq!((live.calls, live.rate_limited), (4, 2));
+    let mut pairs: Vec<_> = report
+        .differences
+        .iter()
+        .map(|d| (d.tool.as_str(), d.live.as_str(), d.shadow.as_str(), d.count))
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("echo", "allow", "deny", 1),
+            ("echo", "rate_limited", "deny", 1)
+        ],
+        "rate_limited against the shadow's allow is not reported"
+    );
 }
