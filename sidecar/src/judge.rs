@@ -143,7 +143,9 @@ pub fn session_id(headers: &HeaderMap) -> Result<Option<&str>, RequestError> {
 }
 
 /// Decides every `tools/call` among `messages` into a verdict per message.
-/// Records every decision.
+/// Records every decision: in the log and metrics, in the snapshot's
+/// per-version tally (fleet mode: one atomic add), and, when a shadow
+/// version is in force, decides the call with it too (see [`decide_shadow`]).
 fn judge(
     sc: &Sidecar,
     route: &Route,

@@ -9,7 +9,9 @@
 //! identify, decide: a [`verdict`] per message) → [`forward`] what is
 //! allowed / [`reply`] builds every reply the sidecar writes →
 //! [`sse_filter`] and [`mcp::list_filter`] (responses streamed back);
-//! [`decision_log`] and [`metrics`] record. The policy lives in [`snapshot`].
+//! [`decision_log`] and [`metrics`] record. The policy lives in [`snapshot`];
+//! in fleet mode [`rollout_report`] counts decisions per policy version (and a
+//! shadow version's differences) for staged rollouts.
 
 pub mod admin;
 pub mod approvals;
