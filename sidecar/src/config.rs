@@ -296,6 +296,28 @@ mod tests {
     }
 
     #[test]
+    fn report_intervals_have_units_and_bounds() {
+        let ms = |t| parse_interval(t).map(|d| d.as_millis());
+        assert_eq!(ms("5s"), Ok(5_000));
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("2m"), Ok(120_000));
+        for bad in [
+            "5",
+            "5h",
+            "s",
+            "-1s",
+            "50ms",
+            "61m",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["tollgate-sidecar", "--upstream", "http://127.0.0.1:1/mcp"])
+            .unwrap();
+        assert_eq!(cli.run.decision_report_interval.as_secs(), 5, "the default");
+    }
+
+    #[test]
     fn policy_file_and_control_plane_are_exclusive() {
         use clap::Parser;
         let err = Cli::try_parse_from([
