@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_e2e::controlplane::ControlPlane;
-use tollgate_e2e::{DemoUpstream, Scratch, Sidecar, sidecar};
+use tollgate_e2e::{DemoUpstream, Process, Scratch, Sidecar, bins, sidecar};
 
 /// How many sidecars.
 const NODES: usize = 10;
@@ -140,6 +140,17 @@ impl Fleet {
         Self::on(&status, version).unwrap_or_default()
     }
 
+    /// `tollgate rollout status --watch`, running until stopped.
+    fn watch(&self) -> Process {
+        let mut cmd = std::process::Command::new(bins::tollgate());
+        cmd.arg("--addr")
+            .arg(self.cp.url())
+            .args(["rollout", "status", "--watch"])
+            .env("TOLLGATE_TOKEN_FILE", self.cp.admin_token_file())
+            .env("NO_COLOR", "1");
+        Process::spawn("tollgate rollout status --watch", cmd)
+    }
+
     fn wait_rollout(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + SETTLE;
         loop {
@@ -179,6 +190,7 @@ fn steps_move_one_then_five_then_ten_sidecars_and_rollback_returns_every_one() {
         started.starts_with("started rollout r1 of version 2"),
         "{started}"
     );
+    let mut watch = fleet.watch();
 
     let mut chosen: Vec<Vec<String>> = Vec::new();
     for (step, count) in [(1u64, 1usize), (2, 5), (3, 10)] {
@@ -202,6 +214,22 @@ fn steps_move_one_then_five_then_ten_sidecars_and_rollback_returns_every_one() {
         ),
         (json!(10), json!(10))
     );
+
+    // The watch printed every step as it happened, and the end.
+    watch.wait_for_output("status:  Completed", SETTLE);
+    let watched = watch.output();
+    watch.stop();
+    for step in [
+        "step:    1 of 3 (10%)",
+        "step:    2 of 3 (50%)",
+        "step:    3 of 3 (100%)",
+    ] {
+        assert!(
+            watched.contains(step),
+            "no {step:?} in the watch:\n{watched}"
+        );
+    }
+    eprintln!("tollgate rollout status --watch:\n{watched}");
 
     fleet.cli(&["rollout", "rollback"]);
     fleet.wait_split(v1, NODES, v1, "every sidecar back on v1");
