@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod push;
 pub mod quota;
 pub mod role;
+pub mod rollout;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -53,6 +53,9 @@ enum Command {
     /// List, approve and deny approval requests (calls waiting for a person).
     #[command(subcommand)]
     Approvals(cli::approvals::ApprovalsCommand),
+    /// Roll a policy version out in steps, with gates, pause and rollback.
+    #[command(subcommand)]
+    Rollout(cli::rollout::RolloutCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => cli::tokens::run(cmd, &remote),
         Command::Audit(args) => cli::audit::run(&args, &remote),
         Command::Approvals(cmd) => cli::approvals::run(cmd, &remote),
+        Command::Rollout(cmd) => cli::rollout::run(cmd, &remote),
     };
     match result {
         Ok(code) => code,

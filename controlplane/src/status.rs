@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_proto::v1::{Node, NodeState, node_state::State};
 
+use crate::rollout::{Desired, NodeView};
 use crate::store::{NACKS_KEPT_PER_NODE, Nack};
 
 /// How many versions given to a node are kept, newest first. A node runs
@@ -64,6 +65,12 @@ pub struct NodeStatus {
     /// Whether its refusals were read from the store since this process
     /// started.
     remembered: bool,
+    /// What it should run, once the distribution computed it.
+    desired: Option<Desired>,
+    /// The shadow version it last ACKed beside its live one (0: none).
+    applied_shadow: u64,
+    /// Whether it ever ACKed or reported what it runs.
+    answered: bool,
 }
 
 impl NodeStatus {
@@ -85,6 +92,47 @@ impl NodeStatus {
             nacked: BTreeMap::new(),
             given: BTreeSet::new(),
             remembered: false,
+            desired: None,
+            applied_shadow: 0,
+            answered: false,
+        }
+    }
+
+    /// What the node should run now.
+    pub fn desire(&mut self, desired: Desired) {
+        self.desired = Some(desired);
+    }
+
+    /// The shadow version the node ACKed beside its live one (0: none).
+    pub fn acked_shadow(&mut self, shadow: u64) {
+        self.applied_shadow = shadow;
+    }
+
+    /// Whether the node runs what it should (true when that is not known).
+    pub fn runs_desired(&self) -> bool {
+        self.desired.is_none_or(|d| {
+            self.settled == Settled::Synced
+                && d.version == self.applied_version
+                && d.shadow.unwrap_or(0) == self.applied_shadow
+        })
+    }
+
+    /// The node as a rollout's gates see it, refusals of `version` only.
+    pub fn view(&self, version: u64) -> NodeView {
+        let shadow = (self.applied_shadow != 0).then_some(self.applied_shadow);
+        NodeView {
+            id: self.node.id.clone(),
+            labels: self.node.labels.clone().into_iter().collect(),
+            connected: self.connected,
+            runs: (self.answered && self.settled == Settled::Synced).then_some(Desired {
+                version: self.applied_version,
+                shadow,
+            }),
+            applied: self.applied_version,
+            refused: self
+                .nacked
+                .get(&version)
+                .map(|n| (n.version, n.error.clone())),
         }
     }
 
@@ -92,6 +140,8 @@ impl NodeStatus {
     /// content hash equals that version's).
     pub fn runs(&mut self, version: u64) {
         self.applied_version = version;
+        self.applied_shadow = 0;
+        self.answered = true;
         self.settled = Settled::Synced;
         self.given(version);
     }
@@ -135,6 +185,7 @@ impl NodeStatus {
     /// The node applied `version`.
     pub fn acked(&mut self, version: u64, wall: i64) {
         self.applied_version = version;
+        self.answered = true;
         self.settled = Settled::Synced;
         self.last_ack_at = wall;
     }
@@ -227,6 +278,14 @@ impl NodeStatus {
         {
             return State::Stale;
         }
+        if self.settled == Settled::Synced && !self.runs_desired() {
+            // SYNCED means it runs what it should; it does not yet.
+            return if self.pending() {
+                State::Pending
+            } else {
+                State::NotSent
+            };
+        }
         match self.settled {
             Settled::NotSent => State::NotSent,
             Settled::Synced => State::Synced,
@@ -247,6 +306,9 @@ impl NodeStatus {
             quota_conflict: self.quota_conflict.clone(),
             quota_conflict_at: self.quota_conflict_at,
             identity: self.identity.clone(),
+            desired_version: self.desired.map_or(0, |d| d.version),
+            desired_shadow_version: self.desired.and_then(|d| d.shadow).unwrap_or(0),
+            applied_shadow_version: self.applied_shadow,
         }
     }
 }
@@ -359,6 +421,12 @@ impl Fleet {
             .values()
             .map(|n| n.to_proto(now, self.stale_after))
             .collect()
+    }
+
+    /// Every node as a rollout of `version` sees it.
+    pub fn views(&self, version: u64) -> Vec<NodeView> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.values().map(|n| n.view(version)).collect()
     }
 
     /// How many nodes have a stream open.

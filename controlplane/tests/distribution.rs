@@ -175,6 +175,7 @@ async fn an_invalid_push_is_refused_with_every_error_and_stores_nothing() {
             content: policy("two").into_bytes(),
             server: "files".to_owned(),
             message: String::new(),
+            ..PushPolicyRequest::default()
         })
         .await
         .unwrap()
@@ -203,6 +204,7 @@ async fn a_server_push_replaces_one_server_in_the_latest_bundle() {
             content: policy("z").into_bytes(),
             server: "b".to_owned(),
             message: "b gets z".to_owned(),
+            ..PushPolicyRequest::default()
         })
         .await
         .unwrap()

@@ -37,6 +37,7 @@ fn push_request(tool: &str) -> PushPolicyRequest {
         content: policy(tool).into_bytes(),
         server: String::new(),
         message: "why".to_owned(),
+        ..PushPolicyRequest::default()
     }
 }
 

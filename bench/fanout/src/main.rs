@@ -355,6 +355,7 @@ async fn push(admin: &mut Admin, content: Vec<u8>) -> anyhow::Result<u64> {
             content,
             server: String::new(),
             message: "fanout benchmark".to_owned(),
+            ..PushPolicyRequest::default()
         })
         .await
         .context("push failed")?

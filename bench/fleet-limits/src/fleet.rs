@@ -90,6 +90,7 @@ impl Limit {
                 content: text.into_bytes(),
                 server: String::new(),
                 message: "fleet-limits benchmark".to_owned(),
+                ..PushPolicyRequest::default()
             })
             .await
             .context("cannot push the benchmark's policy")?

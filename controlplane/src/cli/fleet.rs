@@ -64,17 +64,18 @@ fn print_status(nodes: &[NodeState], as_json: bool, clear: bool) {
         print!("\x1b[2J\x1b[H");
     }
     println!(
-        "{:<24} {:<24} {:<9} {:<7} {:<8} {:<20} {:<20} NACK ERROR",
-        "NODE", "LABELS", "STATE", "APPLIED", "CONNECT", "LAST ACK", "LAST NACK"
+        "{:<24} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} NACK ERROR",
+        "NODE", "LABELS", "STATE", "APPLIED", "DESIRED", "CONNECT", "LAST ACK", "LAST NACK"
     );
     for n in nodes {
         let node = n.node.clone().unwrap_or_default();
         println!(
-            "{:<24} {:<24} {:<9} {:<7} {:<8} {:<20} {:<20} {}",
+            "{:<24} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} {}",
             node.id,
             labels(&node.labels),
             state_name(n.state),
-            n.applied_version,
+            versions(n.applied_version, n.applied_shadow_version),
+            versions(n.desired_version, n.desired_shadow_version),
             if n.connected { "yes" } else { "no" },
             time(n.last_ack_at),
             time(n.last_nack_at),
@@ -101,6 +102,15 @@ fn error_column(n: &NodeState) -> String {
     }
 }
 
+/// `7`, or `7+8s` with a shadow beside it; `-` for none.
+fn versions(live: u64, shadow: u64) -> String {
+    match (live, shadow) {
+        (0, 0) => "-".to_owned(),
+        (v, 0) => v.to_string(),
+        (v, s) => format!("{v}+{s}s"),
+    }
+}
+
 fn labels(labels: &std::collections::HashMap<String, String>) -> String {
     let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.sort();
@@ -117,6 +127,7 @@ fn state_name(state: i32) -> &'static str {
         State::NotSent => "NOT_SENT",
         State::Stale => "STALE",
         State::Error => "ERROR",
+        State::Pending => "PENDING",
         State::Unspecified => "UNKNOWN",
     }
 }
@@ -133,6 +144,9 @@ fn node_json(n: &NodeState) -> Value {
         "connected": n.connected,
         "applied_version": n.applied_version,
         "sent_version": n.sent_version,
+        "desired_version": n.desired_version,
+        "desired_shadow_version": n.desired_shadow_version,
+        "applied_shadow_version": n.applied_shadow_version,
         "last_ack_at": n.last_ack_at,
         "last_nack_at": n.last_nack_at,
         "nack_error": n.nack_error,

@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod limits;
 pub mod policy;
 pub mod remote;
+pub mod rollout;
 pub mod serve;
 pub mod tokens;
 pub mod versions;

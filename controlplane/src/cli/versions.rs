@@ -23,6 +23,13 @@ pub struct PushArgs {
     /// Why: kept with the version.
     #[arg(short, long, default_value = "")]
     message: String,
+    /// Store the version for a rollout (`tollgate rollout start --version
+    /// N`) without sending it to any node.
+    #[arg(long)]
+    stage: bool,
+    /// Push even while a rollout is active; that rollout is aborted.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn push(remote: &Remote, args: &PushArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +43,8 @@ pub fn push(remote: &Remote, args: &PushArgs) -> anyhow::Result<ExitCode> {
                 content,
                 server: args.server.clone().unwrap_or_default(),
                 message: args.message.clone(),
+                stage: args.stage,
+                force: args.force,
             })
             .await
             .answer("push failed")?
@@ -52,7 +61,12 @@ pub fn push(remote: &Remote, args: &PushArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::from(1));
         }
-        if resp.created {
+        if resp.created && args.stage {
+            println!(
+                "staged version {0}; roll it out with `tollgate rollout start --version {0}`",
+                resp.version
+            );
+        } else if resp.created {
             println!("pushed version {}", resp.version);
         } else {
             println!("unchanged: version {}", resp.version);

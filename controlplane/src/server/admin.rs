@@ -11,16 +11,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::{
     Approval, CreateTokenRequest, CreateTokenResponse, DecideApprovalRequest, FieldError,
-    GetVersionRequest, ListApprovalsRequest, ListApprovalsResponse, ListAuditRequest,
-    ListAuditResponse, ListLimitsRequest, ListLimitsResponse, ListTokensRequest,
-    ListTokensResponse, ListVersionsRequest, ListVersionsResponse, NodeStatusRequest,
-    NodeStatusResponse, PolicyVersion, PushPolicyRequest, PushPolicyResponse, RevokeTokenRequest,
-    TokenInfo,
+    GetRolloutRequest, GetVersionRequest, ListApprovalsRequest, ListApprovalsResponse,
+    ListAuditRequest, ListAuditResponse, ListLimitsRequest, ListLimitsResponse,
+    ListRolloutsRequest, ListRolloutsResponse, ListTokensRequest, ListTokensResponse,
+    ListVersionsRequest, ListVersionsResponse, NodeStatusRequest, NodeStatusResponse,
+    PolicyVersion, PushPolicyRequest, PushPolicyResponse, RevokeTokenRequest, RolloutActionRequest,
+    RolloutStatus, StartRolloutRequest, TokenInfo,
 };
 use tonic::{Request, Response, Status};
 
 use super::approvals::operators;
 use super::authorize::Action;
+use super::rollouts::operators as rollout_ops;
 use super::{ControlPlane, Latest};
 use crate::auth::Principal;
 use crate::push;
@@ -244,6 +246,92 @@ impl Admin for AdminService {
             .await
             .map(Response::new)
     }
+
+    async fn start_rollout(
+        &self,
+        request: Request<StartRolloutRequest>,
+    ) -> Result<Response<RolloutStatus>, Status> {
+        let target = format!("version {}", request.get_ref().version);
+        let who = self
+            .cp
+            .authorize(&request, Role::Admin, Action::RolloutStart, &target)
+            .await?;
+        let started = rollout_ops::start(&self.cp, &who.name, request.into_inner()).await;
+        let (target, outcome, detail) = match &started {
+            Ok(s) => (
+                format!("rollout {} of version {}", s.id, s.version),
+                "started",
+                format!("from version {}", s.from_version),
+            ),
+            Err(e) => (target, "refused", e.message().to_owned()),
+        };
+        self.cp
+            .audit(&who, Action::RolloutStart, &target, outcome, &detail)
+            .await;
+        started.map(Response::new)
+    }
+
+    async fn act_on_rollout(
+        &self,
+        request: Request<RolloutActionRequest>,
+    ) -> Result<Response<RolloutStatus>, Status> {
+        let req = request.get_ref();
+        let target = if req.id.is_empty() {
+            "newest rollout".to_owned()
+        } else {
+            format!("rollout {}", req.id)
+        };
+        let action = req.action.clone();
+        let who = self
+            .cp
+            .authorize(&request, Role::Admin, Action::RolloutAct, &target)
+            .await?;
+        let done = rollout_ops::act(&self.cp, &who.name, request.into_inner()).await;
+        let (target, outcome) = match &done {
+            Ok(s) => (format!("rollout {}", s.id), action.clone()),
+            Err(e) => (target, format!("refused: {}", e.message())),
+        };
+        self.cp
+            .audit(&who, Action::RolloutAct, &target, &outcome, &action)
+            .await;
+        done.map(Response::new)
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<RolloutStatus>, Status> {
+        self.viewer(&request, Action::RolloutRead).await?;
+        rollout_ops::get(&self.cp, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchRolloutStream = tokio_stream::wrappers::ReceiverStream<Result<RolloutStatus, Status>>;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        self.viewer(&request, Action::RolloutRead).await?;
+        let metadata = request.metadata().clone();
+        let cp = self.cp.clone();
+        let allowed = move || {
+            cp.auth
+                .check(&metadata, Role::Viewer, Action::RolloutRead.command())
+                .map(|_| ())
+                .map_err(Status::from)
+        };
+        rollout_ops::watch(self.cp.clone(), request.into_inner(), allowed).map(Response::new)
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        self.viewer(&request, Action::RolloutRead).await?;
+        rollout_ops::list(&self.cp).await.map(Response::new)
+    }
 }
 
 /// What a push would change, for the audit trail before it has a version.
@@ -270,6 +358,35 @@ impl AdminService {
         req: PushPolicyRequest,
     ) -> Result<PushPolicyResponse, Status> {
         let cp = &self.cp;
+        if let Some(active) = cp.rollouts.active() {
+            if !req.force {
+                let why = format!(
+                    "rollout {} of version {} is {} (step {} of {}); a push now would undo it: \
+                     let it finish, `tollgate rollout abort {}`, or push with --force (which \
+                     aborts it)",
+                    active.def.id,
+                    active.def.version,
+                    active.state.name(),
+                    active.step_of().0,
+                    active.step_of().1,
+                    active.def.id
+                );
+                cp.audit(who, Action::PolicyPush, &target, "refused", &why)
+                    .await;
+                return Err(Status::failed_precondition(why));
+            }
+            if let Some(id) = rollout_ops::abort_for_push(cp).await? {
+                tracing::warn!(rollout = %id, "rollout aborted by a forced push");
+                cp.audit(
+                    who,
+                    Action::RolloutAct,
+                    &format!("rollout {id}"),
+                    "abort",
+                    "push --force",
+                )
+                .await;
+            }
+        }
         let _serial = cp.push_lock.lock().await;
         let latest = cp.latest.borrow().clone();
         let server = Some(req.server.as_str()).filter(|s| !s.is_empty());
@@ -307,7 +424,11 @@ impl AdminService {
         };
         let hash = content_hash(&content);
         let message = req.message;
-        let detail = message.clone();
+        let detail = if req.stage {
+            format!("staged; {message}")
+        } else {
+            message.clone()
+        };
         let appended = cp
             .store(move |s| s.append(&content, &hash, &message, unix_now()))
             .await;
@@ -331,7 +452,11 @@ impl AdminService {
             &detail,
         )
         .await;
-        if created {
+        if created && req.stage {
+            // Stored for a rollout; nothing is sent until one starts.
+            cp.store(move |s| s.stage(version, true)).await?;
+            tracing::info!(version, hash = %stored.content_hash, "policy staged");
+        } else if created {
             tracing::info!(version, hash = %stored.content_hash, "policy pushed");
             cp.metrics.pushes.inc();
             cp.metrics.latest_version.set(version as i64);

@@ -26,6 +26,9 @@ pub(super) enum Action {
     AuditList,
     ApprovalsRead,
     ApprovalDecide,
+    RolloutStart,
+    RolloutAct,
+    RolloutRead,
 }
 
 impl Action {
@@ -41,6 +44,9 @@ impl Action {
             Action::AuditList => "audit",
             Action::ApprovalsRead => "approvals list",
             Action::ApprovalDecide => "approvals approve|deny",
+            Action::RolloutStart => "rollout start",
+            Action::RolloutAct => "rollout pause|resume|promote|abort|rollback",
+            Action::RolloutRead => "rollout status|list",
         }
     }
 
@@ -56,6 +62,9 @@ impl Action {
             Action::AuditList => "audit.read",
             Action::ApprovalsRead => "approval.read",
             Action::ApprovalDecide => "approval.decide",
+            Action::RolloutStart => "rollout.start",
+            Action::RolloutAct => "rollout.act",
+            Action::RolloutRead => "rollout.read",
         }
     }
 }

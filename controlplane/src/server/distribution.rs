@@ -1,11 +1,14 @@
 //! `PolicyDistribution.StreamPolicy`: one stream per sidecar, state of the
 //! world with one resource (the sidecar's whole bundle).
 //!
-//! Per stream: the first request names the node; the latest version is sent
-//! unless the node's content hash already equals it or the node refused it;
+//! Per stream: the first request names the node; the version it should run
+//! (the served one, or a rollout's choice for it, perhaps with a shadow
+//! beside it: see [`super::rollouts`]) is sent unless the node already runs
+//! it or refused it;
 //! every response carries a fresh nonce; a request echoing the last nonce is
 //! an ACK (or a NACK with `error_detail`); any other nonce is stale and
-//! ignored; a newly pushed version reaches every stream through a watch.
+//! ignored; a newly pushed version, or a rollout moving on, reaches every
+//! stream through a watch.
 //!
 //! Refusals are written to the store when they arrive and read back when a
 //! node first connects to this process, so a restart does not make the
@@ -26,6 +29,7 @@ use super::Opened;
 use super::distributed::distribute;
 use super::drain::{Latch, Tracked};
 use super::{ControlPlane, Latest};
+use crate::rollout::Desired;
 use crate::status::{NodeStatus, Session, unix_now};
 use crate::store::Nack;
 
@@ -117,15 +121,28 @@ struct NodeStream {
     latest: watch::Receiver<Option<Arc<Latest>>>,
     /// Set when the control plane stops: the stream ends.
     draining: Latch,
-    /// The nonce and the version (number and content hash) of the last
-    /// response sent on this stream.
-    last_sent: Option<(String, u64, String)>,
+    /// Wakes when a rollout may change what this node should run.
+    rollouts: watch::Receiver<u64>,
+    /// The node's labels, which rollouts select by.
+    labels: std::collections::HashMap<String, String>,
+    /// The last response sent on this stream.
+    last_sent: Option<Sent>,
     /// The content hash the node last reported running.
     reported_hash: String,
 }
 
 /// The stream can no longer send: the node went away.
 struct Closed;
+
+/// A response sent: its nonce, what it carried, and the content hashes of
+/// its live bundle and of the bundle an answer concerns (the shadow's when
+/// there is one: a refusal of the pair is recorded against the new version).
+#[derive(Clone)]
+struct Sent {
+    nonce: String,
+    desired: Desired,
+    refusable: (u64, String),
+}
 
 /// The stored version a node's report (a request without a nonce) says it
 /// runs, if its content hash is that version's: the latest's, or the one its
@@ -144,7 +161,7 @@ async fn stored_version_run(cp: &ControlPlane, node: &str, req: &PolicyRequest) 
         return Some(latest.version);
     }
     let version: u64 = req.version_info.parse().ok()?;
-    if version == 0 || version > latest.version {
+    if version == 0 {
         return None;
     }
     let key = cp.grant_key.clone();
@@ -192,7 +209,9 @@ impl NodeStream {
         first: &PolicyRequest,
     ) -> Self {
         let id = node.id.clone();
+        let labels = node.labels.clone();
         let latest = cp.latest.subscribe();
+        let rollouts = cp.rollouts.subscribe();
         // The node's first report (what it runs) is applied as it connects.
         let report = first.response_nonce.is_empty();
         let current = latest.borrow().clone();
@@ -212,6 +231,8 @@ impl NodeStream {
             session,
             tx,
             latest,
+            rollouts,
+            labels,
             draining,
             last_sent: None,
             reported_hash: if report {
@@ -252,6 +273,10 @@ impl NodeStream {
                         Ok(()) => self.send_latest().await,
                         Err(_) => Err(Closed),
                     },
+                    changed = self.rollouts.changed() => match changed {
+                        Ok(()) => self.send_latest().await,
+                        Err(_) => Err(Closed),
+                    },
                     () = self.tx.closed() => Err(Closed),
                     () = self.draining.set() => {
                         drained = true;
@@ -289,7 +314,12 @@ impl NodeStream {
             });
             self.reported_hash = req.content_hash;
         } else {
-            let Some((nonce, version, content_hash)) = self.last_sent.clone() else {
+            let Some(Sent {
+                nonce,
+                desired,
+                refusable: (version, content_hash),
+            }) = self.last_sent.clone()
+            else {
                 self.cp.metrics.stale_nonces.inc();
                 return Ok(());
             };
@@ -315,55 +345,113 @@ impl NodeStream {
                 }
                 None => {
                     self.cp.metrics.acks.inc();
-                    self.cp
-                        .fleet
-                        .update(&self.id, |n| n.acked(version, unix_now()));
+                    self.cp.fleet.update(&self.id, |n| {
+                        n.acked(desired.version, unix_now());
+                        n.acked_shadow(desired.shadow.unwrap_or(0));
+                    });
                 }
             }
         }
         self.send_latest().await
     }
 
-    /// Sends the latest version unless the node runs it, was already sent it
-    /// on this stream, or refused it.
+    /// Sends what the node should run (the served version, or a rollout's
+    /// choice, with a shadow beside it) unless the node runs it, was already
+    /// sent it on this stream, or refused it.
     async fn send_latest(&mut self) -> Result<(), Closed> {
-        let Some(latest) = self.latest.borrow_and_update().clone() else {
+        let Some(served) = self.latest.borrow_and_update().clone() else {
             return Ok(());
         };
-        let already_sent = self
-            .last_sent
-            .as_ref()
-            .is_some_and(|(_, v, _)| *v == latest.version);
+        self.rollouts.borrow_and_update();
+        let want = self
+            .cp
+            .rollouts
+            .desired(&self.id, &self.labels, served.version);
+        let (runs, applied_shadow) = self
+            .cp
+            .fleet
+            .update(&self.id, |n| {
+                n.desire(want);
+                let view = n.view(0);
+                (view.runs, view.runs.and_then(|r| r.shadow))
+            })
+            .unwrap_or((None, None));
+        if self.last_sent.as_ref().is_some_and(|s| s.desired == want) {
+            return Ok(());
+        }
+        let bundle = |version| {
+            let cp = self.cp.clone();
+            async move { cp.rollouts.bundle(&cp, version).await }
+        };
+        let (live, shadow) = match (bundle(want.version).await, want.shadow) {
+            (Ok(live), None) => (live, None),
+            (Ok(live), Some(s)) => match bundle(s).await {
+                Ok(shadow) => (live, Some(shadow)),
+                Err(status) => return self.unsendable(want, &status),
+            },
+            (Err(status), _) => return self.unsendable(want, &status),
+        };
+        let refusable = shadow.as_ref().unwrap_or(&live);
         let refused = self
             .cp
             .fleet
             .read(&self.id, |n| {
-                !n.accepts(latest.version, &latest.content_hash)
+                !n.accepts(live.version, &live.content_hash)
+                    || !n.accepts(refusable.version, &refusable.content_hash)
             })
             .unwrap_or(false);
-        if already_sent || refused || latest.content_hash == self.reported_hash {
+        let running = live.content_hash == self.reported_hash
+            && applied_shadow == want.shadow
+            && runs.is_some_and(|r| r.version == want.version);
+        if refused || running {
             return Ok(());
         }
         // Given before it is sent: the node may report under it as soon as
         // it has it.
-        self.cp.fleet.update(&self.id, |n| n.given(latest.version));
+        self.cp.fleet.update(&self.id, |n| {
+            n.given(live.version);
+            if let Some(s) = &shadow {
+                n.given(s.version);
+            }
+        });
         let nonce = self.cp.next_nonce();
         let response = PolicyResponse {
-            version: latest.version,
-            content_hash: latest.content_hash.clone(),
+            version: live.version,
+            content_hash: live.content_hash.clone(),
             nonce: nonce.clone(),
             rollout_id: String::new(),
-            bundle: latest.content.to_vec(),
-            grant_key: latest.grant_key.to_vec(),
-            // No shadow until rollouts send one.
-            ..PolicyResponse::default()
+            bundle: live.content.to_vec(),
+            grant_key: live.grant_key.to_vec(),
+            shadow_version: shadow.as_ref().map_or(0, |s| s.version),
+            shadow_content_hash: shadow
+                .as_ref()
+                .map_or_else(String::new, |s| s.content_hash.clone()),
+            shadow_bundle: shadow
+                .as_ref()
+                .map_or_else(Vec::new, |s| s.content.to_vec()),
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.last_sent = Some((nonce, latest.version, latest.content_hash.clone()));
+        self.last_sent = Some(Sent {
+            nonce,
+            desired: want,
+            refusable: (refusable.version, refusable.content_hash.clone()),
+        });
         self.cp.metrics.bundles_sent.inc();
         self.cp
             .fleet
-            .update(&self.id, |n| n.sent(latest.version, Instant::now()));
+            .update(&self.id, |n| n.sent(live.version, Instant::now()));
+        Ok(())
+    }
+
+    /// A version the node should run cannot be read: logged, nothing sent;
+    /// the next change or answer tries again.
+    fn unsendable(&self, want: Desired, status: &Status) -> Result<(), Closed> {
+        tracing::warn!(
+            node = %self.id,
+            version = want.version,
+            "cannot prepare the version the node should run; it keeps what it runs: {}",
+            status.message()
+        );
         Ok(())
     }
 

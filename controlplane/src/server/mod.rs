@@ -14,6 +14,7 @@ mod http;
 mod page;
 mod quota;
 mod restart;
+mod rollouts;
 mod running;
 mod stored_limits;
 mod tokens;
@@ -34,7 +35,7 @@ use crate::auth::bootstrap::{self, BootstrapError, Bootstrapped};
 use crate::metrics::Metrics;
 use crate::quota::AllocatorConfig;
 use crate::status::Fleet;
-use crate::store::{PolicyStore, SqliteStore, StoreError, StoredVersion};
+use crate::store::{PolicyStore, RolloutStore, SqliteStore, StoreError, StoredVersion};
 use crate::tls::{NodeIdentity, TlsError, TlsFiles};
 use admission::{Limits, StreamAdmission};
 use drain::Drain;
@@ -126,6 +127,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Webhook(#[from] crate::approvals::webhook::WebhookError),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::record::RecordError),
 }
 
 /// The version every node should run: as sent on the wire (derived once
@@ -186,6 +189,8 @@ pub struct ControlPlane {
     /// `--public-url`, or `http(s)://<http addr>`; set once the HTTP port
     /// is bound.
     public_url: std::sync::OnceLock<String>,
+    /// The newest staged rollout and what each node should run under it.
+    rollouts: rollouts::Rollouts,
 }
 
 impl ControlPlane {
@@ -194,9 +199,12 @@ impl ControlPlane {
     pub fn open(config: &Config) -> Result<Self, ServeError> {
         let store = SqliteStore::open(&config.data)?;
         let grant_key = distributed::grant_key(&store, crate::status::unix_now())?;
+        // What every node is sent: the newest version not staged for a
+        // rollout.
         let latest = store
-            .latest()?
+            .served()?
             .map(|v| Arc::new(Latest::new(v, &grant_key)));
+        let rollouts = rollouts::Rollouts::open(store.rollouts()?.first())?;
         match bootstrap::bootstrap(
             &store,
             &config.data,
@@ -257,6 +265,7 @@ impl ControlPlane {
             approvals,
             logins: page::session::Logins::default(),
             public_url: std::sync::OnceLock::new(),
+            rollouts,
         })
     }
 

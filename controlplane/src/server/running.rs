@@ -18,8 +18,11 @@ use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::approvals_server::ApprovalsServer;
 use tollgate_proto::v1::policy_distribution_server::PolicyDistributionServer;
 use tollgate_proto::v1::quota_server::QuotaServer;
+use tollgate_proto::v1::rollouts_server::RolloutsServer;
 
-use super::{Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota};
+use super::{
+    Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota, rollouts,
+};
 use crate::approvals::webhook;
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsFiles, acceptor};
 
@@ -96,6 +99,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 .max_decoding_message_size(approvals::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(approvals::MAX_MESSAGE_BYTES),
         )
+        .add_service(
+            RolloutsServer::new(rollouts::reports::ReportService::new(cp.clone()))
+                .max_decoding_message_size(rollouts::reports::MAX_REPORT_BYTES),
+        )
         .add_service(AdminServer::new(admin::AdminService::new(cp.clone())));
     let stopped = async {
         let _ = stop.await;
@@ -129,6 +136,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     };
     // Both end by themselves when the control plane drains.
     tokio::spawn(quota::tick(cp.clone()));
+    tokio::spawn(rollouts::drive(cp.clone()));
     let mut draining = cp.drain.latch();
     tokio::spawn(
         cp.approvals

@@ -11,7 +11,10 @@
 //! The trait is synchronous (SQLite is); async callers run it on the blocking
 //! pool. PostgreSQL for several replicas implements the same trait later.
 
+mod rollouts;
 mod sqlite;
+
+pub use rollouts::{RolloutStore, StoredRollout};
 
 pub use sqlite::SqliteStore;
 
@@ -132,7 +135,7 @@ pub enum StoreError {
 }
 
 /// The versions of the fleet's policy.
-pub trait PolicyStore: Send + Sync + 'static {
+pub trait PolicyStore: RolloutStore + Send + Sync + 'static {
     /// Appends `content` as a new version, unless the latest version already
     /// has exactly this content: then returns the latest and `false`.
     ///

@@ -1,4 +1,7 @@
 //! [`PolicyStore`] on one SQLite file (`DIR/tollgate.db`): the embedded store.
+//!
+//! Longer than 500 lines: the schema's migration steps are append-only and
+//! listed in one place, beside the queries they serve.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -91,6 +94,19 @@ const MIGRATIONS: &[&str] = &[
          used_by          TEXT    NOT NULL,
          used_ms          INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // Staged rollouts (one row a rollout, its whole record rewritten on
+    // every change), and the versions pushed for a rollout: stored, but not
+    // what every node is sent.
+    "CREATE TABLE rollouts (
+         seq         INTEGER PRIMARY KEY,
+         id          TEXT    NOT NULL UNIQUE,
+         state       TEXT    NOT NULL,
+         record      TEXT    NOT NULL,
+         updated_ms  INTEGER NOT NULL
+     );
+     CREATE TABLE staged_versions (
+         version     INTEGER PRIMARY KEY
+     );",
 ];
 
 impl SqliteStore {
@@ -113,7 +129,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(super) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 }
@@ -144,9 +160,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-const COLUMNS: &str = "version, content_hash, message, created_at, content";
+pub(super) const COLUMNS: &str = "version, content_hash, message, created_at, content";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredVersion> {
+pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredVersion> {
     Ok(StoredVersion {
         version: r.get::<_, i64>(0)? as u64,
         content_hash: r.get(1)?,

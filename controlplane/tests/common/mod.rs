@@ -107,6 +107,7 @@ pub async fn push(admin: &mut Admin, content: &str) -> PushPolicyResponse {
             content: content.as_bytes().to_vec(),
             server: String::new(),
             message: String::new(),
+            ..PushPolicyRequest::default()
         })
         .await
         .unwrap()
