@@ -9,9 +9,6 @@
 //!   decisions (every call allowed) while the report lists what the new
 //!   version would deny, per tool and decision pair, with samples naming the
 //!   rule and the arguments' digest; the shadow phase pauses on it.
-//!
-//! Needs the sidecar's decision reports (`--decision-report-interval`):
-//! ignored until the sidecar sends them.
 
 use std::time::{Duration, Instant};
 
@@ -120,7 +117,6 @@ fn traffic_until_paused(cp: &mut ControlPlane, sidecars: &[Sidecar]) -> (Value, 
 }
 
 #[test]
-#[ignore = "needs the sidecar's decision reports (sidecar --decision-report-interval)"]
 fn a_version_that_denies_a_tool_under_traffic_pauses_the_canary_step() {
     let (mut cp, _upstream, _state, sidecars, v1) = fleet();
     cli(
@@ -160,7 +156,6 @@ fn a_version_that_denies_a_tool_under_traffic_pauses_the_canary_step() {
 }
 
 #[test]
-#[ignore = "needs the sidecar's decision reports (sidecar --decision-report-interval)"]
 fn a_shadow_reports_what_it_would_deny_while_agents_see_only_live_decisions() {
     let (mut cp, _upstream, _state, sidecars, v1) = fleet();
     cli(

@@ -2,11 +2,12 @@
 //! `tollgate-sidecar --control-plane …` in front of server-everything, the
 //! Python `mcp` SDK client as the agent.
 //!
-//! The control plane's rollout side (`tollgate rollout start --shadow`) is
-//! not part of this test: [`ControlPlaneDouble`] stands in for it, a raw
-//! in-process tonic `PolicyDistribution` + `Rollouts` server generated from
-//! the same protos, which sends the bundles and keeps the decision reports.
-//! It is to be replaced by the real control plane once its rollouts land.
+//! The real control plane's shadow rollouts are tested in
+//! `rollouts_deny_rate.rs`. Here [`ControlPlaneDouble`], a raw in-process
+//! tonic `PolicyDistribution` + `Rollouts` server generated from the same
+//! protos, stands in for it on purpose: it sends what a correct control
+//! plane never sends (a shadow that does not compile) and refuses a report,
+//! so the sidecar's handling of both is tested end to end.
 //!
 //! - live v1 allows everything, shadow v2 denies `echo`: the agent sees
 //!   only the live decisions (server-everything answers `echo`), and the
