@@ -13,6 +13,8 @@
 # Environment (defaults in brackets):
 #   NODES ["1000 10000"]     fleet sizes, one fresh control plane each
 #   PUSHES [3]               measured pushes after v1 (the first is v2)
+#   ROLLOUT_STEPS [1,10,50,100]  then a staged rollout of one more version in these steps,
+#                            no bake: the time each step's nodes took to ACK ("" to skip)
 #   STREAMS_PER_CONN [500]   policy streams per HTTP/2 connection (1 = one connection per node)
 #   OPEN_CONCURRENCY [256]   streams being opened at once by the client
 #   MAX_OPENING [256]        the control plane's --max-opening-streams (admission throttle)
@@ -35,6 +37,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bench="$root/bench/fanout"
 NODES="${NODES:-1000 10000}"
 PUSHES="${PUSHES:-3}"
+ROLLOUT_STEPS="${ROLLOUT_STEPS-1,10,50,100}"
 STREAMS_PER_CONN="${STREAMS_PER_CONN:-500}"
 OPEN_CONCURRENCY="${OPEN_CONCURRENCY:-256}"
 MAX_OPENING="${MAX_OPENING:-256}"
@@ -121,7 +124,8 @@ for n in $NODES; do
   "${fleet_pin[@]}" "$bin/tollgate-fanout" --addr "$addr" "${client_tls[@]}" --cp-pid "$cp_pid" --nodes "$n" \
     --token-file "$work/data-$n/admin-token" \
     --streams-per-conn "$STREAMS_PER_CONN" --open-concurrency "$OPEN_CONCURRENCY" \
-    --policy "$POLICY" --pushes "$PUSHES" --timeout "$TIMEOUT" | tee "$out" ||
+    --policy "$POLICY" --pushes "$PUSHES" --timeout "$TIMEOUT" \
+    ${ROLLOUT_STEPS:+--rollout-steps "$ROLLOUT_STEPS"} | tee "$out" ||
     fail "N=$n: the benchmark failed (control plane log: $log)"
   while IFS= read -r line; do results+=("$line"); done < <(grep '^RESULT' "$out")
   kill "$cp_pid" 2>/dev/null || true

@@ -463,3 +463,72 @@ async fn the_shadow_goes_to_chosen_nodes_only_and_their_differences_show_in_stat
     drop((inside, outside));
     cp.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_viewer_reads_rollouts_but_only_an_admin_starts_or_acts_and_both_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start(dir.path()).await;
+    let mut admin = admin(cp.grpc_addr).await;
+    push(&mut admin, &policy("one")).await;
+    stage(&mut admin, &policy("two")).await;
+    let token = admin
+        .create_token(tollgate_proto::v1::CreateTokenRequest {
+            name: "watcher".to_owned(),
+            role: "viewer".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut viewer = common::admin_with(cp.grpc_addr, &token).await;
+    let denied = viewer
+        .start_rollout(start_request(2, &[100.0], 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    admin
+        .start_rollout(start_request(2, &[50.0, 100.0], 600_000))
+        .await
+        .unwrap();
+    assert_eq!(rollout(&mut viewer).await.id, "r1");
+    let denied = viewer
+        .act_on_rollout(RolloutActionRequest {
+            id: "r1".to_owned(),
+            action: "abort".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    admin
+        .act_on_rollout(RolloutActionRequest {
+            id: "r1".to_owned(),
+            action: "pause".to_owned(),
+        })
+        .await
+        .unwrap();
+    let trail = admin
+        .list_audit(tollgate_proto::v1::ListAuditRequest { since: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<(String, String, String)> = trail
+        .entries
+        .iter()
+        .map(|e| (e.actor.clone(), e.action.clone(), e.outcome.clone()))
+        .collect();
+    assert!(
+        seen.contains(&(
+            "bootstrap".to_owned(),
+            "rollout.start".to_owned(),
+            "started".to_owned()
+        )) && seen.contains(&(
+            "bootstrap".to_owned(),
+            "rollout.act".to_owned(),
+            "pause".to_owned()
+        )) && seen
+            .iter()
+            .any(|(a, act, o)| a == "watcher" && act == "rollout.start" && o.starts_with("denied")),
+        "{seen:?}"
+    );
+    cp.shutdown().await.unwrap();
+}

@@ -8,6 +8,9 @@
 //! 3. Push v2 (then v3, … for `--pushes`); the clock starts right before
 //!    the push RPC. Report when 50 %, 99 % and 100 % of the nodes had
 //!    received and ACKed it, by the clients' own clocks.
+//! 4. With `--rollout-steps`, stage one more version and roll it out over
+//!    the fleet in those steps with no bake (see [`rollout`]): report how
+//!    long each step's nodes took to ACK.
 //!
 //! The control plane is a separate process (`tollgate serve`), so its RSS is
 //! its own; pass its pid with `--cp-pid`, and an admin token (its
@@ -18,6 +21,7 @@
 
 mod policy;
 mod proc;
+mod rollout;
 mod sidecar;
 mod tls;
 
@@ -40,7 +44,7 @@ use tonic::transport::{Channel, Endpoint};
 use sidecar::{Board, Identity};
 
 /// The admin client, sending the operator token on every call.
-type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` to every admin call.
 #[derive(Clone)]
@@ -93,6 +97,10 @@ struct Args {
     /// (--streams-per-conn is then 1).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// After the pushes, roll one more version out in these steps (percent,
+    /// e.g. 1,10,50,100) and time each step's ACKs.
+    #[arg(long, value_delimiter = ',')]
+    rollout_steps: Vec<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -288,6 +296,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // ---- a staged rollout ----
+    if !args.rollout_steps.is_empty() {
+        let ids: Vec<String> = (0..args.nodes)
+            .map(|i| node_id(&args.id_prefix, i))
+            .collect();
+        let content = base.variant(args.pushes + 2, salt);
+        rollout::measure(
+            &mut admin,
+            &board,
+            &ids,
+            &args.rollout_steps,
+            content,
+            timeout,
+        )
+        .await?;
+    }
+
     // ---- memory ----
     let rss_after = args.cp_pid.and_then(proc::rss);
     match (rss_before, rss_connected, rss_after) {
@@ -453,7 +478,7 @@ fn nth(delays: &[Duration], n: usize, q: f64) -> Duration {
     delays.get(k - 1).copied().unwrap_or(Duration::MAX)
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 

@@ -94,6 +94,14 @@ impl Board {
         out
     }
 
+    /// How long after `since` node `index` ACKed the expected version;
+    /// `None` if it has not.
+    pub fn acked_after(&self, index: usize, since: Instant) -> Option<Duration> {
+        let since = since.saturating_duration_since(self.epoch);
+        let ns = self.acked_at.get(index)?.load(Ordering::SeqCst);
+        (ns != 0).then(|| Duration::from_nanos(ns).saturating_sub(since))
+    }
+
     fn acked(&self, index: usize, version: u64) {
         if version != self.target.load(Ordering::SeqCst) {
             return;

@@ -5,16 +5,18 @@
 use std::path::Path;
 
 use anyhow::Context;
-use tollgate_controlplane::tls::certs::{self, Authority, DEFAULT_TRUST_DOMAIN, NodeSubject};
+use tollgate_controlplane::tls::certs::{
+    self, CertificateAuthority, DEFAULT_TRUST_DOMAIN, NodeSubject,
+};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub struct Fleet {
-    ca: Authority,
+    ca: CertificateAuthority,
 }
 
 impl Fleet {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let ca = Authority::load(dir)
+        let ca = CertificateAuthority::load(dir)
             .with_context(|| format!("--tls-dir {}: no CA to issue from", dir.display()))?;
         Ok(Self { ca })
     }
