@@ -64,16 +64,8 @@ impl PolicyDistribution for Distribution {
             inbound,
             first,
         } = cp.open_node_stream(request, "request").await?;
-        let mut node = first
-            .node
-            .clone()
-            .filter(|n| !n.id.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "the first request must carry node, with a non-empty node.id",
-                )
-            })?;
-        let identity = cp.admit_node("policy", certs, &mut node)?;
+        let (node, identity) =
+            cp.admit_node("policy", "first request", certs, first.node.as_ref())?;
         // Once per node and process: what it refused before, perhaps before
         // a restart. Read inside the admission permit, so a storm of
         // reconnects reads the store a bounded number at a time.

@@ -355,19 +355,27 @@ impl ControlPlane {
         })
     }
 
-    /// Whether a `stream` ("policy" or "quota") whose connection presented
-    /// `certs` may speak for `node` (see [`crate::tls::peer::admit`]); the
-    /// verified SPIFFE id, or "" when ids are taken as declared. Refusals
-    /// are logged: a certificate speaking for another node is an attack or
-    /// a misconfigured sidecar.
+    /// The node a `stream` ("policy", "quota", "approvals", "rollouts")
+    /// speaks for: the one its first `message` names (refused without a
+    /// non-empty id), if the connection that presented `certs` may speak for
+    /// it (see [`crate::tls::peer::admit`]). Returns the node, with the
+    /// namespace a certificate proved, and the verified SPIFFE id ("" when
+    /// ids are taken as declared). Refusals are logged: a certificate
+    /// speaking for another node is an attack or a misconfigured sidecar.
     pub(crate) fn admit_node(
         &self,
         stream: &str,
+        message: &str,
         certs: Option<Arc<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>>,
-        node: &mut tollgate_proto::v1::Node,
-    ) -> Result<String, tonic::Status> {
-        match crate::tls::peer::admit(&self.node_identity, certs, node) {
-            Ok(peer) => Ok(peer.map(|p| p.spiffe_id).unwrap_or_default()),
+        node: Option<&tollgate_proto::v1::Node>,
+    ) -> Result<(tollgate_proto::v1::Node, String), tonic::Status> {
+        let mut node = node.filter(|n| !n.id.is_empty()).cloned().ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "the {message} must carry node, with a non-empty node.id (the sidecar's node id)"
+            ))
+        })?;
+        match crate::tls::peer::admit(&self.node_identity, certs, &mut node) {
+            Ok(peer) => Ok((node, peer.map(|p| p.spiffe_id).unwrap_or_default())),
             Err(status) => {
                 self.metrics.streams_unauthenticated.inc();
                 tracing::warn!(node = %node.id, stream, "{} stream refused: {}", stream, status.message());

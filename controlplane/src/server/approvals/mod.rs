@@ -63,17 +63,12 @@ impl pb::approvals_server::Approvals for ApprovalsService {
             inbound,
             first,
         } = cp.open_node_stream(request, "approvals message").await?;
-        let mut node = first
-            .node
-            .clone()
-            .filter(|n| !n.id.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "the first approvals message must carry node, with a non-empty node.id (the \
-                     sidecar's node id)",
-                )
-            })?;
-        cp.admit_node("approvals", certs, &mut node)?;
+        let (node, _) = cp.admit_node(
+            "approvals",
+            "first approvals message",
+            certs,
+            first.node.as_ref(),
+        )?;
         let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
         tokio::spawn(async move {
             let node = node.id;

@@ -63,17 +63,7 @@ impl Quota for QuotaService {
             inbound,
             first,
         } = cp.open_node_stream(request, "quota report").await?;
-        let mut node = first
-            .node
-            .clone()
-            .filter(|n| !n.id.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "the first quota report must carry node, with a non-empty node.id (the \
-                     sidecar's node id)",
-                )
-            })?;
-        cp.admit_node("quota", certs, &mut node)?;
+        let (node, _) = cp.admit_node("quota", "first quota report", certs, first.node.as_ref())?;
         let node_id = node.id;
         if first.epoch == 0 {
             return Err(Status::invalid_argument(format!(

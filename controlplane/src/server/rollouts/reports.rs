@@ -168,17 +168,9 @@ impl RolloutsRpc for ReportService {
     ) -> Result<Response<DecisionReportAck>, Status> {
         let certs = request.peer_certs();
         let mut report = request.into_inner();
-        let mut node = report
-            .node
-            .clone()
-            .filter(|n| !n.id.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "a decision report must carry node, with a non-empty node.id (the \
-                     sidecar's node id)",
-                )
-            })?;
-        self.cp.admit_node("rollouts", certs, &mut node)?;
+        let (node, _) =
+            self.cp
+                .admit_node("rollouts", "decision report", certs, report.node.as_ref())?;
         report.node = Some(node);
         if let Some(error) = refuse(&report) {
             return Ok(Response::new(DecisionReportAck { error }));
