@@ -11,6 +11,7 @@ pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod diff;
+pub mod inject;
 pub mod metrics;
 pub mod push;
 pub mod quota;
