@@ -56,6 +56,8 @@ enum Command {
     /// Roll a policy version out in steps, with gates, pause and rollback.
     #[command(subcommand)]
     Rollout(cli::rollout::RolloutCommand),
+    /// Add the sidecar to Kubernetes workloads (YAML or JSON) and print them.
+    Inject(cli::inject::InjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cli::audit::run(&args, &remote),
         Command::Approvals(cmd) => cli::approvals::run(cmd, &remote),
         Command::Rollout(cmd) => cli::rollout::run(cmd, &remote),
+        Command::Inject(args) => cli::inject::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ pub mod approvals;
 pub mod audit;
 pub mod certs;
 pub mod fleet;
+pub mod inject;
 pub mod limits;
 pub mod policy;
 pub mod remote;
