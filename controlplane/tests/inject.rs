@@ -13,6 +13,19 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Value, json};
 use tollgate_controlplane::inject::{self, Options, Outcome, admission, text};
 
+/// Every fixture with a golden file.
+const ALL: [&str; 9] = [
+    "deployment.yaml",
+    "statefulset.yaml",
+    "daemonset.yaml",
+    "job.yaml",
+    "cronjob.yaml",
+    "pod.yaml",
+    "list.json",
+    "multi.yaml",
+    "upgrade.yaml",
+];
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
 }
@@ -63,14 +76,8 @@ fn skipped(outcome: &Outcome, why: &str) -> bool {
 
 #[test]
 fn each_workload_kind_is_injected_as_its_golden_file_says() {
-    for input in [
-        "deployment.yaml",
-        "statefulset.yaml",
-        "daemonset.yaml",
-        "job.yaml",
-        "cronjob.yaml",
-        "pod.yaml",
-    ] {
+    // One workload each: Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod.
+    for input in &ALL[..6] {
         assert_eq!(golden(input), [Outcome::Injected], "{input}");
     }
     assert_eq!(golden("list.json"), [Outcome::Injected, Outcome::Injected]);
@@ -124,17 +131,7 @@ fn an_older_sidecar_is_brought_up_to_date_and_the_apps_own_parts_are_kept() {
 
 #[test]
 fn injecting_twice_changes_nothing() {
-    for input in [
-        "deployment.yaml",
-        "statefulset.yaml",
-        "daemonset.yaml",
-        "job.yaml",
-        "cronjob.yaml",
-        "pod.yaml",
-        "list.json",
-        "multi.yaml",
-        "upgrade.yaml",
-    ] {
+    for input in ALL {
         let once = read(&golden_path(input));
         let twice = text::inject(&once, &options()).expect("inject again");
         assert_eq!(twice.text, once, "{input}: a second injection changed it");
@@ -221,17 +218,7 @@ fn drop_added_type_meta(back: &mut Value, doc: &Value) {
 
 #[test]
 fn every_injected_output_reads_into_the_typed_structs_with_nothing_lost() {
-    for input in [
-        "deployment.yaml",
-        "statefulset.yaml",
-        "daemonset.yaml",
-        "job.yaml",
-        "cronjob.yaml",
-        "pod.yaml",
-        "list.json",
-        "multi.yaml",
-        "upgrade.yaml",
-    ] {
+    for input in ALL {
         let out = read(&golden_path(input));
         let docs: Vec<Value> = if input.ends_with(".json") {
             vec![serde_json::from_str(&out).expect("json")]

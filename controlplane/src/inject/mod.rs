@@ -166,36 +166,29 @@ fn add_object(
             };
             add_template(&pod.metadata, None, &template, object, at, "", opts, out)
         }
-        ("apps/v1", "Deployment") => {
-            let d: Deployment = typed(object, &at)?;
-            let t = d.spec.map(|s| s.template);
-            workload(&d.metadata, t, object, at, "/spec/template", opts, out)
-        }
+        ("apps/v1", "Deployment") => workload(object, at, TEMPLATE, opts, out, |d: Deployment| {
+            (d.metadata, d.spec.map(|s| s.template))
+        }),
         ("apps/v1", "StatefulSet") => {
-            let s: StatefulSet = typed(object, &at)?;
-            let t = s.spec.map(|s| s.template);
-            workload(&s.metadata, t, object, at, "/spec/template", opts, out)
+            workload(object, at, TEMPLATE, opts, out, |s: StatefulSet| {
+                (s.metadata, s.spec.map(|s| s.template))
+            })
         }
-        ("apps/v1", "DaemonSet") => {
-            let d: DaemonSet = typed(object, &at)?;
-            let t = d.spec.map(|s| s.template);
-            workload(&d.metadata, t, object, at, "/spec/template", opts, out)
-        }
-        ("apps/v1", "ReplicaSet") => {
-            let r: ReplicaSet = typed(object, &at)?;
-            let t = r.spec.and_then(|s| s.template);
-            workload(&r.metadata, t, object, at, "/spec/template", opts, out)
-        }
-        ("batch/v1", "Job") => {
-            let j: Job = typed(object, &at)?;
-            let t = j.spec.map(|s| s.template);
-            workload(&j.metadata, t, object, at, "/spec/template", opts, out)
-        }
+        ("apps/v1", "DaemonSet") => workload(object, at, TEMPLATE, opts, out, |d: DaemonSet| {
+            (d.metadata, d.spec.map(|s| s.template))
+        }),
+        ("apps/v1", "ReplicaSet") => workload(object, at, TEMPLATE, opts, out, |r: ReplicaSet| {
+            (r.metadata, r.spec.and_then(|s| s.template))
+        }),
+        ("batch/v1", "Job") => workload(object, at, TEMPLATE, opts, out, |j: Job| {
+            (j.metadata, j.spec.map(|s| s.template))
+        }),
         ("batch/v1", "CronJob") => {
-            let c: CronJob = typed(object, &at)?;
-            let t = c.spec.and_then(|s| s.job_template.spec).map(|s| s.template);
             let rel = "/spec/jobTemplate/spec/template";
-            workload(&c.metadata, t, object, at, rel, opts, out)
+            workload(object, at, rel, opts, out, |c: CronJob| {
+                let t = c.spec.and_then(|s| s.job_template.spec).map(|s| s.template);
+                (c.metadata, t)
+            })
         }
         (_, "") => Err(err(
             at.to_string(),
@@ -206,22 +199,26 @@ fn add_object(
     }
 }
 
-fn workload(
-    meta: &ObjectMeta,
-    template: Option<PodTemplateSpec>,
+/// Where a workload's pod template is.
+const TEMPLATE: &str = "/spec/template";
+
+/// A workload of type `T`, whose metadata and pod template `parts` gives.
+fn workload<T: DeserializeOwned>(
     object: &Value,
     at: PointerBuf,
     rel: &str,
     opts: &Options,
     out: &mut Injection,
+    parts: impl FnOnce(T) -> (ObjectMeta, Option<PodTemplateSpec>),
 ) -> Result<(), InjectError> {
+    let (meta, template) = parts(typed(object, &at)?);
     let Some(template) = template else {
         return Err(InjectError {
             pointer: format!("{at}{rel}"),
             message: "the workload has no pod template".into(),
         });
     };
-    add_template(meta, Some(rel), &template, object, at, rel, opts, out)
+    add_template(&meta, Some(rel), &template, object, at, rel, opts, out)
 }
 
 #[allow(clippy::too_many_arguments)]
