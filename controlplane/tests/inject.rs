@@ -316,6 +316,17 @@ fn bad_input_is_refused_naming_the_field() {
 
     let err = text::inject("kind: Deployment\nspec: [unclosed", &options()).expect_err("refused");
     assert!(err.to_string().contains("YAML"), "{err}");
+    // Hostile YAML: an alias bomb and deep nesting are refused, not expanded.
+    let mut bomb =
+        String::from("apiVersion: v1\nkind: ConfigMap\ndata:\n  a0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(",");
+        bomb.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    let err = text::inject(&bomb, &options()).expect_err("alias bomb");
+    assert!(err.to_string().contains("budget"), "{err}");
+    let deep = format!("a: {}{}", "[".repeat(200), "]".repeat(200));
+    assert!(text::inject(&deep, &options()).is_err());
     let err = text::inject("apiVersion: v1\nmetadata: {}\n", &options()).expect_err("no kind");
     assert!(err.to_string().contains("document 0"), "{err}");
 }
