@@ -200,6 +200,16 @@ fn an_injected_pods_sidecar_joins_the_fleet_and_governs_the_apps_calls() {
         "{row:#}"
     );
 
+    // What an operator sees (printed for the README with --nocapture).
+    let table = cp.cli(&["status"]);
+    println!("$ tollgate status\n{}", table.stdout);
+    let line = table.stdout.lines().find(|l| l.contains(POD));
+    assert!(
+        line.is_some_and(|l| l.contains("SYNCED")),
+        "{}",
+        table.stdout
+    );
+
     // The app, with the environment the injector gave it.
     let env = pod["spec"]["containers"][0]["env"].as_array().expect("env");
     let url_of = |name: &str| {
