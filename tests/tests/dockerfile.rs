@@ -6,8 +6,9 @@
 //! metadata --locked`, which fails where `cargo build --locked` would), both
 //! binaries are copied into the runtime stage, the build image's Rust is at
 //! least the workspace's `rust-version`, the image's entrypoint and user are
-//! what the control plane's Deployment runs, and `.dockerignore` leaves build
-//! output and the test peers out of the build context.
+//! what the control plane's Deployment runs, `.dockerignore` leaves build
+//! output and the test peers out of the build context, and the binaries need
+//! no shared library beyond what the distroless runtime has (glibc, libgcc).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,7 +16,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
-use tollgate_e2e::bins::workspace_root;
+use tollgate_e2e::bins::{self, workspace_root};
 use tollgate_e2e::kube;
 
 fn read(path: &Path) -> String {
@@ -225,6 +226,59 @@ fn the_dockerfile_builds_the_binaries_the_deployment_runs() {
         assert!(
             ignored.lines().any(|l| l.trim() == path),
             ".dockerignore does not leave out {path}"
+        );
+    }
+}
+
+/// The shared libraries the runtime image (distroless `cc-debian12`: glibc
+/// and libgcc) provides.
+const RUNTIME_LIBRARIES: [&str; 9] = [
+    "linux-vdso.so.1",
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libutil.so.1",
+    "libgcc_s.so.1",
+];
+
+#[test]
+fn the_binaries_need_only_libraries_the_distroless_runtime_has() {
+    // The debug build links the same system libraries as the image's release
+    // build: a crate that links a system library (OpenSSL, say) shows up here.
+    for bin in [bins::tollgate(), bins::sidecar()] {
+        let out = Command::new("ldd")
+            .arg(&bin)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ldd (libc-bin): {e}"));
+        assert!(
+            out.status.success(),
+            "ldd {} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let needed: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|lib| lib.rsplit('/').next().unwrap_or(lib))
+            .collect();
+        assert!(
+            needed.contains(&"libc.so.6"),
+            "ldd {} lists no libc: {listing}",
+            bin.display()
+        );
+        let foreign: Vec<&&str> = needed
+            .iter()
+            .filter(|lib| !RUNTIME_LIBRARIES.contains(lib))
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "{} needs {foreign:?}, which the distroless cc runtime image may not have: install \
+             it in the image or link it statically, then list it here",
+            bin.display()
         );
     }
 }
