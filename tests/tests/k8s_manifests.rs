@@ -299,7 +299,16 @@ fn the_webhook_cross_checks_catch_a_miswired_install() {
 
     // Each breakage, applied to a copy of the real install, and what the report must name.
     type Break = fn(&mut Install);
-    let breakages: [(&str, Break, &str); 5] = [
+    let breakages: [(&str, Break, &str); 6] = [
+        (
+            "the manifest sets a caBundle",
+            |i| {
+                if let Some(hook) = i.webhook.webhooks.as_mut().and_then(|w| w.first_mut()) {
+                    hook.client_config.ca_bundle = Some(k8s_openapi::ByteString(Vec::new()));
+                }
+            },
+            "caBundle is in the manifest",
+        ),
         (
             "the webhook calls another Service port",
             |i| {

@@ -132,6 +132,13 @@ pub fn webhook_problems(install: &Install) -> Vec<String> {
         problems.push("the webhook's clientConfig names no service".into());
         return problems;
     };
+    if hook.client_config.ca_bundle.is_some() {
+        problems.push(
+            "the webhook's caBundle is in the manifest: every kubectl apply would put it back over \
+             the operator's (or cert-manager's) CA"
+                .into(),
+        );
+    }
     let service_name = install.service.metadata.name.as_deref().unwrap_or("");
     let service_ns = install.service.metadata.namespace.as_deref().unwrap_or("");
     if (service_ref.name.as_str(), service_ref.namespace.as_str()) != (service_name, service_ns) {
