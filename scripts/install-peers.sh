@@ -8,13 +8,18 @@
 #   /usr/bin/chromium, /usr/bin/chromedriver
 #                              Debian's chromium and chromium-driver: the approval page is tested
 #                              in a real headless browser over WebDriver (needs root and apt-get)
+#   tests/peers/kubernetes-client
+#                              Debian's kubernetes-client package (kubectl 1.20 with kustomize
+#                              v2.0.3) unpacked with dpkg-deb, not installed: the manifests in
+#                              deploy/ are checked with tests/peers/kubernetes-client/usr/bin/kubectl
+#                              whatever other kubectl the machine has (needs apt-get)
 #
-# Idempotent: each part is skipped while a stamp records that its lock file is installed
-# unchanged and the installed files still answer. Needs npm and python3 (>= 3.10, with
+# Idempotent: each part is skipped while a stamp records that its lock file (for kubectl: the
+# package version apt offers) is installed unchanged and the installed files still answer. Needs npm and python3 (>= 3.10, with
 # venv) and the npm and PyPI registries. Exits non-zero, saying what failed, on any failure.
 #
 #   scripts/install-peers.sh           install what is missing or out of date
-#   scripts/install-peers.sh --force   reinstall both
+#   scripts/install-peers.sh --force   reinstall all of them
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -122,7 +127,57 @@ else
   say "installed: $(chromium --version 2>/dev/null | head -n1), $(chromedriver --version 2>/dev/null | head -n1)"
 fi
 
+# ---- kubectl (Debian's kubernetes-client, unpacked) -----------------------------------------
+# Not apt-get installed: it would conflict with any other kubectl package on the machine, and
+# the tests want this one. apt-get download fetches the .deb and dpkg-deb -x unpacks it.
+kc_dir="$peers/kubernetes-client"
+kubectl="$kc_dir/usr/bin/kubectl"
+kc_stamp="$kc_dir/.tollgate-installed"
+apt_updated=0
+
+kc_candidate() {
+  command -v apt-cache >/dev/null || return 0
+  apt-cache policy kubernetes-client 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2 }'
+}
+kc_runs() { "$kubectl" version --client >/dev/null 2>&1; }
+
+kc_want="$(kc_candidate)"
+if [[ $force == 0 && -f "$kc_stamp" ]] && kc_runs &&
+  [[ -z "$kc_want" || "$(cat "$kc_stamp")" == "$kc_want" ]]; then
+  say "kubectl already unpacked (kubernetes-client $(cat "$kc_stamp") at tests/peers/kubernetes-client): skipping"
+else
+  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
+    fail "apt-get and dpkg-deb are needed to fetch Debian's kubernetes-client (kubectl 1.20) into tests/peers/kubernetes-client"
+  if [[ -z "$kc_want" ]]; then
+    [[ $(id -u) == 0 ]] ||
+      fail "apt knows no kubernetes-client package: run apt-get update as root (Debian bookworm's main has it)"
+    say "apt-get update (no kubernetes-client in the package lists yet) …"
+    apt-get update -q >/dev/null || fail "apt-get update failed (is the Debian mirror reachable?)"
+    apt_updated=1
+    kc_want="$(kc_candidate)"
+    [[ -n "$kc_want" ]] || fail "apt still offers no kubernetes-client package (Debian bookworm's main has it)"
+  fi
+  kc_tmp="$(mktemp -d)"
+  trap 'rm -rf "$kc_tmp"' EXIT
+  # As root, apt-get download fetches as the user _apt, which must be able to write there.
+  if [[ $(id -u) == 0 ]] && id _apt >/dev/null 2>&1; then chown _apt "$kc_tmp"; fi
+  say "apt-get download kubernetes-client=$kc_want …"
+  kc_download() { (cd "$kc_tmp" && apt-get download -q "kubernetes-client=$kc_want" >/dev/null); }
+  kc_download ||
+    { [[ $apt_updated == 0 && $(id -u) == 0 ]] && apt-get update -q >/dev/null && kc_download; } ||
+    fail "could not download kubernetes-client $kc_want with apt-get (is the Debian mirror reachable?)"
+  deb="$(ls "$kc_tmp"/kubernetes-client_*.deb 2>/dev/null | head -n1)"
+  [[ -n "$deb" ]] || fail "apt-get download left no kubernetes-client .deb in $kc_tmp"
+  rm -rf "$kc_dir"
+  dpkg-deb -x "$deb" "$kc_dir" || fail "dpkg-deb -x $deb into $kc_dir failed"
+  kc_runs || fail "$kubectl does not run after unpacking kubernetes-client $kc_want"
+  dpkg-deb -f "$deb" Version >"$kc_stamp"
+  say "installed: $("$kubectl" version --client 2>/dev/null | grep -o 'GitVersion:"[^"]*"' | cut -d'"' -f2)" \
+    "(kubernetes-client $(cat "$kc_stamp")) in tests/peers/kubernetes-client"
+fi
+
 say "ready in tests/peers: node $("$node22" --version)," \
   "server-everything $(pkg_version @modelcontextprotocol/server-everything)," \
   "conformance $(pkg_version @modelcontextprotocol/conformance)," \
-  "mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))')"
+  "mcp $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))')," \
+  "kubernetes-client $(cat "$kc_stamp")"

@@ -8,6 +8,7 @@
 //! | [`approvals`] | a standalone sidecar's approval endpoints: list, approve, deny, wait for a request |
 //! | [`bins`] | the workspace's binaries, built once per test process |
 //! | [`browser`] | a real headless Chromium over WebDriver, for the control plane's pages |
+//! | [`kube`] | Debian's kubectl (kustomize) that `scripts/install-peers.sh` unpacks, YAML streams, the typed round-trip of Kubernetes objects |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
 //! | [`legacy_sse`] | a hand-made legacy HTTP+SSE client: the stream's endpoint and messages |
@@ -32,6 +33,7 @@ pub mod approvals;
 pub mod bins;
 pub mod browser;
 pub mod controlplane;
+pub mod kube;
 pub mod legacy_sse;
 pub mod link;
 pub mod net;
