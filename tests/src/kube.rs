@@ -126,6 +126,7 @@ fn typed_kinds() -> Vec<(&'static str, &'static str, RoundTrip)> {
         entry::<core::v1::Pod>(),
         entry::<apps::v1::Deployment>(),
         entry::<apps::v1::StatefulSet>(),
+        entry::<apps::v1::ReplicaSet>(),
         entry::<apps::v1::DaemonSet>(),
         entry::<batch::v1::Job>(),
         entry::<batch::v1::CronJob>(),
@@ -269,12 +270,20 @@ pub fn first_difference(original: &Value, back: &Value, pointer: String) -> Opti
                     }
                 }
             }
-            b.keys().find(|k| !a.contains_key(*k)).and_then(|key| {
-                mismatch(
-                    format!("{pointer}/{}", escape(key)),
-                    "added by the typed struct (not in the document)".into(),
-                )
-            })
+            // The typed structs write apiVersion and kind on objects embedded
+            // in others (a StatefulSet's volumeClaimTemplates) where a
+            // document may leave them out: not a difference below the top.
+            let embedded = !pointer.is_empty();
+            b.keys()
+                .find(|k| {
+                    !a.contains_key(*k) && !(embedded && (*k == "apiVersion" || *k == "kind"))
+                })
+                .and_then(|key| {
+                    mismatch(
+                        format!("{pointer}/{}", escape(key)),
+                        "added by the typed struct (not in the document)".into(),
+                    )
+                })
         }
         (Value::Array(a), Value::Array(b)) => {
             for (i, (x, y)) in a.iter().zip(b).enumerate() {
