@@ -12,12 +12,14 @@
 //!   naming the problem, and the server keeps answering;
 //! - an oversized body is refused with 413, GET with 405, another path with
 //!   404, plaintext HTTP never gets an answer; the counter of reviews moved;
+//! - its own certificate (`--webhook-cert`), rotated on disk, serves the
+//!   next connection without a restart;
 //! - without a certificate or a control plane URL, serve refuses to start.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_e2e::controlplane::ControlPlane;
@@ -388,13 +390,7 @@ fn serve_refuses_a_webhook_without_a_certificate_or_a_control_plane_url() {
     );
 
     let certs = scratch.join("certs");
-    let mut init = Command::new(bins::tollgate());
-    init.arg("certs")
-        .arg("init")
-        .arg(&certs)
-        .args(["--san", "localhost"]);
-    let made = process::run("tollgate certs init", init, None, Duration::from_secs(30));
-    assert!(made.status.success(), "{}{}", made.stdout, made.stderr);
+    certs_init(&certs);
     let cert = certs.join("control-plane.pem");
     let key = certs.join("control-plane-key.pem");
     let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
@@ -408,4 +404,76 @@ fn serve_refuses_a_webhook_without_a_certificate_or_a_control_plane_url() {
         "{}",
         out.stderr
     );
+}
+
+/// `tollgate certs init DIR --san localhost`.
+fn certs_init(dir: &Path) {
+    let mut init = Command::new(bins::tollgate());
+    init.arg("certs")
+        .arg("init")
+        .arg(dir)
+        .args(["--san", "localhost"]);
+    let made = process::run("tollgate certs init", init, None, Duration::from_secs(30));
+    assert!(made.status.success(), "{}{}", made.stdout, made.stderr);
+}
+
+/// Renames a copy of `from` over `to` (how a rotated secret appears).
+fn replace(from: &Path, to: &Path) {
+    let tmp = to.with_extension("rotating");
+    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    std::fs::rename(&tmp, to).unwrap_or_else(|e| panic!("rename to {}: {e}", to.display()));
+}
+
+#[test]
+fn a_rotated_webhook_certificate_serves_the_next_connection() {
+    let scratch = Scratch::new("webhook-certs");
+    let (first, second) = (scratch.join("first"), scratch.join("second"));
+    certs_init(&first);
+    certs_init(&second);
+    // The webhook's own files (as a mounted secret), apart from any --tls-cert.
+    let (cert, key) = (scratch.join("webhook.pem"), scratch.join("webhook-key.pem"));
+    replace(&first.join("control-plane.pem"), &cert);
+    replace(&first.join("control-plane-key.pem"), &key);
+    let hook = free_addr();
+    let (hook_arg, cert_arg, key_arg) = (
+        hook.to_string(),
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let mut cp = ControlPlane::start_with_args(&[
+        "--webhook-addr",
+        &hook_arg,
+        "--webhook-cert",
+        &cert_arg,
+        "--webhook-key",
+        &key_arg,
+        "--inject-control-plane",
+        CONTROL_PLANE,
+    ]);
+    let pid = cp.process().id();
+    let old = Client::trusting(&first.join("ca.pem"));
+    let new = Client::trusting(&second.join("ca.pem"));
+    let healthz = |client: &Client| client.get(hook, "/healthz").map(|r| r.status);
+    assert_eq!(healthz(&old).ok(), Some(200));
+    assert!(
+        healthz(&new).is_err(),
+        "a client trusting another CA was served"
+    );
+
+    replace(&second.join("control-plane.pem"), &cert);
+    replace(&second.join("control-plane-key.pem"), &key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while healthz(&new).ok() != Some(200) {
+        cp.process().assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        healthz(&old).is_err(),
+        "a client trusting only the old CA still connected after the rotation"
+    );
+    assert_eq!(cp.process().id(), pid, "served by the same process");
 }
