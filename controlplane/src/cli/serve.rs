@@ -64,8 +64,9 @@ pub struct ServeArgs {
     /// any token exists.
     #[arg(long, value_name = "PATH")]
     bootstrap_token_file: Option<PathBuf>,
-    /// Serve TLS on both ports with this certificate (PEM, chain first);
-    /// re-read when the file changes. `tollgate certs init DIR` makes one.
+    /// Serve TLS on both ports (and the webhook's, without --webhook-cert)
+    /// with this certificate (PEM, chain first); re-read when the file
+    /// changes. `tollgate certs init DIR` makes one.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).

@@ -198,14 +198,6 @@ async fn inject(
         }
     };
     let outcome = outcome(&answer);
-    cp.metrics.webhook_review(outcome.label());
-    tracing::debug!(
-        uid = about.uid,
-        namespace = about.namespace,
-        dry_run = about.dry_run,
-        outcome = outcome.label(),
-        "admission review"
-    );
     if outcome == Counted::Unanswered {
         tracing::error!(
             uid = about.uid,
@@ -216,6 +208,14 @@ async fn inject(
             "the review could not be answered; see the control plane's log\n",
         );
     }
+    cp.metrics.webhook_review(outcome.label());
+    tracing::debug!(
+        uid = about.uid,
+        namespace = about.namespace,
+        dry_run = about.dry_run,
+        outcome = outcome.label(),
+        "admission review"
+    );
     let mut resp = Response::new(Full::new(Bytes::from(answer)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -274,7 +274,7 @@ enum Counted {
     Refused,
     /// Denied: the review itself could not be read.
     Invalid,
-    /// No AdmissionReview came back at all.
+    /// No AdmissionReview came back at all (answered 500, not counted).
     Unanswered,
 }
 
@@ -320,12 +320,29 @@ fn outcome(answer: &[u8]) -> Counted {
         .status
         .as_ref()
         .is_some_and(|s| s.code == 400 || s.reason == "InvalidRequest" || s.reason == "BadRequest");
-    match (r.allowed, r.patch) {
-        (true, Some(p)) if !p.is_null() => Counted::Injected,
-        (true, _) => Counted::Unchanged,
+    match (r.allowed, r.patch.as_ref().is_some_and(changes)) {
+        (true, true) => Counted::Injected,
+        (true, false) => Counted::Unchanged,
         (false, _) if r.uid.is_empty() || invalid_status => Counted::Invalid,
         (false, _) => Counted::Refused,
     }
+}
+
+/// Whether a response's `patch` (Go's `[]byte` on the wire: a base64
+/// string or an array of byte values) holds at least one operation.
+fn changes(patch: &serde_json::Value) -> bool {
+    let bytes = match patch {
+        serde_json::Value::Array(_) => serde_json::from_value::<Vec<u8>>(patch.clone()).ok(),
+        serde_json::Value::String(_) => {
+            serde_json::from_value::<k8s_openapi::ByteString>(patch.clone())
+                .ok()
+                .map(|b| b.0)
+        }
+        _ => None,
+    };
+    bytes
+        .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
+        .is_some_and(|ops| !ops.is_empty())
 }
 
 fn too_large() -> Response<Full<Bytes>> {
@@ -359,8 +376,23 @@ mod tests {
         };
         let cases = [
             (
-                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W10="}"#,
+                // base64 of [{"op":"add","path":"/a","value":1}]
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W3sib3AiOiJhZGQiLCJwYXRoIjoiL2EiLCJ2YWx1ZSI6MX1d"}"#,
                 Counted::Injected,
+            ),
+            (
+                // [{}] as an array of bytes, as kube-core writes it
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,123,125,93]}"#,
+                Counted::Injected,
+            ),
+            (
+                // an empty patch, base64 and bytes
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W10="}"#,
+                Counted::Unchanged,
+            ),
+            (
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,93]}"#,
+                Counted::Unchanged,
             ),
             (
                 r#"{"uid":"u","allowed":true,"status":{}}"#,
