@@ -40,6 +40,8 @@ pub struct Metrics {
     pub quota_streams: Gauge,
     /// Approval requests and their webhook.
     pub approvals: ApprovalMetrics,
+    /// Admission reviews the injection webhook answered, by `outcome`.
+    pub webhook_reviews: Family<Vec<(String, String)>, Counter>,
 }
 
 /// The approvals' metrics, cloned into the approvals core (each metric is a
@@ -89,6 +91,7 @@ impl Metrics {
             quota_buckets: Gauge::default(),
             quota_streams: Gauge::default(),
             approvals: ApprovalMetrics::default(),
+            webhook_reviews: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -185,7 +188,28 @@ impl Metrics {
             "Approval webhook notices given up (tries exhausted or queue full)",
             m.approvals.webhook_dropped.clone(),
         );
+        r.register(
+            "webhook_reviews",
+            "Admission reviews the injection webhook answered, by outcome",
+            m.webhook_reviews.clone(),
+        );
+        // Every outcome shows from the start, at zero.
+        for outcome in WEBHOOK_OUTCOMES {
+            m.webhook_review_counter(outcome);
+        }
         Self { registry, ..m }
+    }
+
+    /// Counts one admission review answered with `outcome` (one of
+    /// [`WEBHOOK_OUTCOMES`]).
+    pub fn webhook_review(&self, outcome: &str) {
+        self.webhook_review_counter(outcome).inc();
+    }
+
+    fn webhook_review_counter(&self, outcome: &str) -> Counter {
+        self.webhook_reviews
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .clone()
     }
 
     /// The OpenMetrics text exposition.
@@ -196,6 +220,18 @@ impl Metrics {
         out
     }
 }
+
+/// The `outcome` labels of `webhook_reviews_total`: the sidecar was added,
+/// brought up to date, already as asked, not wanted (opt-out), refused
+/// (the pod cannot be injected), or the review could not be read.
+pub const WEBHOOK_OUTCOMES: [&str; 6] = [
+    "injected",
+    "updated",
+    "unchanged",
+    "skipped",
+    "refused",
+    "invalid",
+];
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -11,6 +11,7 @@
 //! | [`kube`] | Debian's kubectl (kustomize) that `scripts/install-peers.sh` unpacks, YAML streams, the typed round-trip of Kubernetes objects |
 //! | [`process`] | a child process killed on drop, its output shown when a test fails |
 //! | [`net`] | free loopback ports, waiting for a port, a tiny HTTP/1.1 client |
+//! | [`https`] | a tiny HTTPS/1.1 client trusting a CA file, for the control plane's TLS ports |
 //! | [`legacy_sse`] | a hand-made legacy HTTP+SSE client: the stream's endpoint and messages |
 //! | [`link`] | a TCP proxy a test can cut, to partition a pod from the control plane |
 //! | [`recorder`] | a recording MCP upstream (Streamable HTTP and legacy SSE), to assert what reached the upstream |
@@ -33,6 +34,7 @@ pub mod approvals;
 pub mod bins;
 pub mod browser;
 pub mod controlplane;
+pub mod https;
 pub mod kube;
 pub mod legacy_sse;
 pub mod link;

@@ -121,7 +121,8 @@ pub fn request(
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> std::io::Result<Reply> {
+/// Parses a whole HTTP/1.1 reply (read to the connection's end).
+pub(crate) fn parse(raw: &[u8]) -> std::io::Result<Reply> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let end = raw
         .windows(4)

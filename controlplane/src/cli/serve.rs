@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio::sync::watch;
 
+use crate::inject;
 use crate::quota::AllocatorConfig;
+use crate::server::webhook::WebhookConfig;
 use crate::server::{self, Config};
 use crate::tls::{NodeIdentity, TlsFiles};
 
@@ -62,8 +64,9 @@ pub struct ServeArgs {
     /// any token exists.
     #[arg(long, value_name = "PATH")]
     bootstrap_token_file: Option<PathBuf>,
-    /// Serve TLS on both ports with this certificate (PEM, chain first);
-    /// re-read when the file changes. `tollgate certs init DIR` makes one.
+    /// Serve TLS on both ports (and the webhook's, without --webhook-cert)
+    /// with this certificate (PEM, chain first); re-read when the file
+    /// changes. `tollgate certs init DIR` makes one.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
@@ -95,6 +98,37 @@ pub struct ServeArgs {
     /// generated once into DATA/approval-webhook-secret (0600).
     #[arg(long, value_name = "FILE", requires = "approval_webhook")]
     approval_webhook_secret_file: Option<PathBuf>,
+    /// Serve the Kubernetes mutating admission webhook on this address:
+    /// HTTPS only, `POST /inject` adds the sidecar to pods (the same patch
+    /// as `tollgate inject`). Needs --inject-control-plane and a certificate.
+    #[arg(long, value_name = "ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The webhook's certificate (PEM, chain first; its names must include
+    /// the Service's DNS name); default --tls-cert. Re-read when it changes.
+    #[arg(long, value_name = "PEM", requires_all = ["webhook_key", "webhook_addr"])]
+    webhook_cert: Option<PathBuf>,
+    /// The private key of --webhook-cert (PEM); default --tls-key.
+    #[arg(long, value_name = "PEM", requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// The sidecar image the webhook injects.
+    #[arg(long, value_name = "IMAGE", default_value = concat!("tollgate:", env!("CARGO_PKG_VERSION")))]
+    inject_image: String,
+    /// The control plane's gRPC URL as injected pods reach it (e.g.
+    /// https://tollgate.tollgate-system.svc:50051).
+    #[arg(long, value_name = "URL", requires = "webhook_addr")]
+    inject_control_plane: Option<String>,
+    /// A ConfigMap in each pod's namespace whose `ca.crt` verifies an
+    /// https:// --inject-control-plane.
+    #[arg(long, value_name = "NAME", requires = "webhook_addr")]
+    inject_ca_config_map: Option<String>,
+    /// Upstreams for pods without a `tollgate.dev/upstreams` annotation
+    /// (`NAME=URL` or a bare URL; repeatable).
+    #[arg(
+        long = "inject-upstream",
+        value_name = "[NAME=]URL",
+        requires = "webhook_addr"
+    )]
+    inject_upstreams: Vec<String>,
 }
 
 impl ServeArgs {
@@ -123,6 +157,75 @@ impl ServeArgs {
         };
         Ok((tls, identity))
     }
+
+    /// The admission webhook's configuration, or why it cannot serve.
+    fn webhook(&self) -> anyhow::Result<Option<WebhookConfig>> {
+        let Some(addr) = self.webhook_addr else {
+            return Ok(None);
+        };
+        let (cert, key) = match (&self.webhook_cert, &self.webhook_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+                _ => bail!(
+                    "--webhook-addr serves HTTPS only (the Kubernetes API server calls webhooks \
+                     over TLS): give --webhook-cert and --webhook-key, or --tls-cert and \
+                     --tls-key (the certificate's names must include the webhook Service's DNS \
+                     name, e.g. `tollgate certs init DIR --san tollgate.tollgate-system.svc`)"
+                ),
+            },
+        };
+        let Some(control_plane) = self.inject_control_plane.clone() else {
+            bail!(
+                "--webhook-addr needs --inject-control-plane URL: the control plane's gRPC URL \
+                 as injected pods reach it, e.g. https://tollgate.tollgate-system.svc:50051"
+            );
+        };
+        if !is_http_url(&control_plane) {
+            bail!(
+                "--inject-control-plane {control_plane:?} is not a URL; give \
+                 http(s)://HOST:PORT, e.g. https://tollgate.tollgate-system.svc:50051"
+            );
+        }
+        if self.inject_image.trim().is_empty() {
+            bail!(
+                "--inject-image is empty; give the sidecar's image, e.g. tollgate:{}",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        for upstream in &self.inject_upstreams {
+            let url = upstream
+                .split_once('=')
+                .map_or(upstream.as_str(), |(_, u)| u);
+            if !is_http_url(url) {
+                bail!(
+                    "--inject-upstream {upstream:?}: give NAME=URL or a bare URL, with an http(s) \
+                     URL, e.g. files=http://files.tools.svc:8080/mcp"
+                );
+            }
+        }
+        Ok(Some(WebhookConfig {
+            addr,
+            tls: TlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            },
+            inject: inject::Options {
+                image: self.inject_image.clone(),
+                control_plane,
+                ca_config_map: self.inject_ca_config_map.clone(),
+                upstreams: self.inject_upstreams.clone(),
+            },
+        }))
+    }
+}
+
+/// `http://` or `https://` followed by a host.
+fn is_http_url(s: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| s.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
 }
 
 /// Keeps the data dir to this user: policies, node ids and quota state are
@@ -158,6 +261,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (tls, node_identity) = args.security()?;
+    let webhook = args.webhook()?;
     private_files(&args.data)?;
     let config = Config {
         tls,
@@ -179,6 +283,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         public_url: args.public_url,
         approval_webhook: args.approval_webhook,
         approval_webhook_secret_file: args.approval_webhook_secret_file,
+        webhook,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -190,6 +295,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("tollgate control plane: grpc {}", running.grpc_addr);
         if let Some(http) = running.http_addr {
             println!("tollgate control plane: http {http}");
+        }
+        if let Some(webhook) = running.webhook_addr {
+            println!("tollgate control plane: webhook {webhook}");
         }
         let (count, received) = watch::channel(0u32);
         tokio::spawn(async move {
@@ -278,18 +386,5 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(
-            parse_duration("500ms").ok(),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("3d").is_err());
-    }
-}
+#[path = "serve_tests.rs"]
+mod tests;

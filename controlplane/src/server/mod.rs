@@ -1,5 +1,6 @@
 //! `tollgate serve`: the gRPC services (distribution, quota, approvals and
-//! admin, one port) and the HTTP port (health, readiness, metrics) over one shared
+//! admin, one port), the HTTP port (health, readiness, metrics) and the
+//! optional admission webhook port ([`webhook`]) over one shared
 //! [`ControlPlane`], which this module holds. Starting them ([`start`]) and
 //! the clean stop ([`Running::shutdown`]) are in `running.rs`.
 
@@ -18,6 +19,7 @@ mod rollouts;
 mod running;
 mod stored_limits;
 mod tokens;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +84,8 @@ pub struct Config {
     /// The webhook's signing secret; `None`: generated into
     /// `<data>/approval-webhook-secret`.
     pub approval_webhook_secret_file: Option<PathBuf>,
+    /// Serve the Kubernetes admission webhook (sidecar injection) too.
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             public_url: None,
             approval_webhook: None,
             approval_webhook_secret_file: None,
+            webhook: None,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Starting and stopping: [`start`] binds both ports and serves the gRPC
-//! services and the HTTP port over one [`ControlPlane`]; [`Running`] stops
-//! them cleanly.
+//! Starting and stopping: [`start`] binds the ports and serves the gRPC
+//! services, the HTTP port and the admission webhook over one
+//! [`ControlPlane`]; [`Running`] stops them cleanly.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use tollgate_proto::v1::rollouts_server::RolloutsServer;
 
 use super::{
     Config, ControlPlane, ServeError, admin, approvals, distribution, http, quota, rollouts,
+    webhook as admission_webhook,
 };
 use crate::approvals::webhook;
 use crate::tls::{NodeIdentity, ReloadingConfig, TlsFiles, acceptor};
@@ -34,6 +35,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// The admission webhook's port, when served.
+    pub webhook_addr: Option<SocketAddr>,
     pub control_plane: Arc<ControlPlane>,
     /// Tells the gRPC server to stop accepting and close its connections
     /// once their streams are done.
@@ -42,6 +45,7 @@ pub struct Running {
     listener_closed: Option<oneshot::Receiver<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
+    webhook: Option<JoinHandle<()>>,
 }
 
 /// The gRPC listener's connections; dropping it (when the server stops
@@ -62,6 +66,12 @@ impl Stream for Accepting {
 /// Opens the store, binds both ports and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let cp = Arc::new(ControlPlane::open(&config)?);
+    // Read before anything listens: a missing certificate stops the start.
+    let webhook_tls = config
+        .webhook
+        .as_ref()
+        .map(admission_webhook::tls)
+        .transpose()?;
     // Checked before anything listens: a bad URL or secret stops the start.
     let hook = match &config.approval_webhook {
         Some(url) => {
@@ -143,6 +153,27 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             .clone()
             .run_sweeper(async move { draining.set().await }),
     );
+    // Bound before the HTTP port: whenever that answers, so does this.
+    let (webhook_task, webhook_addr) = match (&config.webhook, webhook_tls) {
+        (Some(injecting), Some(tls)) => {
+            let listener = listen(injecting.addr).await?;
+            let bound = listener.local_addr().map_err(|source| ServeError::Listen {
+                addr: injecting.addr,
+                source,
+            })?;
+            let serving =
+                admission_webhook::serve(listener, cp.clone(), tls, injecting.inject.clone());
+            tracing::info!(
+                addr = %bound,
+                path = admission_webhook::INJECT_PATH,
+                control_plane = injecting.inject.control_plane,
+                image = injecting.inject.image,
+                "admission webhook serving: pods are injected with the sidecar"
+            );
+            (Some(tokio::spawn(serving)), Some(bound))
+        }
+        _ => (None, None),
+    };
     let (http, http_addr) = match config.http {
         Some(addr) => {
             let listener = listen(addr).await?;
@@ -204,11 +235,13 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     Ok(Running {
         grpc_addr,
         http_addr,
+        webhook_addr,
         control_plane: cp,
         stop_accepting: Some(stop_accepting),
         listener_closed: Some(listener_closed),
         grpc: Some(grpc),
         http,
+        webhook: webhook_task,
     })
 }
 
@@ -287,6 +320,9 @@ impl Running {
         }
         if let Some(http) = self.http.take() {
             http.abort();
+        }
+        if let Some(task) = self.webhook.take() {
+            task.abort();
         }
         let store = cp.store.clone();
         tokio::task::spawn_blocking(move || store.flush()).await??;

@@ -1,0 +1,437 @@
+//! The mutating admission webhook's port (`serve --webhook-addr`): HTTPS
+//! only, `POST /inject` with an `admission.k8s.io/v1` AdmissionReview in,
+//! the AdmissionReview [`crate::inject::admission::review`] answers out
+//! (a JSONPatch adding the sidecar, the same patch `tollgate inject`
+//! applies). `/healthz` answers `ok`; anything else is refused with a
+//! plain-text line saying what this port serves.
+//!
+//! The Kubernetes API server is the only expected client, but whatever
+//! reaches the port is read as hostile: connections, header time, body size
+//! and body time are bounded, and the certificate is re-read when its files
+//! change (a rotated Kubernetes secret serves the next connection). No
+//! client certificate is asked for: the API server presents none by default.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use super::ControlPlane;
+use crate::inject;
+use crate::tls::{ReloadingConfig, TlsFiles, acceptor};
+
+/// The path the MutatingWebhookConfiguration's service points at.
+pub const INJECT_PATH: &str = "/inject";
+
+/// The largest AdmissionReview read, in bytes: a pod with many containers
+/// and its managed fields fits many times over (etcd stores objects up to
+/// 1.5 MiB); past it the answer is 413.
+pub const MAX_REVIEW_BYTES: usize = 4 << 20;
+
+/// How long a client may take to send a request's headers; also how long
+/// an idle kept-alive connection stays open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's body once its headers
+/// arrived (the API server's own webhook timeout is at most 30 s).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; past this, new ones wait in the kernel's
+/// accept queue. Bounds the memory bodies can take to this many times
+/// [`MAX_REVIEW_BYTES`].
+const MAX_CONNECTIONS: usize = 64;
+
+/// How the webhook is served.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// The serving certificate and key (`client_ca` is not used: no client
+    /// certificate is asked for).
+    pub tls: TlsFiles,
+    /// How injected sidecars are configured.
+    pub inject: inject::Options,
+}
+
+/// The webhook's TLS configuration, read now: a missing or unreadable
+/// certificate stops the start.
+pub fn tls(config: &WebhookConfig) -> Result<Arc<ReloadingConfig>, crate::tls::TlsError> {
+    let files = TlsFiles {
+        client_ca: None,
+        ..config.tls.clone()
+    };
+    Ok(Arc::new(ReloadingConfig::load(files, &[b"http/1.1"])?))
+}
+
+/// Serves the webhook port until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    cp: Arc<ControlPlane>,
+    tls: Arc<ReloadingConfig>,
+    opts: inject::Options,
+) {
+    let opts = Arc::new(opts);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %e, "webhook accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (cp, opts, config) = (cp.clone(), opts.clone(), tls.current());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(tls) = acceptor::handshake(config, stream).await else {
+                return;
+            };
+            let svc = service_fn(move |req| answer(req, cp.clone(), opts.clone()));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    cp: Arc<ControlPlane>,
+    opts: Arc<inject::Options>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.uri().path(), req.method()) {
+        (INJECT_PATH, &Method::POST) => inject(req, &cp, opts).await,
+        (INJECT_PATH, _) => {
+            let mut resp = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the admission webhook takes POST /inject with an admission.k8s.io/v1 \
+                 AdmissionReview (as the Kubernetes API server sends it)\n",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            resp
+        }
+        ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: this port serves the admission webhook at POST /inject (point the \
+             MutatingWebhookConfiguration's service path there) and GET /healthz\n",
+        ),
+    })
+}
+
+/// One review: the body read (bounded in size and time), answered by the
+/// injection core on the blocking pool (a large pod is parsed and patched
+/// there), counted and logged.
+async fn inject(
+    req: Request<Incoming>,
+    cp: &ControlPlane,
+    opts: Arc<inject::Options>,
+) -> Response<Full<Bytes>> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the AdmissionReview as Content-Type: application/json\n",
+        );
+    }
+    // A declared length past the bound is refused before anything is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REVIEW_BYTES as u64) {
+        return too_large();
+    }
+    let read = Limited::new(req.into_body(), MAX_REVIEW_BYTES).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "the AdmissionReview did not arrive whole; send it again\n",
+            );
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the AdmissionReview did not arrive within 10 s; send it again\n",
+            );
+        }
+    };
+    let answered = tokio::task::spawn_blocking(move || {
+        let answer = inject::admission::review(&body, &opts);
+        let about = About::of(&body);
+        (answer, about)
+    })
+    .await;
+    let (answer, about) = match answered {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "the admission review task failed");
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the review could not be answered; see the control plane's log\n",
+            );
+        }
+    };
+    let outcome = outcome(&answer);
+    if outcome == Counted::Unanswered {
+        tracing::error!(
+            uid = about.uid,
+            "the injection core gave no AdmissionReview for a review; answered 500"
+        );
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the review could not be answered; see the control plane's log\n",
+        );
+    }
+    cp.metrics.webhook_review(outcome.label());
+    tracing::debug!(
+        uid = about.uid,
+        namespace = about.namespace,
+        dry_run = about.dry_run,
+        outcome = outcome.label(),
+        "admission review"
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(answer)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// What a review is logged with (never the pod itself): read leniently,
+/// empty where the body does not say.
+#[derive(Debug, Default)]
+struct About {
+    uid: String,
+    namespace: String,
+    dry_run: bool,
+}
+
+impl About {
+    fn of(body: &[u8]) -> Self {
+        #[derive(Deserialize)]
+        struct Review {
+            request: Option<Req>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Req {
+            #[serde(default)]
+            uid: String,
+            #[serde(default)]
+            namespace: String,
+            #[serde(default)]
+            dry_run: bool,
+        }
+        match serde_json::from_slice::<Review>(body) {
+            Ok(Review { request: Some(r) }) => Self {
+                uid: r.uid,
+                namespace: r.namespace,
+                dry_run: r.dry_run,
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+/// A review's outcome as the answer tells it.
+///
+/// An answer cannot tell an updated sidecar from a new one, nor an opt-out
+/// from an already-injected pod: those count as `injected` and `unchanged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Allowed, with a patch.
+    Injected,
+    /// Allowed, with nothing to change.
+    Unchanged,
+    /// Denied: the pod cannot be injected as asked.
+    Refused,
+    /// Denied: the review itself could not be read.
+    Invalid,
+    /// No AdmissionReview came back at all (answered 500, not counted).
+    Unanswered,
+}
+
+impl Counted {
+    /// The `outcome` label of `webhook_reviews_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Injected => "injected",
+            Self::Unchanged => "unchanged",
+            Self::Refused => "refused",
+            Self::Invalid | Self::Unanswered => "invalid",
+        }
+    }
+}
+
+/// Reads the outcome back from the AdmissionReview answered: denied with no
+/// uid or as an invalid request is `invalid` (the review could not be read),
+/// other denials are `refused`.
+fn outcome(answer: &[u8]) -> Counted {
+    #[derive(Deserialize)]
+    struct Review {
+        response: Option<Resp>,
+    }
+    #[derive(Deserialize)]
+    struct Resp {
+        #[serde(default)]
+        uid: String,
+        allowed: bool,
+        patch: Option<serde_json::Value>,
+        status: Option<Status>,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        code: u16,
+    }
+    let Ok(Review { response: Some(r) }) = serde_json::from_slice::<Review>(answer) else {
+        return Counted::Unanswered;
+    };
+    let invalid_status = r
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == 400 || s.reason == "InvalidRequest" || s.reason == "BadRequest");
+    match (r.allowed, r.patch.as_ref().is_some_and(changes)) {
+        (true, true) => Counted::Injected,
+        (true, false) => Counted::Unchanged,
+        (false, _) if r.uid.is_empty() || invalid_status => Counted::Invalid,
+        (false, _) => Counted::Refused,
+    }
+}
+
+/// Whether a response's `patch` (Go's `[]byte` on the wire: a base64
+/// string or an array of byte values) holds at least one operation.
+fn changes(patch: &serde_json::Value) -> bool {
+    let bytes = match patch {
+        serde_json::Value::Array(_) => serde_json::from_value::<Vec<u8>>(patch.clone()).ok(),
+        serde_json::Value::String(_) => {
+            serde_json::from_value::<k8s_openapi::ByteString>(patch.clone())
+                .ok()
+                .map(|b| b.0)
+        }
+        _ => None,
+    };
+    bytes
+        .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
+        .is_some_and(|ops| !ops.is_empty())
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the AdmissionReview is larger than 4 MiB; this webhook is for pods, whose reviews are \
+         far smaller (check the MutatingWebhookConfiguration's rules select pods only)\n",
+    )
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_read_from_the_answer() {
+        let answer = |response: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{response}}}"#
+            )
+        };
+        let cases = [
+            (
+                // base64 of [{"op":"add","path":"/a","value":1}]
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W3sib3AiOiJhZGQiLCJwYXRoIjoiL2EiLCJ2YWx1ZSI6MX1d"}"#,
+                Counted::Injected,
+            ),
+            (
+                // [{}] as an array of bytes, as kube-core writes it
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,123,125,93]}"#,
+                Counted::Injected,
+            ),
+            (
+                // an empty patch, base64 and bytes
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W10="}"#,
+                Counted::Unchanged,
+            ),
+            (
+                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,93]}"#,
+                Counted::Unchanged,
+            ),
+            (
+                r#"{"uid":"u","allowed":true,"status":{}}"#,
+                Counted::Unchanged,
+            ),
+            (
+                r#"{"uid":"u","allowed":false,"status":{"message":"no upstreams","code":403}}"#,
+                Counted::Refused,
+            ),
+            (
+                r#"{"uid":"","allowed":false,"status":{"message":"not JSON"}}"#,
+                Counted::Invalid,
+            ),
+            (
+                r#"{"uid":"u","allowed":false,"status":{"message":"not a Pod","reason":"InvalidRequest"}}"#,
+                Counted::Invalid,
+            ),
+        ];
+        for (response, want) in cases {
+            assert_eq!(outcome(answer(response).as_bytes()), want, "{response}");
+        }
+        assert_eq!(outcome(b""), Counted::Unanswered);
+        assert_eq!(
+            outcome(br#"{"kind":"AdmissionReview"}"#),
+            Counted::Unanswered
+        );
+        assert_eq!(Counted::Unanswered.label(), "invalid");
+    }
+
+    #[test]
+    fn reviews_are_logged_by_uid_and_namespace_only() {
+        let about = About::of(
+            br#"{"request":{"uid":"u-1","namespace":"agents","dryRun":true,"object":{"kind":"Pod"}}}"#,
+        );
+        assert_eq!(
+            (about.uid.as_str(), about.namespace.as_str(), about.dry_run),
+            ("u-1", "agents", true)
+        );
+        let unread = About::of(b"not json");
+        assert!(unread.uid.is_empty() && unread.namespace.is_empty());
+    }
+}
