@@ -129,6 +129,19 @@ pub struct ServeArgs {
         requires = "webhook_addr"
     )]
     inject_upstreams: Vec<String>,
+    /// The cert-manager ClusterIssuer that gives each injected pod its
+    /// client certificate (through cert-manager's CSI driver, naming the pod
+    /// and its SPIFFE id in --trust-domain) for an https:// control plane.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = crate::cli::inject::DEFAULT_IDENTITY_ISSUER
+    )]
+    inject_identity_issuer: String,
+    /// Injected pods get no client certificate: for a control plane that
+    /// does not check node identity (--insecure-dev).
+    #[arg(long, requires = "webhook_addr")]
+    inject_no_identity: bool,
 }
 
 impl ServeArgs {
@@ -193,17 +206,10 @@ impl ServeArgs {
                 env!("CARGO_PKG_VERSION")
             );
         }
-        for upstream in &self.inject_upstreams {
-            let url = upstream
-                .split_once('=')
-                .map_or(upstream.as_str(), |(_, u)| u);
-            if !is_http_url(url) {
-                bail!(
-                    "--inject-upstream {upstream:?}: give NAME=URL or a bare URL, with an http(s) \
-                     URL, e.g. files=http://files.tools.svc:8080/mcp"
-                );
-            }
+        if let Err(e) = inject::upstreams::parse(self.inject_upstreams.iter().map(String::as_str)) {
+            bail!("--inject-upstream: {e}");
         }
+        let https = control_plane.starts_with("https://");
         Ok(Some(WebhookConfig {
             addr,
             tls: TlsFiles {
@@ -215,6 +221,9 @@ impl ServeArgs {
                 image: self.inject_image.clone(),
                 control_plane,
                 ca_config_map: self.inject_ca_config_map.clone(),
+                identity_issuer: (https && !self.inject_no_identity)
+                    .then(|| self.inject_identity_issuer.clone()),
+                trust_domain: self.trust_domain.clone(),
                 upstreams: self.inject_upstreams.clone(),
             },
         }))

@@ -78,7 +78,7 @@ fn webhook_flags_build_the_injection_options() {
         "--inject-upstream",
         "files=http://files.tools.svc:8080/mcp",
         "--inject-upstream",
-        "http://search.tools.svc/mcp",
+        "search=http://search.tools.svc/mcp",
     ])
     .ok()
     .flatten()
@@ -95,9 +95,11 @@ fn webhook_flags_build_the_injection_options() {
             image: format!("tollgate:{}", env!("CARGO_PKG_VERSION")),
             control_plane: cp.to_owned(),
             ca_config_map: None,
+            identity_issuer: Some("tollgate".to_owned()),
+            trust_domain: "cluster.local".to_owned(),
             upstreams: vec![
                 "files=http://files.tools.svc:8080/mcp".to_owned(),
-                "http://search.tools.svc/mcp".to_owned(),
+                "search=http://search.tools.svc/mcp".to_owned(),
             ],
         }
     );
@@ -112,6 +114,7 @@ fn webhook_flags_build_the_injection_options() {
         "registry.example/tollgate:1",
         "--inject-ca-config-map",
         "tollgate-ca",
+        "--inject-no-identity",
     ])
     .ok()
     .flatten()
@@ -122,4 +125,5 @@ fn webhook_flags_build_the_injection_options() {
     );
     assert_eq!(own.inject.image, "registry.example/tollgate:1");
     assert_eq!(own.inject.ca_config_map.as_deref(), Some("tollgate-ca"));
+    assert_eq!(own.inject.identity_issuer, None, "--inject-no-identity");
 }

@@ -182,9 +182,9 @@ async fn inject(
         }
     };
     let answered = tokio::task::spawn_blocking(move || {
-        let answer = inject::admission::review(&body, &opts);
+        let reviewed = inject::admission::review_with_outcome(&body, &opts);
         let about = About::of(&body);
-        (answer, about)
+        (reviewed, about)
     })
     .await;
     let (answer, about) = match answered {
@@ -197,23 +197,13 @@ async fn inject(
             );
         }
     };
-    let outcome = outcome(&answer);
-    if outcome == Counted::Unanswered {
-        tracing::error!(
-            uid = about.uid,
-            "the injection core gave no AdmissionReview for a review; answered 500"
-        );
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the review could not be answered; see the control plane's log\n",
-        );
-    }
-    cp.metrics.webhook_review(outcome.label());
+    let (answer, outcome) = (answer.body, answer.outcome);
+    cp.metrics.webhook_review(outcome);
     tracing::debug!(
         uid = about.uid,
         namespace = about.namespace,
         dry_run = about.dry_run,
-        outcome = outcome.label(),
+        outcome,
         "admission review"
     );
     let mut resp = Response::new(Full::new(Bytes::from(answer)));
@@ -260,91 +250,6 @@ impl About {
     }
 }
 
-/// A review's outcome as the answer tells it.
-///
-/// An answer cannot tell an updated sidecar from a new one, nor an opt-out
-/// from an already-injected pod: those count as `injected` and `unchanged`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counted {
-    /// Allowed, with a patch.
-    Injected,
-    /// Allowed, with nothing to change.
-    Unchanged,
-    /// Denied: the pod cannot be injected as asked.
-    Refused,
-    /// Denied: the review itself could not be read.
-    Invalid,
-    /// No AdmissionReview came back at all (answered 500, not counted).
-    Unanswered,
-}
-
-impl Counted {
-    /// The `outcome` label of `webhook_reviews_total`.
-    fn label(self) -> &'static str {
-        match self {
-            Self::Injected => "injected",
-            Self::Unchanged => "unchanged",
-            Self::Refused => "refused",
-            Self::Invalid | Self::Unanswered => "invalid",
-        }
-    }
-}
-
-/// Reads the outcome back from the AdmissionReview answered: denied with no
-/// uid or as an invalid request is `invalid` (the review could not be read),
-/// other denials are `refused`.
-fn outcome(answer: &[u8]) -> Counted {
-    #[derive(Deserialize)]
-    struct Review {
-        response: Option<Resp>,
-    }
-    #[derive(Deserialize)]
-    struct Resp {
-        #[serde(default)]
-        uid: String,
-        allowed: bool,
-        patch: Option<serde_json::Value>,
-        status: Option<Status>,
-    }
-    #[derive(Deserialize)]
-    struct Status {
-        #[serde(default)]
-        reason: String,
-        #[serde(default)]
-        code: u16,
-    }
-    let Ok(Review { response: Some(r) }) = serde_json::from_slice::<Review>(answer) else {
-        return Counted::Unanswered;
-    };
-    let invalid_status = r
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == 400 || s.reason == "InvalidRequest" || s.reason == "BadRequest");
-    match (r.allowed, r.patch.as_ref().is_some_and(changes)) {
-        (true, true) => Counted::Injected,
-        (true, false) => Counted::Unchanged,
-        (false, _) if r.uid.is_empty() || invalid_status => Counted::Invalid,
-        (false, _) => Counted::Refused,
-    }
-}
-
-/// Whether a response's `patch` (Go's `[]byte` on the wire: a base64
-/// string or an array of byte values) holds at least one operation.
-fn changes(patch: &serde_json::Value) -> bool {
-    let bytes = match patch {
-        serde_json::Value::Array(_) => serde_json::from_value::<Vec<u8>>(patch.clone()).ok(),
-        serde_json::Value::String(_) => {
-            serde_json::from_value::<k8s_openapi::ByteString>(patch.clone())
-                .ok()
-                .map(|b| b.0)
-        }
-        _ => None,
-    };
-    bytes
-        .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
-        .is_some_and(|ops| !ops.is_empty())
-}
-
 fn too_large() -> Response<Full<Bytes>> {
     plain(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -366,61 +271,6 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_are_read_from_the_answer() {
-        let answer = |response: &str| {
-            format!(
-                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{response}}}"#
-            )
-        };
-        let cases = [
-            (
-                // base64 of [{"op":"add","path":"/a","value":1}]
-                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W3sib3AiOiJhZGQiLCJwYXRoIjoiL2EiLCJ2YWx1ZSI6MX1d"}"#,
-                Counted::Injected,
-            ),
-            (
-                // [{}] as an array of bytes, as kube-core writes it
-                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,123,125,93]}"#,
-                Counted::Injected,
-            ),
-            (
-                // an empty patch, base64 and bytes
-                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":"W10="}"#,
-                Counted::Unchanged,
-            ),
-            (
-                r#"{"uid":"u","allowed":true,"patchType":"JSONPatch","patch":[91,93]}"#,
-                Counted::Unchanged,
-            ),
-            (
-                r#"{"uid":"u","allowed":true,"status":{}}"#,
-                Counted::Unchanged,
-            ),
-            (
-                r#"{"uid":"u","allowed":false,"status":{"message":"no upstreams","code":403}}"#,
-                Counted::Refused,
-            ),
-            (
-                r#"{"uid":"","allowed":false,"status":{"message":"not JSON"}}"#,
-                Counted::Invalid,
-            ),
-            (
-                r#"{"uid":"u","allowed":false,"status":{"message":"not a Pod","reason":"InvalidRequest"}}"#,
-                Counted::Invalid,
-            ),
-        ];
-        for (response, want) in cases {
-            assert_eq!(outcome(answer(response).as_bytes()), want, "{response}");
-        }
-        assert_eq!(outcome(b""), Counted::Unanswered);
-        assert_eq!(
-            outcome(br#"{"kind":"AdmissionReview"}"#),
-            Counted::Unanswered
-        );
-        assert_eq!(Counted::Unanswered.label(), "invalid");
-    }
 
     #[test]
     fn reviews_are_logged_by_uid_and_namespace_only() {
