@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
@@ -100,8 +100,8 @@ pub fn patch(t: &Template, opts: &Options) -> Result<(Outcome, Vec<PatchOperatio
     set_array(t, "/spec/volumes", volumes, &mut ops);
 
     let env = sidecar::app_env(&upstreams);
-    for (i, container) in spec.containers.iter().enumerate() {
-        app_container(t, i, container, &env, &mut ops);
+    for i in 0..spec.containers.len() {
+        app_container(t, i, &env, &mut ops);
     }
 
     let version = env!("CARGO_PKG_VERSION");
@@ -149,20 +149,13 @@ impl Template<'_> {
 }
 
 /// The app container's env with Tollgate's variables set (others kept as given).
-fn app_container(
-    t: &Template,
-    i: usize,
-    container: &Container,
-    env: &[k8s_openapi::api::core::v1::EnvVar],
-    ops: &mut Vec<PatchOperation>,
-) {
+fn app_container(t: &Template, i: usize, env: &[EnvVar], ops: &mut Vec<PatchOperation>) {
     let rel = format!("/spec/containers/{i}/env");
     let mut out: Vec<Value> = raw_items(t.raw, &rel)
         .into_iter()
         .filter(|e| !name_of(e).is_some_and(sidecar::owns_env))
         .cloned()
         .collect();
-    let _ = container;
     out.extend(env.iter().map(to_value));
     set_array(t, &rel, out, ops);
 }
