@@ -64,15 +64,29 @@ fn print_status(nodes: &[NodeState], as_json: bool, clear: bool) {
         print!("\x1b[2J\x1b[H");
     }
     println!(
-        "{:<24} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} NACK ERROR",
-        "NODE", "LABELS", "STATE", "APPLIED", "DESIRED", "CONNECT", "LAST ACK", "LAST NACK"
+        "{:<24} {:<16} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} NACK ERROR",
+        "NODE",
+        "NAMESPACE",
+        "LABELS",
+        "STATE",
+        "APPLIED",
+        "DESIRED",
+        "CONNECT",
+        "LAST ACK",
+        "LAST NACK"
     );
     for n in nodes {
         let node = n.node.clone().unwrap_or_default();
+        let namespace = if node.namespace.is_empty() {
+            "-"
+        } else {
+            node.namespace.as_str()
+        };
         println!(
-            "{:<24} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} {}",
+            "{:<24} {:<16} {:<24} {:<9} {:<7} {:<8} {:<8} {:<20} {:<20} {}",
             node.id,
-            labels(&node.labels),
+            namespace,
+            fit(&labels(&node.labels), 24),
             state_name(n.state),
             versions(n.applied_version, n.applied_shadow_version),
             versions(n.desired_version, n.desired_shadow_version),
@@ -119,6 +133,17 @@ fn labels(labels: &std::collections::HashMap<String, String>) -> String {
     } else {
         pairs.join(",")
     }
+}
+
+/// `text` cut to `width` characters, ending in `…` when cut (the whole of
+/// it is in `--json`).
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -182,7 +207,15 @@ pub(crate) fn time(unix: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::time;
+    use super::{fit, time};
+
+    #[test]
+    fn long_labels_are_cut_to_the_column() {
+        assert_eq!(fit("app=agent", 24), "app=agent");
+        let cut = fit("app=agent,team=research,tollgate.dev/sidecar=injected", 24);
+        assert_eq!(cut.chars().count(), 24);
+        assert_eq!(cut, "app=agent,team=research…");
+    }
 
     #[test]
     fn times_print_in_utc() {
