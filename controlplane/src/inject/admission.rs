@@ -4,6 +4,7 @@
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Options, Outcome, patch_object};
@@ -20,6 +21,10 @@ pub struct Reviewed {
     pub outcome: &'static str,
     /// The request's uid ("" when it could not be read).
     pub uid: String,
+    /// The request's namespace ("" when it could not be read).
+    pub namespace: String,
+    /// Whether the request was a dry run.
+    pub dry_run: bool,
 }
 
 /// Answers one AdmissionReview body. Never fails: a review that cannot be
@@ -28,12 +33,25 @@ pub fn review(body: &[u8], opts: &Options) -> Vec<u8> {
     review_with_outcome(body, opts).body
 }
 
-/// As [`review`], saying what it came to.
+/// As [`review`], saying what it came to and which request it was (for
+/// logs, without the pod).
 pub fn review_with_outcome(body: &[u8], opts: &Options) -> Reviewed {
     let raw: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return invalid("", format!("the body is not JSON: {e}")),
     };
+    let mut reviewed = review_value(&raw, opts);
+    let request = raw.get("request");
+    let field = |name: &str| request.and_then(|r| r.get(name));
+    reviewed.namespace = field("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    reviewed.dry_run = field("dryRun").and_then(Value::as_bool) == Some(true);
+    reviewed
+}
+
+fn review_value(raw: &Value, opts: &Options) -> Reviewed {
     let uid = raw
         .pointer("/request/uid")
         .and_then(Value::as_str)
@@ -50,7 +68,7 @@ pub fn review_with_outcome(body: &[u8], opts: &Options) -> Reviewed {
             ),
         );
     }
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
+    let review = match AdmissionReview::<DynamicObject>::deserialize(raw) {
         Ok(r) => r,
         Err(e) => return invalid(&uid, format!("the AdmissionReview does not read: {e}")),
     };
@@ -146,5 +164,34 @@ fn answer(response: AdmissionResponse, outcome: &'static str, uid: String) -> Re
     let body = serde_json::to_vec(&value).unwrap_or_else(|_| {
         br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":false}}"#.to_vec()
     });
-    Reviewed { body, outcome, uid }
+    Reviewed {
+        body,
+        outcome,
+        uid,
+        namespace: String::new(),
+        dry_run: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_review_says_which_request_it_was_without_the_pod() {
+        let opts = Options::new("https://tollgate.tollgate-system.svc:50051");
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","namespace":"agents","dryRun":true,"operation":"DELETE","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"userInfo":{},"object":null,"oldObject":null}}"#;
+        let reviewed = review_with_outcome(body, &opts);
+        assert_eq!(
+            (
+                reviewed.uid.as_str(),
+                reviewed.namespace.as_str(),
+                reviewed.dry_run
+            ),
+            ("u-1", "agents", true)
+        );
+        let unread = review_with_outcome(b"not json", &opts);
+        assert!(unread.uid.is_empty() && unread.namespace.is_empty());
+        assert_eq!(unread.outcome, "invalid");
+    }
 }

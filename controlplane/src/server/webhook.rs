@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::ControlPlane;
@@ -181,13 +180,10 @@ async fn inject(
             );
         }
     };
-    let answered = tokio::task::spawn_blocking(move || {
-        let reviewed = inject::admission::review_with_outcome(&body, &opts);
-        let about = About::of(&body);
-        (reviewed, about)
-    })
-    .await;
-    let (answer, about) = match answered {
+    let answered =
+        tokio::task::spawn_blocking(move || inject::admission::review_with_outcome(&body, &opts))
+            .await;
+    let reviewed = match answered {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "the admission review task failed");
@@ -197,57 +193,21 @@ async fn inject(
             );
         }
     };
-    let (answer, outcome) = (answer.body, answer.outcome);
+    let outcome = reviewed.outcome;
     cp.metrics.webhook_review(outcome);
     tracing::debug!(
-        uid = about.uid,
-        namespace = about.namespace,
-        dry_run = about.dry_run,
+        uid = reviewed.uid,
+        namespace = reviewed.namespace,
+        dry_run = reviewed.dry_run,
         outcome,
         "admission review"
     );
-    let mut resp = Response::new(Full::new(Bytes::from(answer)));
+    let mut resp = Response::new(Full::new(Bytes::from(reviewed.body)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// What a review is logged with (never the pod itself): read leniently,
-/// empty where the body does not say.
-#[derive(Debug, Default)]
-struct About {
-    uid: String,
-    namespace: String,
-    dry_run: bool,
-}
-
-impl About {
-    fn of(body: &[u8]) -> Self {
-        #[derive(Deserialize)]
-        struct Review {
-            request: Option<Req>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Req {
-            #[serde(default)]
-            uid: String,
-            #[serde(default)]
-            namespace: String,
-            #[serde(default)]
-            dry_run: bool,
-        }
-        match serde_json::from_slice::<Review>(body) {
-            Ok(Review { request: Some(r) }) => Self {
-                uid: r.uid,
-                namespace: r.namespace,
-                dry_run: r.dry_run,
-            },
-            _ => Self::default(),
-        }
-    }
 }
 
 fn too_large() -> Response<Full<Bytes>> {
@@ -266,22 +226,4 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reviews_are_logged_by_uid_and_namespace_only() {
-        let about = About::of(
-            br#"{"request":{"uid":"u-1","namespace":"agents","dryRun":true,"object":{"kind":"Pod"}}}"#,
-        );
-        assert_eq!(
-            (about.uid.as_str(), about.namespace.as_str(), about.dry_run),
-            ("u-1", "agents", true)
-        );
-        let unread = About::of(b"not json");
-        assert!(unread.uid.is_empty() && unread.namespace.is_empty());
-    }
 }
